@@ -1,0 +1,1 @@
+"""Data: tasks, rationales, tokenised sequences and packed batches. Knows nothing of the engine."""
