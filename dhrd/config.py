@@ -1,0 +1,167 @@
+"""Dataclass arguments (model, data, loss, train), read from a JSON/YAML file and/or the
+command line; the command line overrides the file. One parser (transformers'
+HfArgumentParser) serves the CLI, train.py and the tests."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+LM_SECTIONS = ("all", "rationale", "rationale+answer")
+RATIONALE_MODES = ("teacher", "none", "shuffled")
+CONSISTENCY_POLICIES = ("keep", "drop", "drop_example")
+
+
+def _check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not one of {', '.join(map(str, choices))}")
+
+
+@dataclass
+class ModelArgs:
+    model: str = field(default="", metadata={"help": "HF model directory (or hub name when online)"})
+    gguf_file: str | None = field(default=None, metadata={"help": "GGUF file inside --model"})
+    dtype: str = field(default="auto", metadata={"help": "auto, float32, bfloat16, float16"})
+    attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa, eager, flash_attention_2"})
+    pooling: str = field(default="last", metadata={"help": "last (paper) or mean over the task input"})
+    head_inner_size: int | None = field(default=None, metadata={"help": "MLP width; default hidden size"})
+    head_dropout: float = 0.0
+    lora: bool = field(default=False, metadata={"help": "train LoRA adapters + head instead of all weights"})
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.1
+    lora_targets: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+
+    def __post_init__(self):
+        _check_choice("dtype", self.dtype, ("auto", "float32", "bfloat16", "float16"))
+        _check_choice("pooling", self.pooling, ("last", "mean"))
+
+
+@dataclass
+class DataArgs:
+    task: str = field(default="rte", metadata={"help": "task name (dhrd tasks lists them)"})
+    train_file: str | None = None
+    eval_file: str | None = None
+    rationale_file: str | None = field(default=None, metadata={"help": "JSONL {id, rationale, teacher_label?}"})
+    lm_sections: str = field(default="all", metadata={"help": "tokens the LM loss covers: " + ", ".join(LM_SECTIONS)})
+    rationale_mode: str = field(default="teacher", metadata={
+        "help": "teacher (DHRD), none (label-only: [x, <ANS>, y]), shuffled (ablation)"})
+    rationale_fraction: float = field(default=1.0, metadata={
+        "help": "keep the first p of each rationale's tokens (Distilling the Essence)"})
+    label_consistency: str = field(default="keep", metadata={
+        "help": "where teacher_label disagrees with the gold label: keep, drop (the rationale), drop_example"})
+    max_seq_len: int = field(default=1024, metadata={"help": "longest training sequence [x,<REASON>,r,<ANS>,y]"})
+    max_input_len: int | None = field(default=None, metadata={"help": "longest x; default max_seq_len - 32"})
+    pack_tokens: int = field(default=4096, metadata={"help": "token budget of one packed row"})
+    rows_per_batch: int = field(default=1, metadata={"help": "packed rows per micro-batch"})
+    cache_dir: str | None = field(default=None, metadata={"help": "tokenised-data cache; default <output_dir>/cache"})
+
+    def __post_init__(self):
+        _check_choice("lm_sections", self.lm_sections, LM_SECTIONS)
+        _check_choice("rationale_mode", self.rationale_mode, RATIONALE_MODES)
+        _check_choice("label_consistency", self.label_consistency, CONSISTENCY_POLICIES)
+        if not 0.0 <= self.rationale_fraction <= 1.0:
+            raise ValueError(f"rationale_fraction={self.rationale_fraction} must be in [0, 1]")
+        if self.pack_tokens < self.max_seq_len:
+            raise ValueError(f"pack_tokens={self.pack_tokens} must be >= max_seq_len={self.max_seq_len}")
+        if self.max_input_len is None:
+            self.max_input_len = max(8, self.max_seq_len - 32)
+        if self.max_input_len > self.max_seq_len:
+            raise ValueError(f"max_input_len={self.max_input_len} exceeds max_seq_len={self.max_seq_len}")
+
+
+@dataclass
+class LossArgs:
+    alpha: float = field(default=1.0, metadata={"help": "weight of the LM (reasoning) term; 0 = pooled baseline"})
+    beta: float = field(default=1.0, metadata={"help": "weight of the classification term"})
+    loss_impl: str = field(default="auto", metadata={"help": "auto, reference, chunked, triton"})
+    label_smoothing: float = 0.0
+    z_loss: float = 0.0
+
+    def __post_init__(self):
+        if self.alpha < 0 or self.beta < 0 or self.alpha == self.beta == 0:
+            raise ValueError(f"alpha={self.alpha}, beta={self.beta}: both >= 0 and not both 0")
+
+
+@dataclass
+class TrainArgs:
+    output_dir: str = "outputs/run"
+    seed: int = 42
+    epochs: float = 3.0
+    max_steps: int = -1
+    lr: float = 2e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 5
+    global_batch_size: int = 32
+    micro_batch_examples: int = 8
+    eval_every: int = 0
+    save_every: int = 0
+    keep_checkpoints: int = 2
+    resume: str = field(default="none", metadata={"help": "none, auto, or a checkpoint directory"})
+    ds_config: str | None = None
+    log_every: int = 1
+
+
+ARG_CLASSES = (ModelArgs, DataArgs, LossArgs, TrainArgs)
+
+
+def _read_config_file(path: str) -> dict[str, Any]:
+    """A flat mapping, or one with sections ``model:``, ``data:``, ``loss:``, ``train:``."""
+    with open(path) as f:
+        text = f.read()
+    if path.endswith((".yaml", ".yml")):
+        import yaml
+
+        raw = yaml.safe_load(text) or {}
+    else:
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{e.lineno}: not valid JSON: {e.msg}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: a config file must hold a mapping, got {type(raw).__name__}")
+    flat: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in ("model", "data", "loss", "train") and isinstance(value, dict):
+            flat.update(value)
+        else:
+            flat[key] = value
+    known = {f.name for cls in ARG_CLASSES for f in fields(cls)}
+    unknown = sorted(set(flat) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown field(s) {', '.join(unknown)}")
+    return flat
+
+
+def build_parser():
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(ARG_CLASSES)
+    parser.add_argument("--config", default=None, help="JSON or YAML file of arguments; CLI overrides it")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None):
+    """Returns (ModelArgs, DataArgs, LossArgs, TrainArgs) and the list of unknown args
+    (e.g. DeepSpeed's --local_rank), which the caller decides about."""
+    parser = build_parser()
+    pre, _ = parser.parse_known_args(argv)
+    if pre.config:
+        parser.set_defaults(**_read_config_file(pre.config))
+    *args, rest = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    # parse_args_into_dataclasses also returns the --config namespace; keep the dataclasses
+    dcs = [a for a in args if isinstance(a, ARG_CLASSES)]
+    return (*dcs, rest)
+
+
+def resolved_config(*arg_objs) -> dict[str, dict[str, Any]]:
+    names = {ModelArgs: "model", DataArgs: "data", LossArgs: "loss", TrainArgs: "train"}
+    return {names[type(a)]: asdict(a) for a in arg_objs}
+
+
+def write_config(path: str, *arg_objs) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(resolved_config(*arg_objs), f, indent=2)

@@ -1,0 +1,140 @@
+"""The rationale store: read a teacher's JSONL ``{"id", "rationale", "teacher_label"?}``,
+clean it, join it to examples by id and apply the data policies (label consistency,
+label-only and shuffled ablations). Every example and every rationale is accounted for
+in the DataReport."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from dataclasses import dataclass
+
+from .errors import DataError
+from .report import DataReport
+
+END_MARKER = "[END OF REASONING]"
+
+
+@dataclass(frozen=True)
+class Rationale:
+    id: str
+    text: str
+    teacher_label: str | None
+    where: str  # "file:line", for reports
+
+
+@dataclass(frozen=True)
+class TrainItem:
+    """An example with the rationale it trains on (None: classifier and answer only)."""
+
+    example: object  # dhrd.data.tasks.Example
+    rationale: str | None
+
+
+def clean_rationale(text: str) -> str:
+    """Cut at the end marker, trim, and squeeze runs of blank lines."""
+    cut = text.find(END_MARKER)
+    if cut >= 0:
+        text = text[:cut]
+    text = re.sub(r"\n\s*\n+", "\n\n", text)
+    return text.strip()
+
+
+def read_rationales(path, labels: tuple[str, ...] | None = None,
+                    report: DataReport | None = None) -> dict[str, Rationale]:
+    """Read a rationale file. Malformed lines, missing or mistyped fields, unknown
+    teacher labels and duplicate ids raise DataError naming file, line and field;
+    rationales that are empty after cleaning are counted as skipped."""
+    report = report if report is not None else DataReport()
+    out: dict[str, Rationale] = {}
+    n_lines = 0
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            n_lines += 1
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"malformed JSON ({e.msg})", path=path, line=lineno) from None
+            if not isinstance(row, dict):
+                raise DataError(f"expected a JSON object, got {type(row).__name__}", path=path, line=lineno)
+            for key in ("id", "rationale"):
+                if key not in row:
+                    raise DataError("missing", path=path, line=lineno, field=key)
+            rid, text = row["id"], row["rationale"]
+            if isinstance(rid, int) and not isinstance(rid, bool):
+                rid = str(rid)
+            if not isinstance(rid, str):
+                raise DataError(f"expected a string, got {type(rid).__name__}", path=path, line=lineno, field="id")
+            if not isinstance(text, str):
+                raise DataError(f"expected a string, got {type(text).__name__}", path=path, line=lineno,
+                                field="rationale")
+            teacher_label = row.get("teacher_label")
+            if teacher_label is not None:
+                if not isinstance(teacher_label, str):
+                    raise DataError(f"expected a label name, got {teacher_label!r}", path=path, line=lineno,
+                                    field="teacher_label")
+                if labels is not None and teacher_label not in labels:
+                    raise DataError(f"unknown label {teacher_label!r}; expected one of {', '.join(labels)}",
+                                    path=path, line=lineno, field="teacher_label")
+            if rid in out:
+                raise DataError(f"duplicate id {rid!r} (first at {out[rid].where})", path=path, line=lineno,
+                                field="id")
+            where = f"{path}:{lineno}"
+            text = clean_rationale(text)
+            if not text:
+                report.skip("rationale_empty", where)
+                continue
+            out[rid] = Rationale(rid, text, teacher_label, where)
+    if n_lines == 0:
+        raise DataError("no rationales (empty file)", path=path)
+    report.count("rationales_read", len(out))
+    return out
+
+
+def attach_rationales(examples, rationales: dict[str, Rationale] | None, labels: tuple[str, ...],
+                      *, mode: str = "teacher", consistency: str = "keep", seed: int = 0,
+                      report: DataReport | None = None) -> list[TrainItem]:
+    """Join rationales to examples by id and apply the policies:
+
+    mode: ``teacher`` (DHRD), ``none`` (label-only: no rationale anywhere), ``shuffled``
+    (ablation: rationales permuted among the examples that have one, seeded).
+    consistency: where teacher_label disagrees with the gold label, ``keep`` it, ``drop``
+    the rationale (the example still trains the classifier), or ``drop_example``.
+    """
+    report = report if report is not None else DataReport()
+    rationales = rationales or {}
+    ids = {ex.id for ex in examples}
+    for rid, r in rationales.items():
+        if rid not in ids:
+            report.skip("rationale_unknown_id", r.where)
+
+    items: list[TrainItem] = []
+    for ex in examples:
+        r = rationales.get(ex.id) if mode != "none" else None
+        if r is not None and r.teacher_label is not None and ex.label is not None \
+                and r.teacher_label != labels[ex.label]:
+            if consistency == "drop_example":
+                report.skip("label_disagree_example_dropped", r.where)
+                continue
+            if consistency == "drop":
+                report.skip("label_disagree_rationale_dropped", r.where)
+                r = None
+            else:
+                report.count("label_disagree_kept")
+        if r is None and mode != "none" and ex.id not in rationales:
+            report.count("examples_without_rationale")
+        items.append(TrainItem(ex, r.text if r is not None else None))
+
+    if mode == "shuffled":
+        have = [i for i, it in enumerate(items) if it.rationale is not None]
+        texts = [items[i].rationale for i in have]
+        random.Random(seed).shuffle(texts)
+        for i, text in zip(have, texts):
+            items[i] = TrainItem(items[i].example, text)
+        report.count("rationales_shuffled", len(have))
+    report.count("examples_used", len(items))
+    report.count("examples_with_rationale", sum(it.rationale is not None for it in items))
+    return items

@@ -1,0 +1,182 @@
+"""DualHeadModel: any Hugging Face causal-LM decoder + a pooled classification head.
+
+The reasoning head is the backbone's own LM head. ``forward`` returns hidden states and
+class logits and never the ``[tokens x vocab]`` logits: the loss receives the hidden
+states and the LM-head weight, so a fused loss projects only supervised tokens, chunk by
+chunk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+REASON_TOKEN = "<REASON>"
+ANSWER_TOKEN = "<ANS>"
+POOLINGS = ("last", "mean")
+
+
+@dataclass
+class DualHeadOutput:
+    hidden: torch.Tensor      # [B, T, H] final-norm hidden states (the LM head's input)
+    cls_logits: torch.Tensor  # [S, C] one row per packed segment
+
+
+class ClassificationHead(nn.Module):
+    """The paper's 2-layer MLP on the pooled hidden state."""
+
+    def __init__(self, hidden_size: int, num_labels: int, inner_size: int | None = None,
+                 dropout: float = 0.0):
+        super().__init__()
+        inner_size = inner_size or hidden_size
+        self.dense = nn.Linear(hidden_size, inner_size)
+        self.act = nn.GELU()
+        self.dropout = nn.Dropout(dropout)
+        self.out = nn.Linear(inner_size, num_labels)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.out(self.dropout(self.act(self.dense(pooled))))
+
+
+def pool_hidden(hidden: torch.Tensor, cls_index: torch.Tensor, cls_start: torch.Tensor | None,
+                pooling: str) -> torch.Tensor:
+    """Pool each segment of a packed batch: its last input token (``last``) or the mean
+    over its input tokens ``[cls_start, cls_index]`` (``mean``); indices are flat in B*T."""
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    if pooling == "last":
+        return flat.index_select(0, cls_index)
+    if pooling != "mean":
+        raise ValueError(f"unknown pooling {pooling!r}; expected one of {POOLINGS}")
+    if cls_start is None:
+        raise ValueError("mean pooling needs cls_start (the first input token of each segment)")
+    lengths = cls_index - cls_start + 1
+    seg = torch.repeat_interleave(torch.arange(len(lengths), device=flat.device), lengths)
+    offsets = torch.arange(len(seg), device=flat.device) - torch.repeat_interleave(
+        torch.cumsum(lengths, 0) - lengths, lengths)
+    rows = torch.repeat_interleave(cls_start, lengths) + offsets
+    sums = torch.zeros(len(lengths), flat.shape[-1], dtype=torch.float32, device=flat.device)
+    sums.index_add_(0, seg, flat.index_select(0, rows).float())
+    return (sums / lengths[:, None].float()).to(flat.dtype)
+
+
+class DualHeadModel(nn.Module):
+    """A decoder trained as a classifier (pooled head) with its LM head kept as the
+    reasoning head for training. Works with any ``AutoModelForCausalLM`` whose base model
+    accepts ``position_ids`` (packed segments are isolated by restarting position ids)."""
+
+    def __init__(self, backbone: nn.Module, num_labels: int, pooling: str = "last",
+                 head_inner_size: int | None = None, head_dropout: float = 0.0):
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {pooling!r}; expected one of {POOLINGS}")
+        if num_labels < 2:
+            raise ValueError(f"a classifier needs at least 2 labels, got {num_labels}")
+        self.backbone = backbone
+        self.pooling = pooling
+        cfg = self.config
+        hidden_size = getattr(cfg, "hidden_size", None) or cfg.n_embd
+        self.head = ClassificationHead(hidden_size, num_labels, head_inner_size, head_dropout)
+        dtype = next(backbone.parameters()).dtype
+        if dtype.is_floating_point:
+            self.head.to(dtype)
+
+    @property
+    def config(self):
+        return self.backbone.config
+
+    @property
+    def num_labels(self) -> int:
+        return self.head.out.out_features
+
+    @property
+    def decoder(self) -> nn.Module:
+        """The transformer body without the LM head (``model`` for Llama, ``transformer``
+        for GPT-2), found through the standard ``base_model_prefix``; see through peft."""
+        model = self.backbone
+        if hasattr(model, "get_base_model"):  # peft PeftModel
+            model = model.get_base_model()
+        return getattr(model, model.base_model_prefix)
+
+    @property
+    def lm_head(self) -> nn.Module:
+        return self.backbone.get_output_embeddings()
+
+    @property
+    def lm_weight(self) -> torch.Tensor:
+        return self.lm_head.weight
+
+    @property
+    def lm_bias(self) -> torch.Tensor | None:
+        return getattr(self.lm_head, "bias", None)
+
+    @property
+    def logit_softcap(self) -> float | None:
+        """Gemma-style final logit soft-capping, which the LM loss must apply too."""
+        cfg = getattr(self.config, "get_text_config", lambda: self.config)()
+        return getattr(cfg, "final_logit_softcapping", None)
+
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor,
+                cls_index: torch.Tensor, cls_start: torch.Tensor | None = None,
+                **_ignored) -> DualHeadOutput:
+        """input_ids/position_ids [B, T] (positions restart at 0 per packed segment, no
+        attention mask); cls_index [S] flat index of each segment's pooled token."""
+        out = self.decoder(input_ids=input_ids, position_ids=position_ids, use_cache=False)
+        hidden = out.last_hidden_state
+        pooled = pool_hidden(hidden, cls_index, cls_start, self.pooling)
+        return DualHeadOutput(hidden=hidden, cls_logits=self.head(pooled.to(self.head.out.weight.dtype)))
+
+
+def _gathered(params, modifier_rank: int = 0):
+    """Full parameters for in-place edits under ZeRO-3; a no-op for ordinary tensors."""
+    params = [p for p in params if p is not None]
+    if any(hasattr(p, "ds_id") for p in params):
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(params, modifier_rank=modifier_rank)
+    return contextlib.nullcontext()
+
+
+def add_reasoning_tokens(tokenizer, backbone) -> tuple[int, int]:
+    """Add ``<REASON>`` and ``<ANS>`` as special tokens and give each new embedding row
+    (input and, when untied, output) the mean of the existing rows, so the new tokens
+    start as an "average" token instead of noise. Idempotent: a tokenizer that already
+    has them (a saved DHRD tokenizer) is left alone. Returns their ids."""
+    from transformers import AddedToken
+
+    missing = [t for t in (REASON_TOKEN, ANSWER_TOKEN) if t not in tokenizer.get_vocab()]
+    if missing:
+        first_new = len(tokenizer)
+        tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in missing],
+                             special_tokens=True)
+        new_ids = [tokenizer.convert_tokens_to_ids(t) for t in missing]
+        emb = backbone.get_input_embeddings()
+        if len(tokenizer) > emb.num_embeddings:
+            backbone.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        rows = torch.tensor(new_ids)
+        tables = [backbone.get_input_embeddings().weight]
+        out_emb = backbone.get_output_embeddings()
+        if out_emb is not None and out_emb.weight is not tables[0]:
+            tables.append(out_emb.weight)
+        with _gathered(tables), torch.no_grad():
+            for w in tables:
+                if w.numel():  # under ZeRO-3 only the modifier rank holds the data
+                    w[rows] = w[:first_new].float().mean(0).to(w.dtype)
+    return tuple(tokenizer.convert_tokens_to_ids(t) for t in (REASON_TOKEN, ANSWER_TOKEN))
+
+
+def build_dual_head_model(args, num_labels: int, device=None):
+    """Backbone + tokenizer from ModelArgs, reasoning tokens added, head attached.
+    Returns (DualHeadModel, tokenizer, (reason_id, ans_id))."""
+    from .backbones import load_backbone, load_tokenizer, resolve_dtype, resolve_model_path
+
+    path = resolve_model_path(args.model)
+    tokenizer = load_tokenizer(path, args.gguf_file)
+    backbone = load_backbone(path, dtype=resolve_dtype(args.dtype, device),
+                             attn_implementation=args.attn_implementation, gguf_file=args.gguf_file)
+    special = add_reasoning_tokens(tokenizer, backbone)
+    model = DualHeadModel(backbone, num_labels, pooling=args.pooling,
+                          head_inner_size=args.head_inner_size, head_dropout=args.head_dropout)
+    return model, tokenizer, special
