@@ -44,7 +44,12 @@ def zero_like_graph(*tensors: torch.Tensor) -> torch.Tensor:
     if out is None:
         dev = next((t.device for t in tensors if t is not None), "cpu")
         out = torch.zeros((), device=dev)
-    return out.float()
+    return upcast(out)
+
+
+def upcast(t: torch.Tensor) -> torch.Tensor:
+    """At least fp32 for the softmax math; fp64 stays fp64 (for exact tests)."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, *,
@@ -52,7 +57,7 @@ def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, *,
                         z_loss: float = 0.0) -> torch.Tensor:
     """Per-token loss in fp32 for rows of logits: soft-capping (Gemma), label smoothing
     (torch's definition) and z-loss (z * logsumexp^2, PaLM) on request."""
-    logits = logits.float()
+    logits = upcast(logits)
     if logit_softcap:
         logits = logit_softcap * torch.tanh(logits / logit_softcap)
     lse = torch.logsumexp(logits, dim=-1)
@@ -95,7 +100,7 @@ def reference_dual_head_loss(
     if n_cls is None:
         n_cls = int(labelled.sum())
     if beta and bool(labelled.any()):
-        cls_sum = F.cross_entropy(cls_logits.float(), cls_labels, ignore_index=ignore_index,
+        cls_sum = F.cross_entropy(upcast(cls_logits), cls_labels, ignore_index=ignore_index,
                                   reduction="sum")
         cls = cls_sum / n_cls
     else:

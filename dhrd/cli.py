@@ -1,0 +1,55 @@
+"""``dhrd``: the console script. Each subcommand is a thin face over a library module,
+imported only when used (so ``dhrd tasks`` does not import torch's heavy parts)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand -> (module, help); the module's main(argv) does the work
+DELEGATES = {
+    "train": ("dhrd.train", "train a dual-head classifier (see dhrd train --help)"),
+    "data": ("dhrd.cli_data", "tokenise a task file with its rationales and print the data report"),
+    "rationales": ("dhrd.teacher.cli", "generate / import / check teacher rationales"),
+    "predict": ("dhrd.inference", "batched prediction with an exported lean classifier"),
+}
+
+
+def list_tasks() -> int:
+    from dhrd.data.tasks import TASKS
+
+    width = max(map(len, TASKS))
+    for name, task in TASKS.items():
+        labels = ", ".join(f"{lab}={verb!r}" for lab, verb in zip(task.labels, task.verbalizers))
+        print(f"{name:<{width}}  metrics: {', '.join(task.metrics):<14}  labels: {labels}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="dhrd", description="Dual-Head Reasoning Distillation")
+    sub = parser.add_subparsers(dest="command", metavar="command")
+    sub.add_parser("tasks", help="list the tasks with their labels, verbalizers and metrics")
+    for name, (_, help_) in DELEGATES.items():
+        sub.add_parser(name, help=help_, add_help=False)
+    if not argv or argv[0] in ("-h", "--help"):
+        parser.print_help()
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command == "tasks":
+        return list_tasks()
+    if command not in DELEGATES:
+        parser.error(f"unknown command {command!r}")
+    try:
+        module = importlib.import_module(DELEGATES[command][0])
+    except ModuleNotFoundError as e:
+        if e.name and e.name.startswith("dhrd"):
+            print(f"dhrd {command}: not available in this version ({e.name} is missing)", file=sys.stderr)
+            return 2
+        raise
+    return module.main(rest) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

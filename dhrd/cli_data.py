@@ -1,0 +1,43 @@
+"""``dhrd data``: read a task file and its rationales, tokenise them as training would,
+and print the data report and packing efficiency: a dry run that catches bad input
+before a cluster job does."""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .backbones import load_backbone, load_tokenizer, resolve_model_path
+    from .config import parse_args
+    from .data.errors import DataError
+    from .data.packing import best_fit_decreasing, packing_efficiency
+    from .data.pipeline import build_training_set
+    from .data.tasks import get_task
+    from .model import add_reasoning_tokens
+
+    model_args, data_args, loss_args, _train_args, rest = parse_args(argv)
+    if rest:
+        print(f"dhrd data: unknown arguments {' '.join(rest)}", file=sys.stderr)
+        return 2
+    if not data_args.train_file:
+        print("dhrd data: --train_file is required", file=sys.stderr)
+        return 2
+    task = get_task(data_args.task)
+    path = resolve_model_path(model_args.model or "smollm2")
+    tokenizer = load_tokenizer(path, model_args.gguf_file)
+    special = add_reasoning_tokens(tokenizer, load_backbone(path, gguf_file=model_args.gguf_file))
+    try:
+        examples = task.read(data_args.train_file)
+        ds, report = build_training_set(task, examples, tokenizer, special, data_args,
+                                        with_reasoning=loss_args.alpha > 0, cache_dir=data_args.cache_dir)
+    except DataError as e:
+        print(f"dhrd data: {e}", file=sys.stderr)
+        return 1
+    lengths = ds["length"]
+    bins = best_fit_decreasing(lengths, data_args.pack_tokens)
+    print(report.format())
+    print(f"sequences: {len(lengths)}, mean {sum(lengths) / len(lengths):.1f} tokens, max {max(lengths)}; "
+          f"packed into {len(bins)} rows of {data_args.pack_tokens}: "
+          f"efficiency {packing_efficiency(lengths, bins, data_args.pack_tokens):.4f}")
+    return 0

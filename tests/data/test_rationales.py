@@ -1,0 +1,100 @@
+"""Rationale store: reading, cleaning, joining, policies, and bad input."""
+
+import json
+
+import pytest
+
+from dhrd.data.errors import DataError
+from dhrd.data.rationales import attach_rationales, clean_rationale, read_rationales
+from dhrd.data.report import DataReport
+from dhrd.data.tasks import Example
+
+LABELS = ("entailment", "not_entailment")
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def examples(n=4):
+    return [Example(id=str(i), text=f"x{i}", label=i % 2) for i in range(n)]
+
+
+def test_clean_cuts_end_marker_and_blank_runs():
+    assert clean_rationale("  a\n\n\n\nb [END OF REASONING] tail") == "a\n\nb"
+
+
+def test_read_and_attach_with_report(tmp_path):
+    path = write_jsonl(tmp_path / "r.jsonl", [
+        {"id": "0", "rationale": "because A [END OF REASONING]", "teacher_label": "entailment"},
+        {"id": 1, "rationale": "because B", "teacher_label": "entailment"},  # disagrees (gold 1)
+        {"id": "9", "rationale": "stray"},                                    # unknown id
+        {"id": "3", "rationale": "   [END OF REASONING]"},                    # empty after cleaning
+        "",
+    ])
+    report = DataReport()
+    rats = read_rationales(path, LABELS, report)
+    assert set(rats) == {"0", "1", "9"} and rats["0"].text == "because A"
+    assert report["skipped/rationale_empty"] == 1
+    items = attach_rationales(examples(), rats, LABELS, report=report)
+    assert [it.rationale for it in items] == ["because A", "because B", None, None]
+    assert report["skipped/rationale_unknown_id"] == 1
+    assert report["label_disagree_kept"] == 1
+    assert report["examples_without_rationale"] == 2
+    assert report["examples_used"] == 4 and report["examples_with_rationale"] == 2
+    assert f"{path}:3" in report.samples["rationale_unknown_id"][0]
+
+
+@pytest.mark.parametrize("policy,n_items,with_r", [("drop", 4, 1), ("drop_example", 3, 1)])
+def test_label_consistency_policies(tmp_path, policy, n_items, with_r):
+    path = write_jsonl(tmp_path / "r.jsonl", [
+        {"id": "0", "rationale": "ok", "teacher_label": "entailment"},
+        {"id": "1", "rationale": "wrong", "teacher_label": "entailment"},
+    ])
+    report = DataReport()
+    items = attach_rationales(examples(), read_rationales(path, LABELS), LABELS, consistency=policy,
+                              report=report)
+    assert len(items) == n_items
+    assert sum(it.rationale is not None for it in items) == with_r
+    assert sum(v for k, v in report.counts.items() if k.startswith("skipped/label_disagree")) == 1
+
+
+def test_label_only_and_shuffled_modes(tmp_path):
+    rows = [{"id": str(i), "rationale": f"r{i}"} for i in range(30)]
+    rats = read_rationales(write_jsonl(tmp_path / "r.jsonl", rows))
+    exs = examples(30)
+    assert all(it.rationale is None for it in attach_rationales(exs, rats, LABELS, mode="none"))
+    shuffled = attach_rationales(exs, rats, LABELS, mode="shuffled", seed=3)
+    assert sorted(it.rationale for it in shuffled) == sorted(f"r{i}" for i in range(30))
+    assert sum(it.rationale != f"r{it.example.id}" for it in shuffled) > 20
+    again = attach_rationales(exs, rats, LABELS, mode="shuffled", seed=3)
+    assert [it.rationale for it in again] == [it.rationale for it in shuffled]
+
+
+@pytest.mark.parametrize("line,field,fragment", [
+    ('{"id": "1", "rationale": ', None, "malformed JSON"),
+    ('["id", "rationale"]', None, "JSON object"),
+    ('{"rationale": "r"}', "id", "missing"),
+    ('{"id": "1"}', "rationale", "missing"),
+    ('{"id": "1", "rationale": 5}', "rationale", "string"),
+    ('{"id": "1", "rationale": "r", "teacher_label": "maybe"}', "teacher_label", "unknown label"),
+])
+def test_bad_lines_name_file_line_field(tmp_path, line, field, fragment):
+    path = write_jsonl(tmp_path / "bad.jsonl", ['{"id": "0", "rationale": "fine"}', line])
+    with pytest.raises(DataError) as err:
+        read_rationales(path, LABELS)
+    msg = str(err.value)
+    assert f"bad.jsonl:2" in msg and fragment in msg
+    if field:
+        assert f"field '{field}'" in msg
+
+
+def test_duplicate_id_and_empty_file(tmp_path):
+    path = write_jsonl(tmp_path / "dup.jsonl", [{"id": "1", "rationale": "a"}, {"id": "1", "rationale": "b"}])
+    with pytest.raises(DataError, match=r"dup.jsonl:2: field 'id': duplicate id '1' \(first at .*dup.jsonl:1\)"):
+        read_rationales(path)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n")
+    with pytest.raises(DataError, match="empty.jsonl: no rationales"):
+        read_rationales(empty)
