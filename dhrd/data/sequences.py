@@ -89,6 +89,8 @@ class SequenceBuilder:
             spans[name] = (len(ids), len(ids) + len(part))
             ids += part
             mask += [int(name in self.supervised)] * len(part)
+        if len(parts) == 1:
+            mask = [0] * len(mask)  # x only (no reasoning, unlabeled, too long): no LM targets
         if mask:
             mask[0] = 0  # the first token is nobody's target
         row.update(input_ids=ids, lm_mask=mask, length=len(ids),

@@ -87,13 +87,13 @@ def fixture_file(path, task, n, seed=0):
 @pytest.mark.parametrize("task_name", ["rte", "boolq"])
 def test_packing_efficiency_on_task_length_distributions(tmp_path, task_name):
     task = get_task(task_name)
-    data, rats = fixture_file(tmp_path / f"{task_name}.jsonl", task_name, 600)
+    data, rats = fixture_file(tmp_path / f"{task_name}.jsonl", task_name, 1500)
     tok = make_tiny_tokenizer()
     special = add_reasoning_tokens(tok, tiny_backbone("llama"))
-    args = DataArgs(task=task_name, rationale_file=str(rats), max_seq_len=1024, pack_tokens=4096)
+    args = DataArgs(task=task_name, rationale_file=str(rats), max_seq_len=1024, pack_tokens=8192)
     ds, report = build_training_set(task, task.read(data), tok, special, args)
     lengths = ds["length"]
-    assert report["examples_with_rationale"] == 600 and min(lengths) > 50
+    assert report["examples_with_rationale"] == 1500 and min(lengths) > 50
     bins = best_fit_decreasing(lengths, args.pack_tokens)
     eff = packing_efficiency(lengths, bins, args.pack_tokens)
     print(f"{task_name}: {len(lengths)} sequences, mean {sum(lengths) / len(lengths):.0f} tokens, "
