@@ -20,9 +20,10 @@ def list_tasks() -> int:
     from dhrd.data.tasks import TASKS
 
     width = max(map(len, TASKS))
+    metric_width = max(len(", ".join(t.metrics)) for t in TASKS.values())
     for name, task in TASKS.items():
         labels = ", ".join(f"{lab}={verb!r}" for lab, verb in zip(task.labels, task.verbalizers))
-        print(f"{name:<{width}}  metrics: {', '.join(task.metrics):<14}  labels: {labels}")
+        print(f"{name:<{width}}  metrics: {', '.join(task.metrics):<{metric_width}}  labels: {labels}")
     return 0
 
 

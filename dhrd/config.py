@@ -11,6 +11,14 @@ from typing import Any
 
 LM_SECTIONS = ("all", "rationale", "rationale+answer")
 RATIONALE_MODES = ("teacher", "none", "shuffled")
+# --method presets: (alpha, beta, rationale_mode); explicit --alpha/--beta/--rationale_mode win
+METHODS = {
+    "dhrd": (1.0, 1.0, "teacher"),
+    "pooled": (0.0, 1.0, "teacher"),       # alpha 0: sequences are x only
+    "label_only": (1.0, 1.0, "none"),      # [x, <ANS>, y]
+    "shuffled": (1.0, 1.0, "shuffled"),    # rationales permuted among examples
+    "rationale_only": (1.0, 0.0, "teacher"),
+}
 CONSISTENCY_POLICIES = ("keep", "drop", "drop_example")
 
 
@@ -42,8 +50,8 @@ class ModelArgs:
 @dataclass
 class DataArgs:
     task: str = field(default="rte", metadata={"help": "task name (dhrd tasks lists them)"})
-    train_file: str | None = None
-    eval_file: str | None = None
+    train_file: str | None = field(default=None, metadata={"help": "JSONL path, or hub:<split> (online)"})
+    eval_file: str | None = field(default=None, metadata={"help": "JSONL path, or hub:<split> (online)"})
     rationale_file: str | None = field(default=None, metadata={"help": "JSONL {id, rationale, teacher_label?}"})
     lm_sections: str = field(default="all", metadata={"help": "tokens the LM loss covers: " + ", ".join(LM_SECTIONS)})
     rationale_mode: str = field(default="teacher", metadata={
@@ -79,8 +87,12 @@ class LossArgs:
     loss_impl: str = field(default="auto", metadata={"help": "auto, reference, chunked, triton"})
     label_smoothing: float = 0.0
     z_loss: float = 0.0
+    method: str | None = field(default=None, metadata={
+        "help": "preset of alpha/beta/rationale_mode: " + ", ".join(METHODS) + "; explicit flags override"})
 
     def __post_init__(self):
+        if self.method is not None:
+            _check_choice("method", self.method, tuple(METHODS))
         if self.alpha < 0 or self.beta < 0 or self.alpha == self.beta == 0:
             raise ValueError(f"alpha={self.alpha}, beta={self.beta}: both >= 0 and not both 0")
 
@@ -100,8 +112,23 @@ class TrainArgs:
     save_every: int = 0
     keep_checkpoints: int = 2
     resume: str = field(default="none", metadata={"help": "none, auto, or a checkpoint directory"})
-    ds_config: str | None = None
+    ds_config: str | None = field(default=None, metadata={"help": "DeepSpeed JSON; default: ZeRO-2 built in"})
     log_every: int = 1
+    micro_batches_per_step: int = field(default=0, metadata={
+        "help": "GLOBAL micro-batches (all ranks) per optimizer step; 0 = from global_batch_size and the "
+                "mean examples per packed micro-batch. Same value => same step on any world size"})
+    max_grad_norm: float = 1.0
+    nan_patience: int = field(default=3, metadata={"help": "stop after this many non-finite steps in a row"})
+    log_sequences: int = field(default=3, metadata={"help": "training sequences rendered into TensorBoard"})
+    tensorboard_dir: str | None = field(default=None, metadata={"help": "default <output_dir>/tensorboard"})
+    progress: bool = field(default=True, metadata={"help": "tqdm progress bar on rank 0"})
+    export_final: bool = field(default=True, metadata={"help": "write consolidated weights to <output_dir>/final"})
+
+    def __post_init__(self):
+        if self.micro_batches_per_step < 0:
+            raise ValueError(f"micro_batches_per_step={self.micro_batches_per_step} must be >= 0")
+        if self.nan_patience < 1:
+            raise ValueError(f"nan_patience={self.nan_patience} must be >= 1")
 
 
 ARG_CLASSES = (ModelArgs, DataArgs, LossArgs, TrainArgs)
@@ -154,6 +181,34 @@ def parse_args(argv: list[str] | None = None):
     # parse_args_into_dataclasses also returns the --config namespace; keep the dataclasses
     dcs = [a for a in args if isinstance(a, ARG_CLASSES)]
     return (*dcs, rest)
+
+
+def explicit_fields(argv: list[str] | None) -> set[str]:
+    """Field names set on the command line or in the --config file: what a --method
+    preset must not override."""
+    argv = list(argv or [])
+    names = {a[2:].split("=", 1)[0] for a in argv if a.startswith("--")}
+    for i, a in enumerate(argv):
+        if a == "--config" and i + 1 < len(argv):
+            names |= set(_read_config_file(argv[i + 1]))
+        elif a.startswith("--config="):
+            names |= set(_read_config_file(a.split("=", 1)[1]))
+    return names
+
+
+def apply_method(loss_args: "LossArgs", data_args: "DataArgs", explicit: set[str]) -> None:
+    """Fill alpha, beta and rationale_mode from ``loss_args.method`` where not explicit."""
+    if loss_args.method is None:
+        return
+    alpha, beta, mode = METHODS[loss_args.method]
+    if "alpha" not in explicit:
+        loss_args.alpha = alpha
+    if "beta" not in explicit:
+        loss_args.beta = beta
+    if "rationale_mode" not in explicit:
+        data_args.rationale_mode = mode
+    LossArgs.__post_init__(loss_args)
+    DataArgs.__post_init__(data_args)
 
 
 def resolved_config(*arg_objs) -> dict[str, dict[str, Any]]:

@@ -8,6 +8,17 @@ from .report import DataReport
 from .sequences import SequenceBuilder, SequenceSpec, tokenize_items
 
 
+HUB_PREFIX = "hub:"
+
+
+def load_examples(task, source: str, *, require_labels: bool = True):
+    """Examples from a local JSONL path, or from the task's hub dataset when ``source`` is
+    ``hub:<split>`` (e.g. ``hub:validation``; needs network and the hub cache)."""
+    if source.startswith(HUB_PREFIX):
+        return task.load_hub(source[len(HUB_PREFIX):], require_labels=require_labels)
+    return task.read(source, require_labels=require_labels)
+
+
 def sequence_spec(data_args, *, with_reasoning: bool = True) -> SequenceSpec:
     return SequenceSpec(lm_sections=data_args.lm_sections, rationale_fraction=data_args.rationale_fraction,
                         max_seq_len=data_args.max_seq_len, max_input_len=data_args.max_input_len,

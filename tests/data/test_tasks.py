@@ -345,3 +345,16 @@ def test_hub_unlabeled_rows(hub):
     assert [e.label for e in get_task("rte").load_hub("test", require_labels=False)] == [0, None]
     with pytest.raises(DataError, match=r"aps/super_glue/rte\[test\]:2: field 'label': missing"):
         get_task("rte").load_hub("test")
+
+
+def test_load_examples_routes_paths_and_hub_splits(tmp_path, monkeypatch):
+    from dhrd.data import pipeline
+
+    path = tmp_path / "rte.jsonl"
+    path.write_text('{"premise": "p", "hypothesis": "h", "label": "entailment", "idx": 0}\n')
+    task = get_task("rte")
+    assert [e.id for e in pipeline.load_examples(task, str(path))] == ["0"]
+    seen = {}
+    monkeypatch.setattr(type(task), "load_hub", lambda self, split, require_labels=True: seen.setdefault("split", split))
+    pipeline.load_examples(task, "hub:validation")
+    assert seen["split"] == "validation"

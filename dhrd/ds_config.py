@@ -1,0 +1,97 @@
+"""DeepSpeed JSON configs: read one (or the built-in ZeRO-2 default) and fill its "auto"
+values from our arguments, so the JSON files in ds_configs/ stay generic and DeepSpeed
+keeps doing what it does (AdamW, the LR schedule, clipping, accumulation, bf16)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+
+import torch
+
+DEFAULT_CONFIG = {
+    "train_batch_size": "auto",
+    "train_micro_batch_size_per_gpu": "auto",
+    "gradient_accumulation_steps": "auto",
+    "gradient_clipping": "auto",
+    "steps_per_print": 1000000,
+    "bf16": {"enabled": "auto"},
+    "optimizer": {"type": "AdamW", "params": {"lr": "auto", "betas": [0.9, 0.999], "eps": 1e-8,
+                                              "weight_decay": "auto"}},
+    "scheduler": {"type": "WarmupCosineLR", "params": {
+        "total_num_steps": "auto", "warmup_num_steps": "auto", "warmup_min_ratio": 0.0,
+        "cos_min_ratio": 0.0, "warmup_type": "linear"}},
+    "zero_optimization": {"stage": 2},
+}
+
+
+def load_ds_config(path: str | None) -> dict:
+    if path is None:
+        return copy.deepcopy(DEFAULT_CONFIG)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"DeepSpeed config not found: {path}")
+    with open(path) as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{e.lineno}: not valid JSON: {e.msg}") from None
+
+
+def bf16_available(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+
+def _fill(d: dict, key: str, value) -> None:
+    if d.get(key, "auto") == "auto":
+        d[key] = value
+
+
+def fill_ds_config(cfg: dict, *, micro_rows: int, gas: int, world: int, lr: float, weight_decay: float,
+                   warmup_steps: int, total_steps: int, max_grad_norm: float, device: torch.device,
+                   hidden_size: int | None = None) -> dict:
+    """A copy of ``cfg`` with every "auto" resolved. A micro-batch is ``micro_rows`` packed
+    rows (DeepSpeed only uses the batch sizes for bookkeeping). bf16 is on where CUDA
+    supports it and off on CPU; on CPU AdamW is torch's (no fused op to JIT-build)."""
+    cfg = copy.deepcopy(cfg)
+    _fill(cfg, "train_micro_batch_size_per_gpu", micro_rows)
+    _fill(cfg, "gradient_accumulation_steps", gas)
+    _fill(cfg, "train_batch_size", micro_rows * gas * world)
+    _fill(cfg, "gradient_clipping", max_grad_norm)
+    bf16 = cfg.setdefault("bf16", {})
+    _fill(bf16, "enabled", bf16_available(device))
+    if bf16["enabled"] and not bf16_available(device):
+        raise ValueError("the DeepSpeed config enables bf16 but this device has no bf16 support")
+    opt = cfg.setdefault("optimizer", {"type": "AdamW", "params": {}}).setdefault("params", {})
+    _fill(opt, "lr", lr)
+    _fill(opt, "weight_decay", weight_decay)
+    if device.type != "cuda" and not cfg.get("zero_optimization", {}).get("offload_optimizer"):
+        opt.setdefault("torch_adam", True)
+    sched = cfg.get("scheduler", {}).get("params")
+    if sched is not None:
+        warmup = max(1, min(warmup_steps, total_steps))
+        _fill(sched, "warmup_num_steps", warmup)
+        _fill(sched, "total_num_steps", max(total_steps, warmup + 1))
+        if cfg["scheduler"].get("type") in ("WarmupLR", "WarmupDecayLR"):
+            _fill(sched, "warmup_max_lr", lr)
+    zero = cfg.setdefault("zero_optimization", {"stage": 0})
+    if hidden_size:
+        _fill(zero, "reduce_bucket_size", hidden_size * hidden_size)
+        _fill(zero, "stage3_prefetch_bucket_size", int(0.9 * hidden_size * hidden_size))
+        _fill(zero, "stage3_param_persistence_threshold", 10 * hidden_size)
+    leftover = [k for k, v in _walk(cfg) if v == "auto"]
+    if leftover:
+        raise ValueError(f"DeepSpeed config keeps 'auto' values we cannot fill: {', '.join(leftover)}")
+    return cfg
+
+
+def zero_stage(cfg: dict) -> int:
+    return int(cfg.get("zero_optimization", {}).get("stage", 0))
+
+
+def _walk(d, prefix=""):
+    for k, v in d.items():
+        if isinstance(v, dict):
+            yield from _walk(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v

@@ -1,0 +1,474 @@
+"""DeepSpeed engine set-up and the train loop.
+
+One code path for 1..N processes, CPU or CUDA, ZeRO 0-3. What DeepSpeed does (AdamW,
+the LR schedule, clipping, accumulation, bf16, checkpoint shards) is left to it; this
+module adds what packing and the dual-head loss need:
+
+* An optimizer step is a fixed number of GLOBAL micro-batches M (all ranks); each rank
+  runs gas = M / world of them. Micro-batches come from one deterministic stream of
+  packed plans (epoch after epoch), so step k uses stream positions [kM, (k+1)M) on any
+  world size: the same step on 1 or N processes, and resuming needs only k.
+* Before the step's forward passes the ranks all-reduce the supervised-token and
+  labelled-example counts of all the step's micro-batches; each micro-batch's loss is
+  its SUM divided by those global counts, so the step's true loss is the sum over ranks
+  and micro-batches. DeepSpeed averages gradients over ranks (x 1/world) and, with
+  ``scale_wrt_gas``, divides the loss by gas; we call ``backward(loss * world,
+  scale_wrt_gas=False)`` so the reduced gradient is exactly the sum-normalised one.
+* The loss runs inside the module DeepSpeed wraps (``DualHeadLoss``), and the LM-head
+  weight is registered as an external parameter of it: under ZeRO-3 it is gathered for
+  the loss (tied embeddings included), and every rank runs the same modules in the same
+  order even with nothing to supervise (the loss returns a graph-connected zero).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import socket
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from . import checkpoint
+from .config import resolved_config
+from .data.packing import collate_packed, plan_micro_batches
+from .ds_config import fill_ds_config, load_ds_config, zero_stage
+from .kernels import dual_head_loss
+from .monitor import Monitor, log
+
+ROW_COLUMNS = ("input_ids", "lm_mask", "cls_pos", "label", "id")
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+# ---------------------------------------------------------------------------------------
+# processes and devices
+
+@dataclass
+class Dist:
+    rank: int
+    world: int
+    local_rank: int
+    device: torch.device
+
+    def all_reduce(self, t: torch.Tensor, op=None) -> torch.Tensor:
+        if self.world > 1:
+            torch.distributed.all_reduce(t, op=op or torch.distributed.ReduceOp.SUM)
+        return t
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed() -> Dist:
+    """Works under ``deepspeed``, ``torchrun`` and plain ``python`` (world size 1: the
+    rendezvous variables get defaults, so deepspeed.initialize runs the same way)."""
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    deepspeed.init_distributed()
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    acc = get_accelerator()
+    if acc.device_name() == "cuda":
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device(acc.device_name())
+    return Dist(torch.distributed.get_rank(), torch.distributed.get_world_size(), local_rank, device)
+
+
+# ---------------------------------------------------------------------------------------
+# model
+
+def apply_lora(backbone, model_args):
+    """peft LoRA adapters on the attention and MLP projections; the base stays frozen."""
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(r=model_args.lora_r, lora_alpha=model_args.lora_alpha,
+                     lora_dropout=model_args.lora_dropout, bias="none",
+                     target_modules=[t.strip() for t in model_args.lora_targets.split(",") if t.strip()])
+    return get_peft_model(backbone, cfg)
+
+
+def build_model(model_args, num_labels: int, ds_cfg: dict):
+    """Backbone + tokenizer + reasoning tokens + (LoRA) + head. Under ZeRO-3 the backbone
+    is loaded under ``HfDeepSpeedConfig`` (which must stay alive: it is returned) and
+    the head is built under ``zero.Init``, so no rank ever holds the full model."""
+    from .backbones import load_backbone, load_tokenizer, resolve_dtype, resolve_model_path
+    from .model import DualHeadModel, add_reasoning_tokens
+
+    hf_ds = None
+    init_ctx = contextlib.nullcontext()
+    if zero_stage(ds_cfg) == 3:
+        import deepspeed
+        from transformers.integrations import HfDeepSpeedConfig
+
+        hf_ds = HfDeepSpeedConfig(ds_cfg)
+        init_ctx = deepspeed.zero.Init(config_dict_or_path=ds_cfg)
+    path = resolve_model_path(model_args.model)
+    if not os.path.exists(path) and (os.path.sep in path or path.startswith(".")):
+        raise FileNotFoundError(f"model directory not found: {path}")
+    tokenizer = load_tokenizer(path, model_args.gguf_file)
+    dtype = torch.bfloat16 if ds_cfg.get("bf16", {}).get("enabled") else resolve_dtype(model_args.dtype, "cpu")
+    backbone = load_backbone(path, dtype=dtype, attn_implementation=model_args.attn_implementation,
+                             gguf_file=model_args.gguf_file)
+    special = add_reasoning_tokens(tokenizer, backbone)
+    if model_args.lora:
+        backbone = apply_lora(backbone, model_args)
+    with init_ctx:
+        model = DualHeadModel(backbone, num_labels, pooling=model_args.pooling,
+                              head_inner_size=model_args.head_inner_size, head_dropout=model_args.head_dropout)
+    return model, tokenizer, special, hf_ds
+
+
+class DualHeadLoss(nn.Module):
+    """The module DeepSpeed wraps: DualHeadModel forward + the dual-head loss, so ZeRO-3's
+    hooks gather every weight the loss touches. Returns (total, cls, lm) or, with
+    ``eval_only``, the class logits."""
+
+    def __init__(self, model, loss_args):
+        super().__init__()
+        self.model = model
+        self.loss_args = loss_args
+        for p in (model.lm_weight, model.lm_bias):
+            if p is not None and hasattr(p, "ds_id"):
+                import deepspeed
+
+                deepspeed.zero.register_external_parameter(self, p)
+
+    def forward(self, input_ids, position_ids, cls_index, cls_start, lm_targets=None, cls_labels=None,
+                n_lm_tokens=None, n_cls=None, eval_only: bool = False):
+        out = self.model(input_ids, position_ids, cls_index, cls_start)
+        if eval_only:
+            return out.cls_logits
+        a = self.loss_args
+        loss = dual_head_loss(out.hidden, self.model.lm_weight, lm_targets, out.cls_logits, cls_labels,
+                              alpha=a.alpha, beta=a.beta, n_lm_tokens=n_lm_tokens, n_cls=n_cls,
+                              impl=a.loss_impl, logit_softcap=self.model.logit_softcap,
+                              lm_bias=self.model.lm_bias, label_smoothing=a.label_smoothing, z_loss=a.z_loss)
+        return loss.total, loss.cls, loss.lm
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Trainable parameters; no weight decay on biases and norms (1-d tensors)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            shape = getattr(p, "ds_shape", p.shape)
+            (decay if len(shape) >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+# ---------------------------------------------------------------------------------------
+# data order
+
+class MicroBatchStream:
+    """Packed micro-batches of epoch 0, 1, 2, ... as one indexable stream; position p is
+    deterministic for (seed, lengths), whatever the world size."""
+
+    def __init__(self, lengths, pack_tokens: int, rows_per_batch: int, seed: int):
+        self.lengths, self.pack_tokens, self.rows, self.seed = list(lengths), pack_tokens, rows_per_batch, seed
+        self._plans: list[list] = []
+
+    def plan(self, epoch: int) -> list:
+        while len(self._plans) <= epoch:
+            self._plans.append(plan_micro_batches(self.lengths, self.pack_tokens, self.rows,
+                                                  seed=self.seed, epoch=len(self._plans)))
+        return self._plans[epoch]
+
+    def locate(self, pos: int) -> tuple[int, int]:
+        """(epoch, index in the epoch's plan) of stream position ``pos``."""
+        epoch = 0
+        while pos >= len(self.plan(epoch)):
+            pos -= len(self.plan(epoch))
+            epoch += 1
+        return epoch, pos
+
+    def __getitem__(self, pos: int) -> list[list[int]]:
+        epoch, i = self.locate(pos)
+        return self.plan(epoch)[i]
+
+
+def micro_batches_per_step(train_args, n_examples: int, plan_len: int, world: int) -> int:
+    """Global micro-batches per optimizer step: given, or the count that holds about
+    ``global_batch_size`` examples; a multiple of the world size."""
+    m = train_args.micro_batches_per_step
+    if m:
+        if m % world:
+            raise ValueError(f"micro_batches_per_step={m} is not a multiple of the world size {world}")
+        return m
+    per_micro = n_examples / max(plan_len, 1)
+    m = max(1, round(train_args.global_batch_size / per_micro))
+    return world * math.ceil(m / world)
+
+
+def collate(rows_idx, table: dict, pad_id: int):
+    rows = [[{k: table[k][i] for k in ROW_COLUMNS} for i in row] for row in rows_idx]
+    return collate_packed(rows, pad_id)
+
+
+def batch_inputs(b, device) -> dict:
+    b = b.to(device)
+    return dict(input_ids=b.input_ids, position_ids=b.position_ids, cls_index=b.cls_index,
+                cls_start=b.cls_start, lm_targets=b.lm_targets, cls_labels=b.cls_labels)
+
+
+# ---------------------------------------------------------------------------------------
+# non-finite losses
+
+class NonFiniteGuard:
+    """Counts non-finite steps; raises after ``patience`` in a row."""
+
+    def __init__(self, patience: int, total: int = 0, in_row: int = 0):
+        self.patience, self.total, self.in_row = patience, total, in_row
+
+    def update(self, finite: bool, step: int) -> None:
+        if finite:
+            self.in_row = 0
+            return
+        self.total += 1
+        self.in_row += 1
+        if self.in_row >= self.patience:
+            raise TrainingDiverged(
+                f"loss was NaN/inf in {self.in_row} consecutive steps (last: step {step}; "
+                f"{self.total} in all): stopping. Lower --lr, check the data, or raise --nan_patience.")
+
+
+# ---------------------------------------------------------------------------------------
+# evaluation
+
+def evaluate(engine, eval_table: dict, n_eval: int, task, pack_tokens: int, rows_per_batch: int,
+             pad_id: int, dist: Dist) -> dict:
+    """Classifier head only, sharded over ranks; every rank runs the same number of
+    forwards (ZeRO-3 gathers are collective), predictions are gathered to all ranks."""
+    plan = plan_micro_batches(eval_table["length"], pack_tokens, rows_per_batch, seed=0, epoch=0)
+    n_iter = math.ceil(len(plan) / dist.world)
+    preds: dict[int, int] = {}
+    engine.eval()
+    with torch.no_grad():
+        for it in range(n_iter):
+            j = it * dist.world + dist.rank
+            rows = plan[j] if j < len(plan) else plan[0]  # a dummy forward keeps ranks in step
+            b = collate(rows, eval_table, pad_id)
+            logits = engine(**batch_inputs(b, dist.device), eval_only=True)
+            if j < len(plan):
+                flat = [i for row in rows for i in row]
+                preds.update(zip(flat, logits.argmax(-1).tolist()))
+    engine.train()
+    if dist.world > 1:
+        parts = [None] * dist.world
+        torch.distributed.all_gather_object(parts, preds)
+        preds = {k: v for p in parts for k, v in p.items()}
+    order = range(n_eval)
+    return task.score([preds[i] for i in order], [eval_table["label"][i] for i in order],
+                      [eval_table["group"][i] for i in order])
+
+
+# ---------------------------------------------------------------------------------------
+# the run
+
+def _load_split(task, path, what, tokenizer, special, data_args, *, with_reasoning, seed, cache_dir, dist):
+    from .data.pipeline import build_training_set
+    from .data.report import DataReport
+
+    if not path:
+        raise ValueError(f"--{what} is required")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{what.replace('_', ' ')} not found: {path}")
+    examples = task.read(path)
+    report = DataReport()
+    # rank 0 builds the tokenised cache first; the others then load it
+    for turn in ((0,), tuple(range(1, dist.world))):
+        if dist.rank in turn:
+            ds, report = build_training_set(task, examples, tokenizer, special, data_args,
+                                            with_reasoning=with_reasoning, seed=seed,
+                                            cache_dir=cache_dir, report=report)
+        dist.barrier()
+    table = {k: list(ds[k]) for k in (*ROW_COLUMNS, "length")}
+    groups = {ex.id: ex.group for ex in examples}
+    table["group"] = [groups.get(i) for i in table["id"]]
+    return table, report
+
+
+def run(model_args, data_args, loss_args, train_args) -> dict:
+    """Train, evaluate and export; returns the final eval metrics (empty without an
+    eval file). Collective: every rank calls it."""
+    import deepspeed
+
+    from .data.tasks import get_task
+
+    dist = init_distributed()
+    deepspeed.runtime.utils.set_random_seed(train_args.seed)
+    task = get_task(data_args.task)
+    out = train_args.output_dir
+    os.makedirs(out, exist_ok=True)
+    base_cfg = load_ds_config(train_args.ds_config)
+    # a provisional fill: zero.Init needs a valid config before the batch sizes are known
+    pre_cfg = fill_ds_config(base_cfg, micro_rows=data_args.rows_per_batch, gas=1, world=dist.world,
+                             lr=train_args.lr, weight_decay=train_args.weight_decay, warmup_steps=1,
+                             total_steps=2, max_grad_norm=train_args.max_grad_norm, device=dist.device)
+    model, tokenizer, special, hf_ds = build_model(model_args, len(task.labels), pre_cfg)
+
+    cache_dir = data_args.cache_dir or os.path.join(out, "cache")
+    with_reasoning = loss_args.alpha > 0
+    train_table, report = _load_split(task, data_args.train_file, "train_file", tokenizer, special, data_args,
+                                      with_reasoning=with_reasoning, seed=train_args.seed,
+                                      cache_dir=cache_dir, dist=dist)
+    eval_table = None
+    if data_args.eval_file:
+        eval_table, _ = _load_split(task, data_args.eval_file, "eval_file", tokenizer, special, data_args,
+                                    with_reasoning=False, seed=train_args.seed, cache_dir=cache_dir, dist=dist)
+    if dist.rank == 0:
+        log(0, report.format())
+        report.write(os.path.join(out, "data_report.json"))
+        if with_reasoning and data_args.rationale_mode != "none" and not data_args.rationale_file:
+            log(0, "warning: alpha > 0 but no --rationale_file: sequences are [x, <ANS>, y] (label-only)")
+
+    stream = MicroBatchStream(train_table["length"], data_args.pack_tokens, data_args.rows_per_batch,
+                              train_args.seed)
+    n_train = len(train_table["length"])
+    M = micro_batches_per_step(train_args, n_train, len(stream.plan(0)), dist.world)
+    gas = M // dist.world
+    total_steps = train_args.max_steps if train_args.max_steps > 0 else \
+        max(1, math.ceil(train_args.epochs * len(stream.plan(0)) / M))
+    hidden = getattr(model.config, "hidden_size", None)
+    ds_cfg = fill_ds_config(base_cfg, micro_rows=data_args.rows_per_batch, gas=gas, world=dist.world,
+                            lr=train_args.lr, weight_decay=train_args.weight_decay,
+                            warmup_steps=train_args.warmup_steps, total_steps=total_steps,
+                            max_grad_norm=train_args.max_grad_norm, device=dist.device, hidden_size=hidden)
+    derived = {"world_size": dist.world, "micro_batches_per_step": M, "gradient_accumulation_steps": gas,
+               "total_steps": total_steps, "train_examples": n_train,
+               "micro_batches_per_epoch": len(stream.plan(0)), "special_token_ids": list(special)}
+    if dist.rank == 0:
+        with open(os.path.join(out, "config.json"), "w") as f:
+            json.dump({**resolved_config(model_args, data_args, loss_args, train_args),
+                       "derived": derived, "deepspeed": ds_cfg}, f, indent=2)
+        log(0, f"world {dist.world}, device {dist.device}, ZeRO {zero_stage(ds_cfg)}, {M} micro-batches/step "
+               f"({gas} per rank), {total_steps} steps, {n_train} train examples")
+
+    wrapper = DualHeadLoss(model, loss_args)
+    engine, _, _, _ = deepspeed.initialize(model=wrapper, model_parameters=param_groups(wrapper, train_args.weight_decay),
+                                           config=ds_cfg)
+
+    ckpt_root = os.path.join(out, "checkpoints")
+    start_step, guard = 0, NonFiniteGuard(train_args.nan_patience)
+    if train_args.resume != "none":
+        root, tag = ckpt_root, None
+        if train_args.resume == "auto":
+            tag = checkpoint.find_resumable(ckpt_root)
+        else:
+            root, tag = os.path.split(os.path.normpath(train_args.resume))
+        if tag is not None:
+            state = checkpoint.load(engine, root, tag, rank=dist.rank)
+            start_step = int(state["step"])
+            guard = NonFiniteGuard(train_args.nan_patience, state.get("nonfinite_steps", 0),
+                                   state.get("nonfinite_in_row", 0))
+            log(dist.rank, f"resumed from {os.path.join(root, tag)} at step {start_step} "
+                           f"(epoch {state.get('epoch')}, micro-batch {state.get('micro_index')})")
+        elif dist.rank == 0:
+            log(0, f"--resume auto: no complete checkpoint in {ckpt_root}; starting fresh")
+
+    monitor = Monitor(dist.rank, out, train_args.tensorboard_dir, total_steps, start_step, train_args.progress)
+    if start_step == 0:
+        for i in range(min(train_args.log_sequences, n_train)):
+            monitor.text("train/sequences", tokenizer.decode(train_table["input_ids"][i]), i)
+    pad_id = tokenizer.pad_token_id
+    eval_history, metrics = [], {}
+
+    def run_eval(step):
+        nonlocal metrics
+        metrics = evaluate(engine, eval_table, len(eval_table["label"]), task, data_args.pack_tokens,
+                           data_args.rows_per_batch, pad_id, dist)
+        monitor.scalars(step, {f"eval/{k}": v for k, v in metrics.items()}, kind="eval")
+        eval_history.append({"step": step, **metrics})
+        log(dist.rank, f"eval step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+
+    try:
+        for step in range(start_step, total_steps):
+            t0 = time.time()
+            first = step * M + dist.rank * gas
+            batches = [collate(stream[first + j], train_table, pad_id) for j in range(gas)]
+            counts = torch.tensor([sum(b.n_lm_tokens for b in batches),
+                                   sum(int((b.cls_labels != -100).sum()) for b in batches),
+                                   sum(b.n_real_tokens for b in batches), sum(b.n_segments for b in batches),
+                                   sum(b.budget for b in batches)], dtype=torch.float64, device=dist.device)
+            n_lm, n_cls, n_real, n_seg, budget = dist.all_reduce(counts).tolist()
+            sums = torch.zeros(3, dtype=torch.float64, device=dist.device)
+            step_finite = True
+            for b in batches:
+                total, cls, lm = engine(**batch_inputs(b, dist.device), n_lm_tokens=max(n_lm, 1.0),
+                                        n_cls=max(n_cls, 1.0))
+                bad = dist.all_reduce(torch.tensor([0.0 if torch.isfinite(total) else 1.0], device=dist.device),
+                                      torch.distributed.ReduceOp.MAX)
+                if bad.item():
+                    # drop this micro-batch's contribution on every rank, same backward graph
+                    step_finite = False
+                    total = torch.nan_to_num(total, nan=0.0, posinf=0.0, neginf=0.0) * 0.0
+                else:
+                    sums += torch.stack([total.detach(), cls, lm]).double()
+                engine.backward(total * dist.world, scale_wrt_gas=False)
+                engine.step()
+            loss, loss_cls, loss_lm = dist.all_reduce(sums).tolist()
+            guard.update(step_finite, step + 1)
+            dt = max(time.time() - t0, 1e-9)
+            done = step + 1
+            grad_norm = engine.get_global_grad_norm()
+            values = {"train/lr": engine.get_lr()[0], "perf/real_tokens_per_s": n_real / dt,
+                      "perf/samples_per_s": n_seg / dt, "perf/packing_efficiency": n_real / max(budget, 1),
+                      "train/nonfinite_steps": guard.total}
+            if step_finite:
+                values.update({"train/loss_total": loss, "train/loss_cls": loss_cls, "train/loss_lm": loss_lm})
+            if grad_norm is not None and math.isfinite(float(grad_norm)):
+                values["train/grad_norm"] = float(grad_norm)
+            if done % train_args.log_every == 0 or done == total_steps:
+                monitor.scalars(done, values)
+            monitor.advance(1, loss=loss if step_finite else float("nan"))
+            if not step_finite:
+                log(dist.rank, f"step {done}: non-finite loss, step's bad micro-batches dropped "
+                               f"({guard.in_row} in a row)")
+            if eval_table is not None and train_args.eval_every and done % train_args.eval_every == 0 \
+                    and done < total_steps:
+                run_eval(done)
+            if train_args.save_every and done % train_args.save_every == 0 and done < total_steps:
+                epoch, index = stream.locate(done * M)
+                checkpoint.save(engine, ckpt_root, done,
+                                {"step": done, "epoch": epoch, "micro_index": index,
+                                 "nonfinite_steps": guard.total, "nonfinite_in_row": guard.in_row},
+                                rank=dist.rank, world=dist.world, keep=train_args.keep_checkpoints)
+        if eval_table is not None:
+            run_eval(total_steps)
+            if dist.rank == 0:
+                with open(os.path.join(out, "eval_results.json"), "w") as f:
+                    json.dump({"task": task.name, "step": total_steps, "metrics": metrics,
+                               "history": eval_history}, f, indent=2)
+        monitor.hparams({"alpha": loss_args.alpha, "beta": loss_args.beta, "task": task.name,
+                         "backbone": model_args.model, "method": loss_args.method or "custom",
+                         "lora": model_args.lora, "lr": train_args.lr},
+                        {f"hparam/{k}": v for k, v in metrics.items()} or {"hparam/none": 0.0})
+        if train_args.export_final:
+            from .export import export_final
+
+            export_final(engine, model, tokenizer, special, task, model_args, data_args, loss_args,
+                         os.path.join(out, "final"), dist)
+    finally:
+        monitor.close()
+    del hf_ds
+    return metrics

@@ -1,0 +1,80 @@
+"""The end-of-training export to ``<output_dir>/final``: consolidated weights as a plain
+HF backbone directory (LoRA merged in) + tokenizer + ``classifier_head.safetensors`` +
+``dhrd_config.json``, loadable without DeepSpeed or peft.
+
+DeepSpeed consolidates the (possibly ZeRO-3 partitioned) weights with
+``save_16bit_model`` (every rank takes part; it writes the model's dtype: fp32 on CPU,
+bf16 where bf16 trains); rank 0 then loads them into a fresh, unpartitioned model."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import torch
+
+CONSOLIDATED = "dual_head_consolidated.pt"
+HEAD_FILE = "classifier_head.safetensors"
+
+
+def export_final(engine, model, tokenizer, special, task, model_args, data_args, loss_args, out_dir: str,
+                 dist) -> None:
+    os.makedirs(out_dir, exist_ok=True)
+    tmp = os.path.join(out_dir, ".consolidating")
+    if not engine.save_16bit_model(tmp, CONSOLIDATED):
+        raise RuntimeError("DeepSpeed did not consolidate the weights: set "
+                           "zero_optimization.stage3_gather_16bit_weights_on_model_save true in the DeepSpeed config")
+    dist.barrier()
+    if dist.rank == 0:
+        state = torch.load(os.path.join(tmp, CONSOLIDATED), map_location="cpu", weights_only=True)
+        _write_final(state, model, tokenizer, special, task, model_args, data_args, loss_args, out_dir)
+        shutil.rmtree(tmp, ignore_errors=True)
+    dist.barrier()
+
+
+def _fresh_dual_head(model, model_args):
+    """An unpartitioned copy of the architecture (HF's ZeRO-3 hook switched off)."""
+    from transformers import AutoModelForCausalLM
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    from .engine import apply_lora
+    from .model import DualHeadModel
+
+    hf_deepspeed.unset_hf_deepspeed_config()
+    backbone = AutoModelForCausalLM.from_config(model.config, attn_implementation=model_args.attn_implementation)
+    if model_args.lora:
+        backbone = apply_lora(backbone, model_args)
+    return DualHeadModel(backbone, model.num_labels, pooling=model.pooling,
+                         head_inner_size=model_args.head_inner_size, head_dropout=model_args.head_dropout)
+
+
+def _write_final(state, model, tokenizer, special, task, model_args, data_args, loss_args, out_dir):
+    from safetensors.torch import save_file
+
+    fresh = _fresh_dual_head(model, model_args)
+    state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+    dtype = next(iter(state.values())).dtype
+    fresh.to(dtype)
+    missing, unexpected = fresh.load_state_dict(state, strict=False)
+    tied = {n for n, p in fresh.named_parameters() if p is fresh.lm_weight} if \
+        fresh.lm_weight is fresh.backbone.get_input_embeddings().weight else set()
+    missing = [k for k in missing if k not in tied]
+    if missing or unexpected:
+        raise RuntimeError(f"consolidated weights do not match the model: missing {missing[:5]}, "
+                           f"unexpected {unexpected[:5]}")
+    backbone = fresh.backbone
+    if model_args.lora:
+        backbone = backbone.merge_and_unload()
+    backbone.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    save_file({k: v.contiguous() for k, v in fresh.head.state_dict().items()}, os.path.join(out_dir, HEAD_FILE))
+    meta = {"task": task.name, "labels": list(task.labels), "verbalizers": list(task.verbalizers),
+            "pooling": fresh.pooling, "num_labels": fresh.num_labels,
+            "head_inner_size": fresh.head.dense.out_features, "head_file": HEAD_FILE,
+            "special_token_ids": {"reason": special[0], "answer": special[1]},
+            "alpha": loss_args.alpha, "beta": loss_args.beta, "method": loss_args.method,
+            "rationale_mode": data_args.rationale_mode, "lora_merged": bool(model_args.lora),
+            "dtype": str(dtype).replace("torch.", ""), "max_input_len": data_args.max_input_len}
+    with open(os.path.join(out_dir, "dhrd_config.json"), "w") as f:
+        json.dump(meta, f, indent=2)

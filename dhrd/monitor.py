@@ -1,0 +1,74 @@
+"""Training telemetry: TensorBoard scalars/text/hparams, a metrics.jsonl log, a tqdm bar
+and rank-prefixed log lines. Only rank 0 writes files or draws the bar, so N ranks do not
+produce N copies; every rank may log."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+
+def log(rank: int, message: str) -> None:
+    """One line on stderr, prefixed with the rank (the launcher interleaves ranks)."""
+    print(f"[rank{rank}] {message}", file=sys.stderr, flush=True)
+
+
+class Monitor:
+    """``scalars(step, {...})`` goes to TensorBoard and ``metrics.jsonl``; ``text`` and
+    ``hparams`` to TensorBoard. A no-op on ranks other than 0."""
+
+    def __init__(self, rank: int, output_dir: str, tb_dir: str | None = None, total_steps: int = 0,
+                 initial_step: int = 0, progress: bool = True):
+        self.rank = rank
+        self.enabled = rank == 0
+        self.writer = self.bar = self.jsonl = None
+        if not self.enabled:
+            return
+        from torch.utils.tensorboard import SummaryWriter
+
+        os.makedirs(output_dir, exist_ok=True)
+        self.writer = SummaryWriter(tb_dir or os.path.join(output_dir, "tensorboard"))
+        self.jsonl = open(os.path.join(output_dir, "metrics.jsonl"), "a")
+        if progress:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total_steps, initial=initial_step, desc="train", dynamic_ncols=True,
+                            file=sys.stderr)
+
+    def scalars(self, step: int, values: dict[str, float], *, kind: str = "train") -> None:
+        if not self.enabled:
+            return
+        for name, value in values.items():
+            self.writer.add_scalar(name, value, step)
+        self.jsonl.write(json.dumps({"kind": kind, "step": step, "time": time.time(), **values}) + "\n")
+        self.jsonl.flush()
+
+    def text(self, tag: str, text: str, step: int) -> None:
+        if self.enabled:
+            # TensorBoard renders text as markdown: keep whitespace and special tokens literal
+            self.writer.add_text(tag, "    " + text.replace("\n", "\n    "), step)
+
+    def hparams(self, hparams: dict, metrics: dict[str, float]) -> None:
+        if self.enabled:
+            clean = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in hparams.items()}
+            self.writer.add_hparams(clean, metrics, run_name="hparams")
+
+    def advance(self, n: int = 1, **postfix) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+            if postfix:
+                self.bar.set_postfix({k: f"{v:.4g}" if isinstance(v, float) else v for k, v in postfix.items()})
+
+    def flush(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+        if self.jsonl is not None:
+            self.jsonl.close()
