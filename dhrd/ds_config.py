@@ -75,10 +75,11 @@ def fill_ds_config(cfg: dict, *, micro_rows: int, gas: int, world: int, lr: floa
         if cfg["scheduler"].get("type") in ("WarmupLR", "WarmupDecayLR"):
             _fill(sched, "warmup_max_lr", lr)
     zero = cfg.setdefault("zero_optimization", {"stage": 0})
-    if hidden_size:
-        _fill(zero, "reduce_bucket_size", hidden_size * hidden_size)
-        _fill(zero, "stage3_prefetch_bucket_size", int(0.9 * hidden_size * hidden_size))
-        _fill(zero, "stage3_param_persistence_threshold", 10 * hidden_size)
+    # HF's rule of thumb from the hidden size; DeepSpeed's own defaults without it
+    h2 = hidden_size * hidden_size if hidden_size else None
+    _fill(zero, "reduce_bucket_size", h2 or 500_000_000)
+    _fill(zero, "stage3_prefetch_bucket_size", int(0.9 * h2) if h2 else 50_000_000)
+    _fill(zero, "stage3_param_persistence_threshold", 10 * hidden_size if hidden_size else 100_000)
     leftover = [k for k, v in _walk(cfg) if v == "auto"]
     if leftover:
         raise ValueError(f"DeepSpeed config keeps 'auto' values we cannot fill: {', '.join(leftover)}")

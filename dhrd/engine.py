@@ -404,6 +404,7 @@ def run(model_args, data_args, loss_args, train_args) -> dict:
     try:
         for step in range(start_step, total_steps):
             t0 = time.time()
+            lr = engine.get_lr()[0]  # the rate this step's update uses
             first = step * M + dist.rank * gas
             batches = [collate(stream[first + j], train_table, pad_id) for j in range(gas)]
             counts = torch.tensor([sum(b.n_lm_tokens for b in batches),
@@ -431,7 +432,7 @@ def run(model_args, data_args, loss_args, train_args) -> dict:
             dt = max(time.time() - t0, 1e-9)
             done = step + 1
             grad_norm = engine.get_global_grad_norm()
-            values = {"train/lr": engine.get_lr()[0], "perf/real_tokens_per_s": n_real / dt,
+            values = {"train/lr": lr, "perf/real_tokens_per_s": n_real / dt,
                       "perf/samples_per_s": n_seg / dt, "perf/packing_efficiency": n_real / max(budget, 1),
                       "train/nonfinite_steps": guard.total}
             if step_finite:

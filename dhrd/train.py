@@ -16,7 +16,16 @@ if __package__ in (None, ""):  # run as a script: make the package importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+def _quiet() -> None:
+    """torch's c10d deprecation notices fire on every ZeRO collective; they say nothing
+    about this run."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated")
+
+
 def main(argv: list[str] | None = None) -> int:
+    _quiet()
     from dhrd.config import apply_method, explicit_fields, parse_args
     from dhrd.engine import TrainingDiverged, run
 

@@ -1,0 +1,174 @@
+"""The training engine through real ``python dhrd/train.py`` processes (world size 1,
+still through deepspeed.initialize) on a tiny learnable task, plus its pure parts."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "distributed"))
+from train_helpers import REPO, losses, run_train, write_model, write_task  # noqa: E402
+
+LEARN = ["--max_steps", 30, "--micro_batches_per_step", 4, "--lr", 3e-3, "--eval_every", 15]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("engine")
+    return root, write_task(root / "data"), write_model(root / "model")
+
+
+@pytest.fixture(scope="module")
+def dhrd_run(setup):
+    root, paths, model = setup
+    out = root / "dhrd"
+    proc = run_train(model, paths, out, *LEARN, "--method", "dhrd")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return out
+
+
+def _mean(d, steps):
+    return sum(d[s] for s in steps) / len(steps)
+
+
+@pytest.mark.parametrize("method", ["dhrd", "pooled"])
+def test_loss_decreases_through_the_same_engine(setup, dhrd_run, method):
+    root, paths, model = setup
+    out = dhrd_run
+    if method != "dhrd":
+        out = root / method
+        proc = run_train(model, paths, out, *LEARN, "--method", method)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+    cfg = json.load(open(out / "config.json"))
+    assert cfg["loss"]["alpha"] == (1.0 if method == "dhrd" else 0.0)
+    total, lm = losses(out), losses(out, "train/loss_lm")
+    assert _mean(total, range(26, 31)) < _mean(total, range(1, 6)) - 0.15
+    if method == "pooled":
+        assert all(v == 0.0 for v in lm.values())  # x-only sequences, no LM term
+    else:
+        assert _mean(lm, range(26, 31)) < _mean(lm, range(1, 6)) - 0.5
+    ev = json.load(open(out / "eval_results.json"))
+    assert [h["step"] for h in ev["history"]] == [15, 30] and 0.0 <= ev["metrics"]["accuracy"] <= 1.0
+    meta = json.load(open(out / "final" / "dhrd_config.json"))
+    assert meta["labels"] == ["entailment", "not_entailment"] and meta["alpha"] == cfg["loss"]["alpha"]
+
+
+def test_tensorboard_events_hold_the_scalars(dhrd_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(dhrd_run / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    for t in ("train/loss_total", "train/loss_cls", "train/loss_lm", "train/lr", "train/grad_norm",
+              "perf/real_tokens_per_s", "perf/packing_efficiency", "perf/samples_per_s", "eval/accuracy"):
+        assert t in tags, t
+    assert len(acc.Scalars("train/loss_total")) == 30
+    assert any("sequences" in t for t in acc.Tags()["tensors"])  # rendered training text
+    runs = os.listdir(dhrd_run / "tensorboard")
+    assert "hparams" in runs
+
+
+def test_final_export_loads_without_deepspeed(dhrd_run):
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from dhrd.model import DualHeadModel
+
+    final = dhrd_run / "final"
+    meta = json.load(open(final / "dhrd_config.json"))
+    tok = AutoTokenizer.from_pretrained(final)
+    assert tok.convert_tokens_to_ids("<REASON>") == meta["special_token_ids"]["reason"]
+    model = DualHeadModel(AutoModelForCausalLM.from_pretrained(final), meta["num_labels"], pooling=meta["pooling"])
+    model.head.load_state_dict(load_file(final / meta["head_file"]))
+    ids = torch.tensor([tok("Premise: x")["input_ids"]])
+    out = model(ids, torch.arange(ids.shape[1])[None], torch.tensor([ids.shape[1] - 1]))
+    assert out.cls_logits.shape == (1, 2)
+
+
+def test_lora_single_process(setup):
+    root, paths, model = setup
+    out = root / "lora"
+    proc = run_train(model, paths, out, "--max_steps", 4, "--micro_batches_per_step", 2, "--lora", "true",
+                     "--lr", 1e-2)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    meta = json.load(open(out / "final" / "dhrd_config.json"))
+    assert meta["lora_merged"] is True
+    from safetensors.torch import load_file
+
+    base, tuned = load_file(os.path.join(model, "model.safetensors")), load_file(out / "final" / "model.safetensors")
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert not any("lora" in k for k in tuned) and float((base[q] - tuned[q]).abs().max()) > 0  # merged
+    emb = "model.embed_tokens.weight"
+    assert float((base[emb] - tuned[emb][: base[emb].shape[0]]).abs().max()) == 0  # base frozen
+
+
+def test_nonfinite_losses_stop_training_with_a_message(setup):
+    root, paths, model = setup
+    proc = run_train(model, paths, root / "nan", "--max_steps", 20, "--micro_batches_per_step", 2,
+                     "--lr", 1e30, "--warmup_steps", 1, "--max_grad_norm", 0, "--nan_patience", 2,
+                     "--export_final", "false")
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    assert "NaN/inf in 2 consecutive steps" in proc.stderr
+
+
+def test_missing_train_file_is_named(setup, tmp_path):
+    root, paths, model = setup
+    proc = run_train(model, dict(paths, train=str(tmp_path / "nope.jsonl")), tmp_path / "out", "--max_steps", 1)
+    assert proc.returncode != 0 and "train file not found: " + str(tmp_path / "nope.jsonl") in proc.stderr
+
+
+# ---- pure parts ------------------------------------------------------------------------
+
+def test_method_presets_and_explicit_override():
+    from dhrd.config import apply_method, explicit_fields, parse_args
+
+    argv = ["--method", "rationale_only", "--alpha", "0.5"]
+    m, d, loss, t, _ = parse_args(argv)
+    apply_method(loss, d, explicit_fields(argv))
+    assert (loss.alpha, loss.beta, d.rationale_mode) == (0.5, 0.0, "teacher")
+    argv = ["--method", "label_only"]
+    m, d, loss, t, _ = parse_args(argv)
+    apply_method(loss, d, explicit_fields(argv))
+    assert d.rationale_mode == "none"
+
+
+def test_stream_positions_do_not_depend_on_world_size():
+    from dhrd.engine import MicroBatchStream, micro_batches_per_step
+    from dhrd.config import TrainArgs
+
+    s = MicroBatchStream([5, 9, 3, 7, 2, 8, 4] * 3, 16, 1, seed=3)
+    n0 = len(s.plan(0))
+    assert s.locate(n0 + 1) == (1, 1) and s[n0] == s.plan(1)[0]
+    assert micro_batches_per_step(TrainArgs(micro_batches_per_step=6), 21, n0, 2) == 6
+    with pytest.raises(ValueError, match="multiple of the world size"):
+        micro_batches_per_step(TrainArgs(micro_batches_per_step=3), 21, n0, 2)
+    assert micro_batches_per_step(TrainArgs(global_batch_size=8), 21, 7, 2) % 2 == 0
+
+
+def test_ds_config_files_fill_every_auto():
+    import torch
+
+    from dhrd.ds_config import fill_ds_config, load_ds_config
+
+    for name in ("zero2", "zero3", "zero3_offload"):
+        cfg = fill_ds_config(load_ds_config(os.path.join(REPO, "ds_configs", f"{name}.json")), micro_rows=1, gas=4,
+                             world=2, lr=2e-4, weight_decay=0.01, warmup_steps=5, total_steps=100,
+                             max_grad_norm=1.0, device=torch.device("cpu"), hidden_size=64)
+        assert cfg["train_batch_size"] == 8 and cfg["bf16"]["enabled"] is False
+        assert cfg["scheduler"]["params"]["total_num_steps"] == 100
+
+
+def test_nonfinite_guard_counts_runs():
+    from dhrd.engine import NonFiniteGuard, TrainingDiverged
+
+    g = NonFiniteGuard(2)
+    g.update(False, 1)
+    g.update(True, 2)
+    g.update(False, 3)
+    with pytest.raises(TrainingDiverged, match="2 consecutive"):
+        g.update(False, 4)
+    assert g.total == 3
