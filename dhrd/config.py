@@ -107,7 +107,6 @@ class TrainArgs:
     weight_decay: float = 0.01
     warmup_steps: int = 5
     global_batch_size: int = 32
-    micro_batch_examples: int = 8
     eval_every: int = 0
     save_every: int = 0
     keep_checkpoints: int = 2

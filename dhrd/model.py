@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from transformers.utils import ModelOutput
 
 REASON_TOKEN = "<REASON>"
 ANSWER_TOKEN = "<ANS>"
@@ -20,9 +21,11 @@ POOLINGS = ("last", "mean")
 
 
 @dataclass
-class DualHeadOutput:
-    hidden: torch.Tensor      # [B, T, H] final-norm hidden states (the LM head's input)
-    cls_logits: torch.Tensor  # [S, C] one row per packed segment
+class DualHeadOutput(ModelOutput):
+    """A ModelOutput, so DeepSpeed's ZeRO-3 hooks know how to walk it."""
+
+    hidden: torch.Tensor | None = None      # [B, T, H] final-norm hidden states (the LM head's input)
+    cls_logits: torch.Tensor | None = None  # [S, C] one row per packed segment
 
 
 class ClassificationHead(nn.Module):
