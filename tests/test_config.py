@@ -1,0 +1,44 @@
+"""Arguments: a JSON/YAML file, overridden by the command line; clear errors."""
+
+import json
+
+import pytest
+
+from dhrd.config import parse_args, resolved_config
+
+
+def test_yaml_sections_then_cli_override(tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("model:\n  model: some/dir\n  pooling: mean\nloss:\n  alpha: 0.5\nepochs: 1\n")
+    model, data, loss, train, rest = parse_args(["--config", str(cfg), "--epochs", "2", "--local_rank", "0"])
+    assert (model.model, model.pooling, loss.alpha, train.epochs) == ("some/dir", "mean", 0.5, 2.0)
+    assert rest == ["--local_rank", "0"]
+    assert resolved_config(model, data, loss, train)["loss"]["alpha"] == 0.5
+
+
+def test_json_config_and_unknown_field(tmp_path):
+    good = tmp_path / "run.json"
+    good.write_text(json.dumps({"task": "cb", "max_seq_len": 256, "pack_tokens": 512}))
+    _, data, _, _, _ = parse_args(["--config", str(good)])
+    assert (data.task, data.max_seq_len, data.max_input_len) == ("cb", 256, 224)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"tsak": "cb"}))
+    with pytest.raises(ValueError, match=r"bad.json: unknown field\(s\) tsak"):
+        parse_args(["--config", str(bad)])
+    broken = tmp_path / "broken.json"
+    broken.write_text('{\n "task": \n')
+    with pytest.raises(ValueError, match=r"broken.json:3: not valid JSON"):
+        parse_args(["--config", str(broken)])
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["--pooling", "max"], "pooling='max'"),
+    (["--lm_sections", "everything"], "lm_sections='everything'"),
+    (["--rationale_fraction", "1.5"], "rationale_fraction=1.5"),
+    (["--max_seq_len", "4096", "--pack_tokens", "1024"], "pack_tokens=1024 must be >= max_seq_len=4096"),
+    (["--alpha", "0", "--beta", "0"], "not both 0"),
+])
+def test_invalid_values_are_named(argv, fragment):
+    with pytest.raises(ValueError) as err:
+        parse_args(argv)
+    assert fragment in str(err.value)
