@@ -1,0 +1,39 @@
+"""The dhrd console script: tasks listing, the data dry run, clear errors."""
+
+import json
+
+from dhrd.cli import main
+
+
+def test_tasks_listing(capsys):
+    assert main(["tasks"]) == 0
+    out = capsys.readouterr().out
+    for name in ("boolq", "cb", "copa", "multirc", "rte", "wic", "wsc", "esnli", "anli1", "cqa"):
+        assert f"\n{name} " in "\n" + out
+    assert "macro_f1, accuracy" in out and "f1a, em" in out
+
+
+def test_data_dry_run_reports_everything(tmp_path, tiny_model_dir, capsys):
+    train = tmp_path / "rte.jsonl"
+    rows = [{"premise": f"premise {i}", "hypothesis": "hypothesis", "idx": i,
+             "label": "entailment" if i % 2 else "not_entailment"} for i in range(6)]
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rats = tmp_path / "r.jsonl"
+    rats.write_text(json.dumps({"id": "1", "rationale": "because"}) + "\n"
+                    + json.dumps({"id": "99", "rationale": "stray"}) + "\n")
+    code = main(["data", "--task", "rte", "--model", str(tiny_model_dir), "--train_file", str(train),
+                 "--rationale_file", str(rats), "--max_seq_len", "128", "--pack_tokens", "256"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "examples_used" in out and "skipped/rationale_unknown_id  1" in out
+    assert "examples_without_rationale    5" in out and "efficiency" in out
+
+
+def test_data_dry_run_names_bad_line(tmp_path, tiny_model_dir, capsys):
+    train = tmp_path / "rte.jsonl"
+    train.write_text('{"premise": "p", "hypothesis": "h", "label": "entailment", "idx": 0}\n'
+                     '{"premise": "p", "hypothesis": "h", "label": "maybe", "idx": 1}\n')
+    code = main(["data", "--task", "rte", "--model", str(tiny_model_dir), "--train_file", str(train)])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "rte.jsonl:2" in err and "field 'label'" in err and "maybe" in err
