@@ -33,29 +33,35 @@ def export_final(engine, model, tokenizer, special, task, model_args, data_args,
     dist.barrier()
 
 
-def _fresh_dual_head(model, model_args):
-    """An unpartitioned copy of the architecture (HF's ZeRO-3 hook switched off)."""
+def dual_head_from_config(config, num_labels: int, model_args, pooling: str, tokenizer=None):
+    """An unpartitioned, untrained DualHeadModel of the trained architecture (HF's ZeRO-3
+    hook switched off, LoRA adapters in place when trained with them), ready to take a
+    consolidated state dict. With ``tokenizer`` (a base tokenizer) the reasoning tokens
+    are added as in training, which also sizes the embeddings as training did."""
     from transformers import AutoModelForCausalLM
     from transformers.integrations import deepspeed as hf_deepspeed
 
     from .engine import apply_lora
-    from .model import DualHeadModel
+    from .model import DualHeadModel, add_reasoning_tokens
 
     hf_deepspeed.unset_hf_deepspeed_config()
-    backbone = AutoModelForCausalLM.from_config(model.config, attn_implementation=model_args.attn_implementation)
+    backbone = AutoModelForCausalLM.from_config(config, attn_implementation=model_args.attn_implementation)
+    if tokenizer is not None:
+        add_reasoning_tokens(tokenizer, backbone)
     if model_args.lora:
         backbone = apply_lora(backbone, model_args)
-    return DualHeadModel(backbone, model.num_labels, pooling=model.pooling,
+    return DualHeadModel(backbone, num_labels, pooling=pooling,
                          head_inner_size=model_args.head_inner_size, head_dropout=model_args.head_dropout)
 
 
-def _write_final(state, model, tokenizer, special, task, model_args, data_args, loss_args, out_dir):
-    from safetensors.torch import save_file
-
-    fresh = _fresh_dual_head(model, model_args)
+def load_trained_state(fresh, state: dict) -> None:
+    """Load the state dict of the module DeepSpeed wrapped (keys ``model.backbone...``,
+    ``model.head...``) into ``fresh`` in the weights' dtype. Only a tied LM head may be
+    absent: anything else missing or unexpected means the architecture was rebuilt wrong."""
     state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
-    dtype = next(iter(state.values())).dtype
-    fresh.to(dtype)
+    if not state:
+        raise RuntimeError("the weights hold no 'model.' entries: not a DHRD training state")
+    fresh.to(next(iter(state.values())).dtype)
     missing, unexpected = fresh.load_state_dict(state, strict=False)
     tied = {n for n, p in fresh.named_parameters() if p is fresh.lm_weight} if \
         fresh.lm_weight is fresh.backbone.get_input_embeddings().weight else set()
@@ -63,12 +69,27 @@ def _write_final(state, model, tokenizer, special, task, model_args, data_args, 
     if missing or unexpected:
         raise RuntimeError(f"consolidated weights do not match the model: missing {missing[:5]}, "
                            f"unexpected {unexpected[:5]}")
-    backbone = fresh.backbone
-    if model_args.lora:
-        backbone = backbone.merge_and_unload()
+
+
+def merged_backbone(fresh, lora: bool):
+    """The causal LM with LoRA adapters folded into the base weights (peft's merge)."""
+    return fresh.backbone.merge_and_unload() if lora else fresh.backbone
+
+
+def save_head(head, path: str) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().contiguous() for k, v in head.state_dict().items()}, path)
+
+
+def _write_final(state, model, tokenizer, special, task, model_args, data_args, loss_args, out_dir):
+    fresh = dual_head_from_config(model.config, model.num_labels, model_args, model.pooling)
+    load_trained_state(fresh, state)
+    dtype = next(fresh.parameters()).dtype
+    backbone = merged_backbone(fresh, model_args.lora)
     backbone.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    save_file({k: v.contiguous() for k, v in fresh.head.state_dict().items()}, os.path.join(out_dir, HEAD_FILE))
+    save_head(fresh.head, os.path.join(out_dir, HEAD_FILE))
     meta = {"task": task.name, "labels": list(task.labels), "verbalizers": list(task.verbalizers),
             "pooling": fresh.pooling, "num_labels": fresh.num_labels,
             "head_inner_size": fresh.head.dense.out_features, "head_file": HEAD_FILE,

@@ -1,0 +1,184 @@
+"""Batched prediction with a lean classifier directory (``dhrd.lean``); needs neither
+DeepSpeed nor peft.
+
+x is tokenised exactly as training tokenised it (``SequenceBuilder.input_ids``: the
+tokenizer's special tokens, left-truncated keeping the first token), so the pooled token
+is the one the head was trained on. Batches are length-bucketed (sorted by length,
+padded per batch) and RIGHT-padded: under causal attention a real token never attends to
+the pads after it, so no attention mask is needed and the hidden states equal those of
+the unpadded input, on the same maskless attention path training uses. The pooled
+token is each row's last real token (or the mean over its real tokens).
+
+``dhrd predict LEAN_DIR --input FILE`` writes ``{"id", "label", "probs"}`` per example
+as JSON Lines and, when every example has a gold label, the task's metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .data.sequences import SequenceBuilder, SequenceSpec
+from .lean import HEAD_FILE, LeanConfig
+from .model import ClassificationHead, pool_hidden
+
+
+def length_buckets(lengths: Sequence[int], batch_size: int, max_batch_tokens: int | None = None) -> list[list[int]]:
+    """Indices grouped into batches of similar length (longest first, so an
+    out-of-memory shows at once): at most ``batch_size`` rows and, when given, at most
+    ``max_batch_tokens`` padded tokens per batch (a longer single row stands alone)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches, cur = [], []
+    for i in order:
+        width = lengths[cur[0]] if cur else lengths[i]
+        if cur and (len(cur) >= batch_size or (max_batch_tokens and (len(cur) + 1) * width > max_batch_tokens)):
+            batches.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+def quantize_int8(module: nn.Module) -> nn.Module:
+    """Dynamic int8 Linear layers (weights int8, activations quantised per batch): the
+    CPU serving option; embeddings and norms stay float32."""
+    from torch.ao.quantization import quantize_dynamic
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return quantize_dynamic(module, {nn.Linear}, dtype=torch.qint8)
+
+
+class LeanClassifier:
+    """Decoder body + pooled head + the training tokenisation of x."""
+
+    def __init__(self, decoder: nn.Module, head: ClassificationHead, tokenizer, config: LeanConfig,
+                 device: torch.device | str = "cpu"):
+        self.decoder, self.head, self.tokenizer, self.config = decoder.eval(), head.eval(), tokenizer, config
+        self.device = torch.device(device)
+        n = config.max_input_len
+        ids = config.special_token_ids
+        self.builder = SequenceBuilder(tokenizer, ids.get("reason", -1), ids.get("answer", -1),
+                                       tuple(config.verbalizers),
+                                       SequenceSpec(max_seq_len=n, max_input_len=n, with_reasoning=False))
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+
+    @classmethod
+    def load(cls, path: str, device: str = "cpu", dtype: str | None = None, int8: bool | None = None,
+             attn_implementation: str = "sdpa") -> "LeanClassifier":
+        """``dtype``/``int8`` default to what the directory says."""
+        from safetensors.torch import load_file
+        from transformers import AutoModel, AutoTokenizer
+
+        cfg = LeanConfig.load(path)
+        int8 = cfg.quantize == "int8" if int8 is None else int8
+        torch_dtype = torch.float32 if int8 else getattr(torch, dtype or cfg.dtype)
+        decoder = AutoModel.from_pretrained(path, dtype=torch_dtype, attn_implementation=attn_implementation)
+        head = ClassificationHead(decoder.config.hidden_size, cfg.num_labels, cfg.head_inner_size)
+        head.load_state_dict(load_file(f"{path}/{HEAD_FILE}"))
+        head.to(torch_dtype)
+        if int8:
+            if torch.device(device).type != "cpu":
+                raise ValueError("int8 dynamic quantisation runs on CPU only")
+            decoder, head = quantize_int8(decoder), quantize_int8(head)
+        decoder.to(device)
+        head.to(device)
+        return cls(decoder, head, AutoTokenizer.from_pretrained(path), cfg, device)
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        return [self.builder.input_ids(t)[0] for t in texts]
+
+    @torch.no_grad()
+    def logits(self, batch: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Class logits (float32) of one right-padded batch of token id lists."""
+        width = max(map(len, batch))
+        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        for r, row in enumerate(batch):
+            ids[r, :len(row)] = torch.tensor(row)
+        ids = ids.to(self.device)
+        positions = torch.arange(width, device=self.device).expand(len(batch), width)
+        starts = torch.arange(len(batch), device=self.device) * width
+        lengths = torch.tensor([len(row) for row in batch], device=self.device)
+        hidden = self.decoder(input_ids=ids, position_ids=positions, use_cache=False).last_hidden_state
+        pooled = pool_hidden(hidden, starts + lengths - 1, starts, self.config.pooling)
+        head_dtype = next((p.dtype for p in self.head.parameters()), torch.float32)
+        return self.head(pooled.to(head_dtype)).float()
+
+    def predict_ids(self, ids: Sequence[Sequence[int]], batch_size: int = 32,
+                    max_batch_tokens: int | None = None) -> torch.Tensor:
+        """Class probabilities [N, C] in input order."""
+        probs = torch.empty(len(ids), self.config.num_labels)
+        for batch in length_buckets([len(x) for x in ids], batch_size, max_batch_tokens):
+            probs[batch] = self.logits([ids[i] for i in batch]).softmax(-1).cpu()
+        return probs
+
+    def predict(self, texts: Sequence[str], batch_size: int = 32, max_batch_tokens: int | None = None) -> torch.Tensor:
+        return self.predict_ids(self.encode(texts), batch_size, max_batch_tokens)
+
+
+# ---------------------------------------------------------------------------------------
+# dhrd predict
+
+def read_examples(cfg: LeanConfig, path: str):
+    """The task's own reader (labels optional); ``-`` is stdin."""
+    from .data.tasks import get_task
+
+    return get_task(cfg.task).read("/dev/stdin" if path == "-" else path, require_labels=False)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dhrd predict", description="batched prediction with a lean classifier")
+    p.add_argument("model_dir", help="a lean classifier directory (tools/export_classifier.py)")
+    p.add_argument("--input", default="-", help="task-format JSONL file; - reads stdin")
+    p.add_argument("--output", default="-", help="predictions JSONL; - writes stdout")
+    p.add_argument("--metrics_out", default=None, help="also write the metrics JSON here")
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--max_batch_tokens", type=int, default=None, help="cap on padded tokens per batch")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
+                   help="default: the directory's dtype")
+    p.add_argument("--int8", default=None, choices=("true", "false"), help="default: the directory's flag")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    clf = LeanClassifier.load(args.model_dir, device=args.device, dtype=args.dtype,
+                              int8=None if args.int8 is None else args.int8 == "true")
+    examples = read_examples(clf.config, args.input)
+    t0 = time.perf_counter()
+    probs = clf.predict([ex.text for ex in examples], args.batch_size, args.max_batch_tokens)
+    elapsed = time.perf_counter() - t0
+    preds = probs.argmax(-1).tolist()
+    labels = clf.config.labels
+    out = sys.stdout if args.output == "-" else open(args.output, "w")
+    try:
+        for ex, pred, p in zip(examples, preds, probs.tolist()):
+            out.write(json.dumps({"id": ex.id, "label": labels[pred],
+                                  "probs": dict(zip(labels, p))}) + "\n")
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    summary = {"examples": len(examples), "seconds": round(elapsed, 4), "qps": round(len(examples) / elapsed, 2)}
+    if all(ex.label is not None for ex in examples):
+        from .data.tasks import get_task
+
+        summary["metrics"] = get_task(clf.config.task).score(preds, [ex.label for ex in examples],
+                                                             [ex.group for ex in examples])
+    print(json.dumps(summary), file=sys.stderr)
+    if args.metrics_out:
+        with open(args.metrics_out, "w") as f:
+            json.dump(summary, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

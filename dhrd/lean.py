@@ -1,0 +1,363 @@
+"""The lean classifier directory: what serving needs and nothing of training.
+
+A training output holds the whole dual-head model (decoder, LM head = reasoning head,
+classifier head) and, in checkpoints, ZeRO-3 shards with optimizer state. Serving uses
+only the decoder body and the classifier head, so the lean directory keeps
+
+* ``model.safetensors`` + ``config.json``: the base decoder (``AutoModel``, e.g.
+  ``LlamaModel``), LoRA merged in. An untied LM head is simply not part of it; a tied
+  one lives on as the input embeddings, which the decoder needs anyway;
+* ``classifier_head.safetensors``; the tokenizer files with ``<REASON>``/``<ANS>``;
+* ``lean_config.json`` (:class:`LeanConfig`): task, labels, verbalizers, pooling,
+  max_input_len (inference must tokenise x exactly as training did), dtype, the int8
+  flag, and the training metadata.
+
+Int8 is a flag applied at load time (dynamic quantisation of the Linear layers on CPU):
+quantised tensors cannot be stored as safetensors, and quantising takes well under a
+second. Loading (``dhrd.inference``) needs neither DeepSpeed nor peft; exporting from a
+ZeRO checkpoint uses DeepSpeed's offline ``zero_to_fp32`` (no distributed job).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import zipfile
+from dataclasses import MISSING, asdict, dataclass, field, fields
+
+import torch
+
+from . import checkpoint
+from .export import HEAD_FILE
+
+LEAN_FORMAT = "dhrd-lean-classifier"
+LEAN_VERSION = 1
+LEAN_CONFIG = "lean_config.json"
+DTYPES = ("float32", "bfloat16", "float16")
+QUANTIZE = ("none", "int8")
+
+
+class CheckpointError(RuntimeError):
+    """A training output or checkpoint that cannot be exported; the message names what."""
+
+
+@dataclass
+class LeanConfig:
+    task: str
+    labels: list[str]
+    verbalizers: list[str]
+    pooling: str
+    max_input_len: int
+    num_labels: int
+    head_inner_size: int
+    dtype: str = "float32"
+    quantize: str = "none"            # "int8": dynamic int8 Linear layers at load time (CPU)
+    tied_embeddings: bool = False     # the (dropped) LM head shared the input embeddings
+    special_token_ids: dict = field(default_factory=dict)  # {"reason": id, "answer": id}
+    training: dict = field(default_factory=dict)  # alpha, beta, method, lora_merged, source, step, eval
+    format: str = LEAN_FORMAT
+    version: int = LEAN_VERSION
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype={self.dtype!r} is not one of {', '.join(DTYPES)}")
+        if self.quantize not in QUANTIZE:
+            raise ValueError(f"quantize={self.quantize!r} is not one of {', '.join(QUANTIZE)}")
+        if self.quantize == "int8" and self.dtype != "float32":
+            raise ValueError("int8 dynamic quantisation starts from float32 weights: use dtype float32")
+        if len(self.labels) != self.num_labels or len(self.verbalizers) != self.num_labels:
+            raise ValueError(f"{self.num_labels} labels but labels={self.labels}, verbalizers={self.verbalizers}")
+
+    def save(self, directory: str) -> None:
+        with open(os.path.join(directory, LEAN_CONFIG), "w") as f:
+            json.dump(asdict(self), f, indent=2)
+
+    @classmethod
+    def load(cls, directory: str) -> "LeanConfig":
+        path = os.path.join(directory, LEAN_CONFIG)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{directory} is not a lean classifier directory: no {LEAN_CONFIG} "
+                                    "(export one with tools/export_classifier.py)")
+        with open(path) as f:
+            raw = json.load(f)
+        if raw.get("format") != LEAN_FORMAT or raw.get("version", 0) > LEAN_VERSION:
+            raise ValueError(f"{path}: format {raw.get('format')!r} version {raw.get('version')} "
+                             f"is not {LEAN_FORMAT!r} <= {LEAN_VERSION}")
+        known = {f.name for f in fields(cls)}
+        required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+        missing = [name for name in required if name not in raw]
+        if missing:
+            raise ValueError(f"{path}: missing field(s) {', '.join(missing)}")
+        return cls(**{k: v for k, v in raw.items() if k in known})
+
+
+# ---------------------------------------------------------------------------------------
+# finding and checking the source
+
+@dataclass
+class Source:
+    """Where the weights come from: ``kind`` is "zero" (checkpoints/<tag>) or "final"."""
+
+    kind: str
+    output_dir: str
+    tag: str
+    path: str                  # the tag directory or final/
+    train_config: dict | None  # <output_dir>/config.json
+
+
+def _read_json(path: str, what: str) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise CheckpointError(f"{what} not found: {path}") from None
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{what} is unreadable: {path}: {e}") from None
+
+
+def resolve_source(path: str, tag: str | None = None) -> Source:
+    """Accepts a training output dir (``tag``: None = final/ if present else the newest
+    complete checkpoint, ``final``, ``latest`` or ``step_N``), a ``checkpoints/<tag>``
+    directory, or a ``final/`` directory (the last two fix the tag themselves)."""
+    path = os.path.abspath(path)
+    if not os.path.isdir(path):
+        raise CheckpointError(f"training output not found: {path}")
+    if os.path.isfile(os.path.join(path, "dhrd_config.json")):     # final/
+        out, tag = os.path.dirname(path), "final"
+    elif os.path.basename(os.path.dirname(path)) == "checkpoints":  # checkpoints/<tag>
+        out, tag = os.path.dirname(os.path.dirname(path)), os.path.basename(path)
+    else:
+        out = path
+    root = os.path.join(out, "checkpoints")
+    if tag is None:
+        tag = "final" if os.path.isfile(os.path.join(out, "final", "dhrd_config.json")) else \
+            checkpoint.find_resumable(root)
+        if tag is None:
+            raise CheckpointError(f"{out} holds neither final/ nor a complete checkpoint under {root}")
+    elif tag == "latest":
+        tag = checkpoint.find_resumable(root)
+        if tag is None:
+            raise CheckpointError(f"no complete checkpoint under {root}")
+    cfg_path = os.path.join(out, "config.json")
+    if tag == "final":
+        final = os.path.join(out, "final")
+        _read_json(os.path.join(final, "dhrd_config.json"), "final/ export metadata")
+        cfg = _read_json(cfg_path, "training config") if os.path.exists(cfg_path) else None
+        return Source("final", out, tag, final, cfg)
+    cfg = _read_json(cfg_path, "training config (needed to rebuild the architecture)")
+    for section in ("model", "data", "loss"):
+        if not isinstance(cfg.get(section), dict):
+            raise CheckpointError(f"training config {cfg_path} has no {section!r} section")
+    return Source("zero", out, tag, os.path.join(root, tag), cfg)
+
+
+def _torch_archive_problem(path: str) -> str | None:
+    """Why ``path`` is not a complete torch.save archive (a zip whose central directory
+    sits at the end, so truncation is caught without reading the tensors), or None."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            size = os.path.getsize(path)
+            end = max(i.header_offset + i.compress_size for i in z.infolist())
+            if end > size:
+                return f"truncated ({size} bytes, entries reach {end})"
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        return f"truncated or corrupt ({e})"
+    return None
+
+
+def check_zero_checkpoint(tag_dir: str) -> int:
+    """Raise CheckpointError listing every problem of a ZeRO checkpoint directory: not
+    complete (no marker), a rank's model or optimizer shard missing, or a shard that is
+    not a complete archive. Returns the world size it was written with."""
+    if not os.path.isdir(tag_dir):
+        raise CheckpointError(f"checkpoint directory not found: {tag_dir}")
+    marker = os.path.join(tag_dir, checkpoint.MARKER)
+    if not os.path.isfile(marker):
+        raise CheckpointError(f"checkpoint {tag_dir} is incomplete: no {checkpoint.MARKER} "
+                              "(the save was interrupted)")
+    world = int(_read_json(marker, "checkpoint marker").get("world_size", 0))
+    names = os.listdir(tag_dir)
+    problems = []
+    for rank in range(world):
+        for kind in ("model", "optim"):
+            suffix = f"zero_pp_rank_{rank}_mp_rank_00_{kind}_states.pt"
+            found = [n for n in names if n.endswith(suffix)]
+            if not found:
+                problems.append(f"missing {suffix} (rank {rank} of {world})")
+                continue
+            why = _torch_archive_problem(os.path.join(tag_dir, found[0]))
+            if why:
+                problems.append(f"{found[0]}: {why}")
+    if problems:
+        raise CheckpointError(f"checkpoint {tag_dir} is damaged: " + "; ".join(problems))
+    return world
+
+
+def zero_state_dict(source: Source) -> dict[str, torch.Tensor]:
+    """The fp32 master weights of a ZeRO checkpoint, consolidated offline."""
+    check_zero_checkpoint(source.path)
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # it prints progress
+            return get_fp32_state_dict_from_zero_checkpoint(os.path.dirname(source.path), source.tag)
+    except Exception as e:  # noqa: BLE001 - re-raised with the checkpoint named
+        raise CheckpointError(f"could not consolidate checkpoint {source.path}: {type(e).__name__}: {e}") from e
+
+
+# ---------------------------------------------------------------------------------------
+# rebuilding the trained model
+
+def model_args_of(train_config: dict):
+    from .config import ModelArgs
+
+    known = {f.name for f in fields(ModelArgs)}
+    return ModelArgs(**{k: v for k, v in train_config["model"].items() if k in known})
+
+
+def dual_head_from_checkpoint(source: Source):
+    """(DualHeadModel with the checkpoint's fp32 weights, LoRA unmerged; tokenizer) - the
+    in-training classifier, rebuilt from the training config and the base model."""
+    from transformers import AutoConfig
+
+    from .backbones import load_tokenizer, resolve_model_path
+    from .data.tasks import get_task
+    from .export import dual_head_from_config, load_trained_state
+
+    check_zero_checkpoint(source.path)  # before any slow loading
+    cfg = source.train_config
+    margs = model_args_of(cfg)
+    base = resolve_model_path(margs.model)
+    if not base or (not os.path.exists(base) and os.sep in base):
+        raise CheckpointError(f"base model {base} (model.model in {source.output_dir}/config.json) not found: "
+                              "its config and tokenizer are needed to rebuild the architecture")
+    tokenizer = load_tokenizer(base, margs.gguf_file)
+    hf_config = AutoConfig.from_pretrained(base, gguf_file=margs.gguf_file)
+    num_labels = len(get_task(cfg["data"]["task"]).labels)
+    model = dual_head_from_config(hf_config, num_labels, margs, margs.pooling, tokenizer=tokenizer)
+    want = cfg.get("derived", {}).get("special_token_ids")
+    got = [tokenizer.convert_tokens_to_ids(t) for t in ("<REASON>", "<ANS>")]
+    if want is not None and list(want) != got:
+        raise CheckpointError(f"the base tokenizer gives <REASON>/<ANS> ids {got}, training used {want}")
+    try:
+        load_trained_state(model, zero_state_dict(source))
+    except RuntimeError as e:
+        if isinstance(e, CheckpointError):
+            raise
+        raise CheckpointError(f"checkpoint {source.path}: {e}") from e
+    return model.eval(), tokenizer
+
+
+def dual_head_from_final(source: Source):
+    """(DualHeadModel, tokenizer) from a final/ export (LoRA already merged)."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .model import DualHeadModel
+
+    meta = _read_json(os.path.join(source.path, "dhrd_config.json"), "final/ export metadata")
+    backbone = AutoModelForCausalLM.from_pretrained(source.path, dtype=getattr(torch, meta["dtype"]))
+    model = DualHeadModel(backbone, meta["num_labels"], pooling=meta["pooling"],
+                          head_inner_size=meta["head_inner_size"])
+    head_path = os.path.join(source.path, meta.get("head_file", HEAD_FILE))
+    if not os.path.isfile(head_path):
+        raise CheckpointError(f"classifier head not found: {head_path}")
+    model.head.load_state_dict(load_file(head_path))
+    return model.eval(), AutoTokenizer.from_pretrained(source.path)
+
+
+def _training_meta(source: Source) -> dict:
+    """alpha/beta/method from the training config (or final/'s metadata), and the eval
+    metrics of the exported step when eval_results.json has them."""
+    cfg = source.train_config or {}
+    final_meta = {}
+    if source.kind == "final":
+        final_meta = _read_json(os.path.join(source.path, "dhrd_config.json"), "final/ export metadata")
+    loss, data = cfg.get("loss", {}), cfg.get("data", {})
+    step = None
+    if source.kind == "zero":
+        step = _read_json(os.path.join(source.path, checkpoint.MARKER), "checkpoint marker").get("step")
+    meta = {"source": os.path.abspath(source.path), "tag": source.tag, "step": step,
+            "alpha": loss.get("alpha", final_meta.get("alpha")), "beta": loss.get("beta", final_meta.get("beta")),
+            "method": loss.get("method", final_meta.get("method")),
+            "rationale_mode": data.get("rationale_mode", final_meta.get("rationale_mode")),
+            "lora_merged": bool(cfg.get("model", {}).get("lora", final_meta.get("lora_merged", False))),
+            "backbone": cfg.get("model", {}).get("model")}
+    ev_path = os.path.join(source.output_dir, "eval_results.json")
+    if os.path.isfile(ev_path):
+        ev = _read_json(ev_path, "eval results")
+        if source.kind == "final" or step == ev.get("step"):
+            meta["eval"] = {"step": ev.get("step"), "metrics": ev.get("metrics")}
+        else:
+            at = [h for h in ev.get("history", []) if h.get("step") == step]
+            if at:
+                meta["eval"] = {"step": step, "metrics": {k: v for k, v in at[0].items() if k != "step"}}
+    return meta
+
+
+# ---------------------------------------------------------------------------------------
+# writing
+
+def dir_bytes(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+
+
+@dataclass
+class ExportReport:
+    source: str
+    out_dir: str
+    source_bytes: int       # the checkpoint tag dir (shards incl. optimizer state) or final/
+    dual_head_bytes: int    # every dual-head parameter at the export dtype (LM head included)
+    lean_bytes: int         # the lean directory
+
+    def format(self) -> str:
+        mb = lambda b: f"{b / 2**20:.2f} MiB"  # noqa: E731
+        return (f"source {self.source}: {mb(self.source_bytes)} on disk; dual-head weights "
+                f"{mb(self.dual_head_bytes)}\nlean classifier {self.out_dir}: {mb(self.lean_bytes)} "
+                f"({self.lean_bytes / max(self.dual_head_bytes, 1):.1%} of the dual-head weights)")
+
+
+def write_lean(model, tokenizer, cfg: LeanConfig, out_dir: str, lora: bool = False) -> None:
+    """Save the decoder body (LoRA merged), the head, the tokenizer and ``cfg``."""
+    from .export import merged_backbone, save_head
+
+    os.makedirs(out_dir, exist_ok=True)
+    dtype = getattr(torch, cfg.dtype)
+    backbone = merged_backbone(model, lora)
+    decoder = getattr(backbone, backbone.base_model_prefix).to(dtype)
+    decoder.config.dtype = dtype
+    decoder.save_pretrained(out_dir)
+    save_head(model.head.to(dtype), os.path.join(out_dir, HEAD_FILE))
+    tokenizer.save_pretrained(out_dir)
+    cfg.save(out_dir)
+
+
+def export_lean(path: str, out_dir: str, *, tag: str | None = None, dtype: str = "float32",
+                quantize: str = "none") -> ExportReport:
+    """A training output (ZeRO checkpoint or final/) -> a lean classifier directory."""
+    from .data.tasks import get_task
+
+    source = resolve_source(path, tag)
+    if source.kind == "zero":
+        model, tokenizer = dual_head_from_checkpoint(source)
+        cfg = source.train_config
+        task = get_task(cfg["data"]["task"])
+        max_input_len, special = cfg["data"]["max_input_len"], cfg["derived"]["special_token_ids"]
+        special = {"reason": special[0], "answer": special[1]}
+    else:
+        model, tokenizer = dual_head_from_final(source)
+        meta = _read_json(os.path.join(source.path, "dhrd_config.json"), "final/ export metadata")
+        task = get_task(meta["task"])
+        max_input_len, special = meta["max_input_len"], meta["special_token_ids"]
+    lora = source.kind == "zero" and model_args_of(source.train_config).lora
+    tied = model.lm_weight is model.backbone.get_input_embeddings().weight
+    lean_cfg = LeanConfig(task=task.name, labels=list(task.labels), verbalizers=list(task.verbalizers),
+                          pooling=model.pooling, max_input_len=max_input_len, num_labels=model.num_labels,
+                          head_inner_size=model.head.dense.out_features, dtype=dtype, quantize=quantize,
+                          tied_embeddings=tied, special_token_ids=special, training=_training_meta(source))
+    itemsize = torch.empty((), dtype=getattr(torch, dtype)).element_size()
+    full = sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n) * itemsize
+    write_lean(model, tokenizer, lean_cfg, out_dir, lora=lora)
+    return ExportReport(source.path, out_dir, dir_bytes(source.path), full, dir_bytes(out_dir))

@@ -1,0 +1,214 @@
+"""The lean classifier export (dhrd.lean) from a final/ export written by the training
+exporter's own code, on tiny models: predictions equal the dual-head model's, no
+LM-head tensor survives, LoRA is merged, dtype/int8 options, and named errors. The
+export from a real 2-process ZeRO-3 checkpoint is tests/distributed/test_export_zero3.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import make_tiny_tokenizer, tiny_backbone
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MAX_INPUT_LEN = 40
+TEXTS = ["Premise: the cat is true\nHypothesis: the cat holds\nAnswer yes or no.",
+         "Premise: false false: the river is false\nHypothesis: the river holds",
+         "short", "a b c d e f g h " * 12]  # the last is left-truncated to MAX_INPUT_LEN
+
+
+def make_dual_head(tied: bool = False, pooling: str = "last", seed: int = 0, arch: str = "llama"):
+    from dhrd.model import DualHeadModel, add_reasoning_tokens
+
+    tok = make_tiny_tokenizer()
+    backbone = tiny_backbone(arch, seed=seed, tie_word_embeddings=tied)
+    special = add_reasoning_tokens(tok, backbone)
+    torch.manual_seed(seed + 1)
+    model = DualHeadModel(backbone, 2, pooling=pooling).eval()
+    return model, tok, special
+
+
+def make_training_output(root, model, tok, special, *, eval_metrics=None) -> str:
+    """A training output dir with config.json and a final/ written by dhrd.export's own writer."""
+    from dhrd.config import DataArgs, LossArgs, ModelArgs, TrainArgs, resolved_config
+    from dhrd.data.tasks import get_task
+    from dhrd.export import _write_final
+
+    out = os.path.join(root, "run")
+    os.makedirs(out, exist_ok=True)
+    margs = ModelArgs(model=os.path.join(root, "base"), pooling=model.pooling)
+    dargs, largs = DataArgs(task="rte", max_seq_len=64, max_input_len=MAX_INPUT_LEN, pack_tokens=64), LossArgs(alpha=0.5)
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump({**resolved_config(margs, dargs, largs, TrainArgs(output_dir=out)),
+                   "derived": {"special_token_ids": list(special), "world_size": 1}}, f)
+    if eval_metrics is not None:
+        with open(os.path.join(out, "eval_results.json"), "w") as f:
+            json.dump({"task": "rte", "step": 7, "metrics": eval_metrics, "history": []}, f)
+    state = {"model." + k: v for k, v in model.state_dict().items()}
+    _write_final(state, model, tok, special, get_task("rte"), margs, dargs, largs, os.path.join(out, "final"))
+    return out
+
+
+def reference_probs(model, tok, texts=TEXTS) -> torch.Tensor:
+    """The in-training classifier: DualHeadModel on each x alone, tokenised as training does."""
+    from dhrd.data.sequences import SequenceBuilder, SequenceSpec
+
+    b = SequenceBuilder(tok, 0, 0, ("yes", "no"), SequenceSpec(max_seq_len=64, max_input_len=MAX_INPUT_LEN))
+    rows = []
+    with torch.no_grad():
+        for t in texts:
+            ids = torch.tensor([b.input_ids(t)[0]])
+            n = ids.shape[1]
+            out = model(ids, torch.arange(n)[None], torch.tensor([n - 1]), torch.tensor([0]))
+            rows.append(out.cls_logits.float().softmax(-1)[0])
+    return torch.stack(rows)
+
+
+def tensor_names(lean_dir) -> set[str]:
+    from safetensors import safe_open
+
+    with safe_open(os.path.join(lean_dir, "model.safetensors"), "pt") as f:
+        return set(f.keys())
+
+
+@pytest.mark.parametrize("arch,tied,pooling", [("llama", False, "last"), ("llama", True, "mean"),
+                                               ("qwen3", False, "last"), ("gemma3_text", True, "last"),
+                                               ("gpt2", True, "last")])
+def test_lean_predictions_equal_the_dual_head_model(tmp_path, arch, tied, pooling):
+    from dhrd.inference import LeanClassifier
+    from dhrd.lean import LeanConfig, export_lean
+
+    model, tok, special = make_dual_head(tied=tied, pooling=pooling, arch=arch)
+    out = make_training_output(tmp_path, model, tok, special, eval_metrics={"accuracy": 0.75})
+    report = export_lean(out, tmp_path / "lean")
+    names = tensor_names(tmp_path / "lean")
+    assert not any("lm_head" in n for n in names)
+    assert "embed_tokens.weight" in names or "wte.weight" in names  # a tied head's only copy
+    assert report.lean_bytes < report.dual_head_bytes + 64_000  # + tokenizer and JSON files
+    cfg = LeanConfig.load(tmp_path / "lean")
+    assert (cfg.task, cfg.labels, cfg.pooling, cfg.max_input_len) == ("rte", ["entailment", "not_entailment"],
+                                                                      pooling, MAX_INPUT_LEN)
+    assert cfg.tied_embeddings is tied and cfg.special_token_ids == {"reason": special[0], "answer": special[1]}
+    assert cfg.training["alpha"] == 0.5 and cfg.training["eval"] == {"step": 7, "metrics": {"accuracy": 0.75}}
+
+    ref = reference_probs(model, tok)
+    got = LeanClassifier.load(str(tmp_path / "lean")).predict(TEXTS, batch_size=3)
+    assert torch.equal(got.argmax(-1), ref.argmax(-1))
+    assert float((got - ref).abs().max()) < 1e-5
+
+
+def test_untied_lm_head_is_dropped_and_sizes_shrink(tmp_path):
+    from dhrd.lean import export_lean
+
+    model, tok, special = make_dual_head(tied=False)
+    out = make_training_output(tmp_path, model, tok, special)
+    from safetensors.torch import load_file
+
+    final_weights = os.path.join(out, "final", "model.safetensors")
+    full = set(load_file(final_weights))
+    assert "lm_head.weight" in full  # the training export keeps the reasoning head ...
+    export_lean(out, tmp_path / "lean")
+    assert tensor_names(tmp_path / "lean") == {n.removeprefix("model.") for n in full - {"lm_head.weight"}}
+    lm_bytes = model.lm_weight.numel() * 4
+    shrink = os.path.getsize(final_weights) - os.path.getsize(tmp_path / "lean" / "model.safetensors")
+    assert lm_bytes <= shrink < lm_bytes + 4096  # ... and the lean one drops only it
+
+
+# bf16 weights and activations: the probabilities of this tiny model move by at most
+# ~1e-2; the argmax is only compared where the fp32 margin exceeds 0.05.
+BF16_PROB_TOL, INT8_PROB_TOL, MARGIN = 2e-2, 5e-2, 0.05
+
+
+def test_bf16_and_int8_exports_within_tolerance(tmp_path):
+    from dhrd.inference import LeanClassifier
+    from dhrd.lean import LeanConfig, export_lean
+
+    model, tok, special = make_dual_head(seed=3)
+    with torch.no_grad():  # a head with decisive outputs, so the argmax check has teeth
+        model.head.out.weight.mul_(40)
+    out = make_training_output(tmp_path, model, tok, special)
+    ref = reference_probs(model, tok)
+    confident = (ref[:, 0] - ref[:, 1]).abs() > MARGIN
+    assert confident.any()
+    fp32 = export_lean(out, tmp_path / "fp32")
+    bf16 = export_lean(out, tmp_path / "bf16", dtype="bfloat16")
+    assert LeanConfig.load(tmp_path / "bf16").dtype == "bfloat16"
+    assert bf16.lean_bytes < 0.7 * fp32.lean_bytes
+    got = LeanClassifier.load(str(tmp_path / "bf16")).predict(TEXTS)
+    assert float((got - ref).abs().max()) < BF16_PROB_TOL
+    assert torch.equal(got.argmax(-1)[confident], ref.argmax(-1)[confident])
+
+    export_lean(out, tmp_path / "int8", quantize="int8")
+    clf = LeanClassifier.load(str(tmp_path / "int8"))
+    assert type(clf.decoder.layers[0].self_attn.q_proj).__module__.startswith("torch.ao.nn.quantized.dynamic")
+    got = clf.predict(TEXTS)
+    assert float((got - ref).abs().max()) < INT8_PROB_TOL
+    with pytest.raises(ValueError, match="int8 dynamic quantisation starts from float32"):
+        export_lean(out, tmp_path / "bad", dtype="bfloat16", quantize="int8")
+
+
+def test_lora_adapters_are_merged(tmp_path):
+    """write_lean folds trained LoRA adapters into the decoder weights."""
+    from dhrd.config import ModelArgs
+    from dhrd.engine import apply_lora
+    from dhrd.inference import LeanClassifier
+    from dhrd.lean import LeanConfig, write_lean
+    from dhrd.model import DualHeadModel
+
+    base, tok, special = make_dual_head()
+    before = reference_probs(base, tok)
+    lora_backbone = apply_lora(base.backbone, ModelArgs(model="x", lora=True, lora_r=4, lora_dropout=0.0))
+    model = DualHeadModel(lora_backbone, 2)
+    model.head.load_state_dict(base.head.state_dict())
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    model.eval()
+    ref = reference_probs(model, tok)
+    cfg = LeanConfig(task="rte", labels=["entailment", "not_entailment"], verbalizers=["yes", "no"],
+                     pooling="last", max_input_len=MAX_INPUT_LEN, num_labels=2, head_inner_size=32,
+                     special_token_ids={"reason": special[0], "answer": special[1]})
+    write_lean(model, tok, cfg, str(tmp_path / "lean"), lora=True)
+    assert not any("lora" in n for n in tensor_names(tmp_path / "lean"))
+    got = LeanClassifier.load(str(tmp_path / "lean")).predict(TEXTS)
+    assert float((got - ref).abs().max()) < 1e-5
+    assert float((before - ref).abs().max()) > 1e-3  # the adapters do change the outputs
+
+
+def test_missing_or_broken_sources_are_named(tmp_path):
+    from dhrd.inference import LeanClassifier
+    from dhrd.lean import CheckpointError, export_lean
+
+    with pytest.raises(CheckpointError, match="training output not found: .*nowhere"):
+        export_lean(str(tmp_path / "nowhere"), tmp_path / "lean")
+    ckpt = tmp_path / "run" / "checkpoints" / "step_00000004"
+    ckpt.mkdir(parents=True)
+    with pytest.raises(CheckpointError, match=r"training config \(needed to rebuild the architecture\) "
+                                              r"not found: .*run/config.json"):
+        export_lean(str(ckpt), tmp_path / "lean")
+    (tmp_path / "run" / "config.json").write_text(json.dumps({"model": {}, "data": {}, "loss": {}}))
+    with pytest.raises(CheckpointError, match="step_00000004 is incomplete: no dhrd_complete.json"):
+        export_lean(str(ckpt), tmp_path / "lean")
+    with pytest.raises(CheckpointError, match="neither final/ nor a complete checkpoint"):
+        export_lean(str(tmp_path / "run"), tmp_path / "lean")
+    with pytest.raises(FileNotFoundError, match="not a lean classifier directory: no lean_config.json"):
+        LeanClassifier.load(str(tmp_path / "run"))
+
+
+def test_export_cli_prints_sizes(tmp_path):
+    model, tok, special = make_dual_head()
+    out = make_training_output(tmp_path, model, tok, special)
+    cmd = [sys.executable, os.path.join(REPO, "tools", "export_classifier.py"), out, str(tmp_path / "lean"),
+           "--dtype", "bfloat16"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "dual-head weights" in proc.stdout and "lean classifier" in proc.stdout and "MiB" in proc.stdout
+    bad = subprocess.run([*cmd[:2], str(tmp_path / "missing"), str(tmp_path / "x")], capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 2 and "training output not found" in bad.stderr

@@ -1,0 +1,265 @@
+"""Queries per second of three ways to classify with the same decoder on the same inputs:
+
+1. the lean DHRD classifier (dhrd.inference: length-bucketed batches, one forward, pooled head);
+2. CoT decoding: batched greedy HF ``generate`` with the KV cache writes a rationale and
+   then the answer ("Let's think step by step, then answer yes or no."); the answer is
+   the last verbalizer in the generated text;
+3. a plain HF pipeline: ``pipeline("text-classification")`` over
+   ``AutoModelForSequenceClassification`` sharing the same decoder module.
+
+Prints a markdown table with QPS, ratios to the lean classifier, batch sizes and the
+achieved FLOP/s, counted as 2 x matmul parameters x tokens (decoder weights without the
+embedding table; CoT adds the LM-head projection for every generated token; attention's
+quadratic term is ignored) against ``--peak_tflops``. Each time is the best of
+``--repeats`` runs with the methods interleaved (robust to other load on the machine).
+
+    python tools/bench_qps.py --model smollm2 --n 32 --cot_new_tokens 32        # CPU, minutes
+    python tools/bench_qps.py --random_init_config llama-3.2-3b --device cuda --dtype bfloat16 \\
+        --n 1024 --batch_size 256 --cot_batch_size 64 --peak_tflops 989          # GPU, paper setting
+
+CoT decodes exactly ``--cot_new_tokens`` (default 500, the paper's budget) unless
+``--cot_stop_at_eos``: random-init weights never stop, and a fixed length makes runs
+comparable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from dhrd.inference import LeanClassifier, length_buckets  # noqa: E402
+from dhrd.lean import LeanConfig  # noqa: E402
+from dhrd.model import ClassificationHead  # noqa: E402
+
+# shapes for --random_init_config (no weights needed)
+SHAPES = {
+    "llama-3.2-3b": dict(model_type="llama", hidden_size=3072, intermediate_size=8192, num_hidden_layers=28,
+                         num_attention_heads=24, num_key_value_heads=8, head_dim=128, vocab_size=128256,
+                         rope_theta=500000.0, tie_word_embeddings=True, max_position_embeddings=131072,
+                         rms_norm_eps=1e-5),
+    "llama-3.2-1b": dict(model_type="llama", hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                         num_attention_heads=32, num_key_value_heads=8, head_dim=64, vocab_size=128256,
+                         rope_theta=500000.0, tie_word_embeddings=True, max_position_embeddings=131072,
+                         rms_norm_eps=1e-5),
+}
+COT_PROMPT = "\nLet's think step by step, then answer yes or no."
+WORDS = ("the cat dog sun tree book river stone cloud city road house water light small large old new "
+         "because therefore said that which would could there their about after before people").split()
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="smollm2", help="HF dir, or smollm2 (the packaged SmolLM2-135M-Instruct)")
+    p.add_argument("--random_init_config", default=None,
+                   help=f"random weights of this shape ({', '.join(SHAPES)}, or a config.json path)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    p.add_argument("--task", default="rte")
+    p.add_argument("--input_file", default=None, help="task-format JSONL; default synthetic RTE rows")
+    p.add_argument("--n", type=int, default=32, help="examples")
+    p.add_argument("--min_words", type=int, default=20)
+    p.add_argument("--max_words", type=int, default=120)
+    p.add_argument("--batch_size", type=int, default=16, help="lean and pipeline batch size")
+    p.add_argument("--cot_batch_size", type=int, default=8)
+    p.add_argument("--cot_new_tokens", type=int, default=500, help="rationale tokens (paper: 500)")
+    p.add_argument("--cot_stop_at_eos", action="store_true")
+    p.add_argument("--max_input_len", type=int, default=992)
+    p.add_argument("--peak_tflops", type=float, default=None, help="the device's peak, for the %% column")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per method (best taken)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--skip", default="", help="comma list of methods to skip: lean,cot,pipeline")
+    p.add_argument("--json_out", default=None)
+    return p.parse_args(argv)
+
+
+def load_models(args):
+    """(causal LM, tokenizer) on the device; the tokenizer of --model also for random init."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from dhrd.backbones import resolve_model_path
+
+    dtype = getattr(torch, args.dtype)
+    path = resolve_model_path(args.model)
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    if args.random_init_config:
+        rc = args.random_init_config
+        cfg = AutoConfig.for_model(**SHAPES[rc]) if rc in SHAPES else AutoConfig.from_pretrained(rc)
+        cfg.pad_token_id = tok.pad_token_id
+        with torch.device(args.device):
+            model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation="sdpa")
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa").to(args.device)
+    model.config.pad_token_id = tok.pad_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id
+    return model.eval(), tok
+
+
+def inputs(args) -> list[str]:
+    from dhrd.data.tasks import get_task
+
+    task = get_task(args.task)
+    if args.input_file:
+        return [e.text for e in task.read(args.input_file, require_labels=False)][: args.n]
+    rng = random.Random(0)
+    rows = [{"idx": i, "premise": " ".join(rng.choice(WORDS) for _ in range(rng.randint(args.min_words, args.max_words))),
+             "hypothesis": " ".join(rng.choice(WORDS) for _ in range(8))} for i in range(args.n)]
+    return [task.render(r) for r in rows]
+
+
+def _sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device):
+    _sync(device)
+    t0 = time.perf_counter()
+    out = fn()
+    _sync(device)
+    return time.perf_counter() - t0, out
+
+
+def bench_lean(model, tok, texts, args):
+    """The lean classifier over the causal LM's own decoder module, random head."""
+    task_labels = ["entailment", "not_entailment"]
+    head = ClassificationHead(model.config.hidden_size, 2).to(device=args.device, dtype=model.dtype)
+    cfg = LeanConfig(task=args.task, labels=task_labels, verbalizers=["yes", "no"], pooling="last",
+                     max_input_len=args.max_input_len, num_labels=2, head_inner_size=model.config.hidden_size)
+    clf = LeanClassifier(getattr(model, model.base_model_prefix), head, tok, cfg, args.device)
+    clf.predict(texts[: args.batch_size], args.batch_size)  # warm-up
+    tokens = sum(map(len, clf.encode(texts)))
+    return {"method": "lean DHRD classifier", "batch": args.batch_size, "tokens": tokens, "generated": 0}, \
+        lambda: clf.predict(texts, args.batch_size)
+
+
+def bench_pipeline(model, tok, texts, args):
+    """transformers' text-classification pipeline over a sequence-classification model
+    that shares the causal LM's decoder module (its score layer is random)."""
+    from transformers import AutoModelForSequenceClassification, pipeline
+
+    cfg = model.config
+    cfg.num_labels = 2
+    with torch.device("meta"):
+        seq = AutoModelForSequenceClassification.from_config(cfg)
+    setattr(seq, seq.base_model_prefix, getattr(model, model.base_model_prefix))
+    seq.score = torch.nn.Linear(cfg.hidden_size, 2, bias=False, device=args.device, dtype=model.dtype)
+    seq.eval()
+    pipe = pipeline("text-classification", model=seq, tokenizer=tok, device=torch.device(args.device),
+                    batch_size=args.batch_size, top_k=None)
+    pipe(texts[: args.batch_size])  # warm-up
+    tokens = sum(len(tok(t)["input_ids"]) for t in texts)
+    return {"method": "HF text-classification pipeline", "batch": args.batch_size, "tokens": tokens,
+            "generated": 0}, lambda: pipe(texts)
+
+
+def parse_answer(text: str, verbalizers) -> int | None:
+    """The label whose verbalizer occurs last in the generated text (None: none does)."""
+    words = text.lower().replace(".", " ").replace(",", " ").split()
+    for w in reversed(words):
+        if w in verbalizers:
+            return verbalizers.index(w)
+    return None
+
+
+def _cot_batch(model, tok, batch, args):
+    """One batched greedy generate: the rationale, then the answer, as CoT prompting does."""
+    enc = tok([t + COT_PROMPT for t in batch], return_tensors="pt", padding=True).to(args.device)
+    n = args.cot_new_tokens
+    gen = model.generate(**enc, do_sample=False, max_new_tokens=n, use_cache=True,
+                         min_new_tokens=None if args.cot_stop_at_eos else n)
+    new = gen[:, enc["input_ids"].shape[1]:]
+    preds = [parse_answer(t, ["yes", "no"]) for t in tok.batch_decode(new, skip_special_tokens=True)]
+    real_new = int((new != tok.pad_token_id).sum()) if args.cot_stop_at_eos else new.numel()
+    return preds, int(enc["attention_mask"].sum()), real_new
+
+
+def bench_cot(model, tok, texts, args):
+    bs = args.cot_batch_size
+    tok.padding_side = "left"
+    _cot_batch(model, tok, texts[:bs], argparse.Namespace(**dict(vars(args), cot_new_tokens=2)))  # warm-up
+    row = {"method": f"CoT decoding ({args.cot_new_tokens} new tokens, greedy, KV cache)", "batch": bs,
+           "tokens": 0, "generated": 0}
+
+    def run():
+        tok.padding_side = "left"
+        row["tokens"] = row["generated"] = 0
+        for i in range(0, len(texts), bs):
+            _, prompt_tokens, gen_tokens = _cot_batch(model, tok, texts[i:i + bs], args)
+            row["tokens"] += prompt_tokens
+            row["generated"] += gen_tokens
+        tok.padding_side = "right"
+
+    tok.padding_side = "right"
+    return row, run
+
+
+def matmul_params(model) -> tuple[int, int]:
+    """(decoder weights without the embedding table, LM-head weights)."""
+    decoder = getattr(model, model.base_model_prefix)
+    emb = decoder.get_input_embeddings().weight.numel()
+    return sum(p.numel() for p in decoder.parameters()) - emb, model.get_output_embeddings().weight.numel()
+
+
+def table(rows, n, args, body, lm_head) -> str:
+    lean = next((r for r in rows if r["method"].startswith("lean")), None)
+    lines = ["| method | batch | examples | seconds | QPS | lean / method | TFLOP/s"
+             + (" | % of peak |" if args.peak_tflops else " |"),
+             "|---|---|---|---|---|---|---|" + ("---|" if args.peak_tflops else "")]
+    for r in rows:
+        r["qps"] = n / r["seconds"]
+        flops = 2 * body * (r["tokens"] + r["generated"]) + 2 * lm_head * r["generated"]
+        r["tflops"] = flops / r["seconds"] / 1e12
+        ratio = f"{lean['qps'] / r['qps']:.2f}x" if lean else "-"
+        line = (f"| {r['method']} | {r['batch']} | {n} | {r['seconds']:.2f} | {r['qps']:.2f} | {ratio} | "
+                f"{r['tflops']:.4f} |")
+        if args.peak_tflops:
+            line += f" {100 * r['tflops'] / args.peak_tflops:.2f}% |"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, tok = load_models(args)
+    texts = inputs(args)
+    lengths = [len(tok(t)["input_ids"]) for t in texts]
+    skip = set(filter(None, args.skip.split(",")))
+    benches = [b for name, b in (("lean", bench_lean), ("pipeline", bench_pipeline), ("cot", bench_cot))
+               if name not in skip]
+    with torch.inference_mode():
+        prepared = [bench(model, tok, texts, args) for bench in benches]
+        rows = [row for row, _ in prepared]
+        # methods interleaved, best of --repeats: robust to other load on shared machines
+        for _ in range(args.repeats):
+            for row, run in prepared:
+                sec, _ = timed(run, args.device)
+                row["seconds"] = min(row.get("seconds", float("inf")), sec)
+                row.setdefault("all_seconds", []).append(round(sec, 3))
+                print(f"{row['method']}: {sec:.2f} s", file=sys.stderr, flush=True)
+    body, lm_head = matmul_params(model)
+    name = args.random_init_config and f"random-init {args.random_init_config}" or args.model
+    print(f"model {name} ({(body + lm_head) / 1e6:.1f}M matmul params), device {args.device}, {args.dtype}, "
+          f"torch threads {torch.get_num_threads()}; {len(texts)} {args.task} inputs, tokens per input "
+          f"min {min(lengths)} / median {statistics.median(lengths):.0f} / max {max(lengths)}\n")
+    print(table(rows, len(texts), args, body, lm_head))
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump({"args": vars(args), "rows": rows}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
