@@ -10,23 +10,23 @@ the unpadded input, on the same maskless attention path training uses. The poole
 token is each row's last real token (or the mean over its real tokens).
 
 ``dhrd predict LEAN_DIR --input FILE`` writes ``{"id", "label", "probs"}`` per example
-as JSON Lines and, when every example has a gold label, the task's metrics.
+as JSON Lines and, over the examples that have a gold label, the task's metrics.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
-import warnings
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from .data.sequences import SequenceBuilder, SequenceSpec
-from .lean import HEAD_FILE, LeanConfig
+from .lean import HEAD_FILE, WEIGHTS, LeanConfig, load_int8, quantize_int8
 from .model import ClassificationHead, pool_hidden
 
 
@@ -47,16 +47,6 @@ def length_buckets(lengths: Sequence[int], batch_size: int, max_batch_tokens: in
     return batches
 
 
-def quantize_int8(module: nn.Module) -> nn.Module:
-    """Dynamic int8 Linear layers (weights int8, activations quantised per batch): the
-    CPU serving option; embeddings and norms stay float32."""
-    from torch.ao.quantization import quantize_dynamic
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return quantize_dynamic(module, {nn.Linear}, dtype=torch.qint8)
-
-
 class LeanClassifier:
     """Decoder body + pooled head + the training tokenisation of x."""
 
@@ -74,24 +64,32 @@ class LeanClassifier:
     @classmethod
     def load(cls, path: str, device: str = "cpu", dtype: str | None = None, int8: bool | None = None,
              attn_implementation: str = "sdpa") -> "LeanClassifier":
-        """``dtype``/``int8`` default to what the directory says."""
+        """``dtype``/``int8`` default to what the directory says; ``int8=True`` on a float
+        directory quantises at load time exactly as the export would have."""
         from safetensors.torch import load_file
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+        path = str(path)
         cfg = LeanConfig.load(path)
-        int8 = cfg.quantize == "int8" if int8 is None else int8
+        stored_int8 = cfg.quantize == "int8"
+        int8 = stored_int8 if int8 is None else int8
+        if stored_int8 and not int8:
+            raise ValueError(f"{path} holds int8 weights: it loads only with int8 (re-export for float)")
+        if int8 and torch.device(device).type != "cpu":
+            raise ValueError("int8 dynamic quantisation runs on CPU only")
         torch_dtype = torch.float32 if int8 else getattr(torch, dtype or cfg.dtype)
-        decoder = AutoModel.from_pretrained(path, dtype=torch_dtype, attn_implementation=attn_implementation)
+        if stored_int8:
+            decoder = AutoModel.from_config(AutoConfig.from_pretrained(path), dtype=torch.float32,
+                                            attn_implementation=attn_implementation)
+            decoder = load_int8(decoder, load_file(os.path.join(path, WEIGHTS)), os.path.join(path, WEIGHTS))
+        else:
+            decoder = AutoModel.from_pretrained(path, dtype=torch_dtype, attn_implementation=attn_implementation)
+            if int8:
+                decoder = quantize_int8(decoder)
         head = ClassificationHead(decoder.config.hidden_size, cfg.num_labels, cfg.head_inner_size)
-        head.load_state_dict(load_file(f"{path}/{HEAD_FILE}"))
-        head.to(torch_dtype)
-        if int8:
-            if torch.device(device).type != "cpu":
-                raise ValueError("int8 dynamic quantisation runs on CPU only")
-            decoder, head = quantize_int8(decoder), quantize_int8(head)
-        decoder.to(device)
-        head.to(device)
-        return cls(decoder, head, AutoTokenizer.from_pretrained(path), cfg, device)
+        head.load_state_dict(load_file(os.path.join(path, HEAD_FILE)))
+        head.to(device=device, dtype=torch_dtype)
+        return cls(decoder.to(device), head, AutoTokenizer.from_pretrained(path), cfg, device)
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         return [self.builder.input_ids(t)[0] for t in texts]
@@ -127,11 +125,28 @@ class LeanClassifier:
 # ---------------------------------------------------------------------------------------
 # dhrd predict
 
-def read_examples(cfg: LeanConfig, path: str):
-    """The task's own reader (labels optional); ``-`` is stdin."""
+def read_examples(task_name: str, path: str):
+    """The task's own reader and checks (labels optional); ``-`` is stdin, named
+    ``<stdin>`` in errors. Bad rows raise DataError with file, line and field."""
+    from .data.tasks import _json, get_task
+
+    task = get_task(task_name)
+    if path != "-":
+        return task.read(path, require_labels=False)
+    rows = ((n, _json(line, "<stdin>", n)) for n, line in enumerate(sys.stdin, 1) if line.strip())
+    return task._examples(rows, "<stdin>", False, adapt=None)
+
+
+def metrics_of(task_name: str, examples, preds) -> dict | None:
+    """The task's metrics over the examples that carry a gold label (None if none do)."""
     from .data.tasks import get_task
 
-    return get_task(cfg.task).read("/dev/stdin" if path == "-" else path, require_labels=False)
+    gold = [(p, ex) for p, ex in zip(preds, examples) if ex.label is not None]
+    if not gold:
+        return None
+    scores = get_task(task_name).score([p for p, _ in gold], [ex.label for _, ex in gold],
+                                       [ex.group for _, ex in gold])
+    return {"labelled": len(gold), **scores}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -150,10 +165,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .data.errors import DataError
+
     args = build_parser().parse_args(argv)
-    clf = LeanClassifier.load(args.model_dir, device=args.device, dtype=args.dtype,
-                              int8=None if args.int8 is None else args.int8 == "true")
-    examples = read_examples(clf.config, args.input)
+    try:  # the input is checked before the (possibly large) model loads
+        examples = read_examples(LeanConfig.load(args.model_dir).task, args.input)
+        clf = LeanClassifier.load(args.model_dir, device=args.device, dtype=args.dtype,
+                                  int8=None if args.int8 is None else args.int8 == "true")
+    except (DataError, OSError, ValueError) as e:
+        print(f"dhrd predict: error: {e}", file=sys.stderr)
+        return 2
     t0 = time.perf_counter()
     probs = clf.predict([ex.text for ex in examples], args.batch_size, args.max_batch_tokens)
     elapsed = time.perf_counter() - t0
@@ -162,17 +183,14 @@ def main(argv: list[str] | None = None) -> int:
     out = sys.stdout if args.output == "-" else open(args.output, "w")
     try:
         for ex, pred, p in zip(examples, preds, probs.tolist()):
-            out.write(json.dumps({"id": ex.id, "label": labels[pred],
-                                  "probs": dict(zip(labels, p))}) + "\n")
+            out.write(json.dumps({"id": ex.id, "label": labels[pred], "probs": dict(zip(labels, p))}) + "\n")
     finally:
         if out is not sys.stdout:
             out.close()
     summary = {"examples": len(examples), "seconds": round(elapsed, 4), "qps": round(len(examples) / elapsed, 2)}
-    if all(ex.label is not None for ex in examples):
-        from .data.tasks import get_task
-
-        summary["metrics"] = get_task(clf.config.task).score(preds, [ex.label for ex in examples],
-                                                             [ex.group for ex in examples])
+    metrics = metrics_of(clf.config.task, examples, preds)
+    if metrics is not None:
+        summary["metrics"] = metrics
     print(json.dumps(summary), file=sys.stderr)
     if args.metrics_out:
         with open(args.metrics_out, "w") as f:

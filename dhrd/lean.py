@@ -12,10 +12,11 @@ only the decoder body and the classifier head, so the lean directory keeps
   max_input_len (inference must tokenise x exactly as training did), dtype, the int8
   flag, and the training metadata.
 
-Int8 is a flag applied at load time (dynamic quantisation of the Linear layers on CPU):
-quantised tensors cannot be stored as safetensors, and quantising takes well under a
-second. Loading (``dhrd.inference``) needs neither DeepSpeed nor peft; exporting from a
-ZeRO checkpoint uses DeepSpeed's offline ``zero_to_fp32`` (no distributed job).
+With ``quantize="int8"`` every Linear layer of the decoder is stored as int8 weights
+with per-output-channel scales (plain int8/float tensors, so still safetensors) and
+loaded as torch's dynamic-int8 Linear for CPU serving; embeddings, norms and the head
+stay float32. Loading (``dhrd.inference``) needs neither DeepSpeed nor peft; exporting
+from a ZeRO checkpoint uses DeepSpeed's offline ``zero_to_fp32`` (no distributed job).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import zipfile
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
 import torch
+from torch import nn
 
 from . import checkpoint
 from .export import HEAD_FILE
@@ -35,6 +37,7 @@ from .export import HEAD_FILE
 LEAN_FORMAT = "dhrd-lean-classifier"
 LEAN_VERSION = 1
 LEAN_CONFIG = "lean_config.json"
+WEIGHTS = "model.safetensors"
 DTYPES = ("float32", "bfloat16", "float16")
 QUANTIZE = ("none", "int8")
 
@@ -53,7 +56,7 @@ class LeanConfig:
     num_labels: int
     head_inner_size: int
     dtype: str = "float32"
-    quantize: str = "none"            # "int8": dynamic int8 Linear layers at load time (CPU)
+    quantize: str = "none"            # "int8": the decoder's Linear weights are stored int8
     tied_embeddings: bool = False     # the (dropped) LM head shared the input embeddings
     special_token_ids: dict = field(default_factory=dict)  # {"reason": id, "answer": id}
     training: dict = field(default_factory=dict)  # alpha, beta, method, lora_merged, source, step, eval
@@ -298,6 +301,96 @@ def _training_meta(source: Source) -> dict:
 
 
 # ---------------------------------------------------------------------------------------
+# int8: dynamic quantisation, stored as plain tensors
+
+INT8_SCHEME = "int8-dynamic-per-channel"
+_SCALE, _ZERO = ".weight_scale", ".weight_zero_point"
+
+
+def quantize_int8(module: nn.Module) -> nn.Module:
+    """A copy with every Linear as torch's dynamic int8 Linear (int8 weights with one
+    scale per output channel; activations quantised per batch at run time): the CPU
+    serving option. Embeddings and norms stay float32."""
+    import warnings
+
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao
+        warnings.simplefilter("ignore")
+        return quantize_dynamic(module.float(), {nn.Linear: per_channel_dynamic_qconfig},
+                                dtype=torch.qint8, inplace=False)
+
+
+def _int8_linears(module: nn.Module) -> dict[str, nn.Module]:
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    return {n: m for n, m in module.named_modules() if isinstance(m, DynamicLinear)}
+
+
+def int8_tensors(qmodule: nn.Module) -> dict[str, torch.Tensor]:
+    """The state of a :func:`quantize_int8` module as plain tensors for safetensors: per
+    quantised Linear ``weight`` (int8), ``weight_scale``, ``weight_zero_point`` and
+    ``bias``; every other tensor as it is."""
+    linears = _int8_linears(qmodule)
+    out = {k: v for k, v in qmodule.state_dict().items() if k.rpartition(".")[0].removesuffix("._packed_params")
+           not in linears}
+    for name, lin in linears.items():
+        weight, bias = lin._weight_bias()
+        out[name + ".weight"] = weight.int_repr()
+        scale, zero = weight.q_per_channel_scales(), weight.q_per_channel_zero_points()
+        # torch hands out float64/int64; the observer computed float32 scales and int8
+        # zero points, so the narrow types store them without loss
+        out[name + _SCALE] = scale.float() if torch.equal(scale.float().double(), scale) else scale
+        out[name + _ZERO] = zero.to(torch.int8)
+        if bias is not None:
+            out[name + ".bias"] = bias
+    return {k: v.detach().contiguous() for k, v in out.items()}
+
+
+def load_int8(module: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> nn.Module:
+    """Put :func:`int8_tensors` back into a float32 module of the same architecture: the
+    Linear layers they quantised become dynamic int8 Linear layers. Raises naming the
+    tensors that do not fit."""
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    tensors = dict(tensors)
+    names = [k[: -len(_SCALE)] for k in tensors if k.endswith(_SCALE)]
+    if not names:
+        raise ValueError(f"{source}: no int8 weights (no '*{_SCALE}' tensors)")
+    orphans = [k for k in tensors if k.endswith(_ZERO) and k[: -len(_ZERO)] not in names]
+    if orphans:
+        raise ValueError(f"{source}: int8 layer {orphans[0][: -len(_ZERO)]!r} lacks tensor "
+                         f"{orphans[0][: -len(_ZERO)] + _SCALE!r}")
+    linears, quantised = {}, {}
+    for name in names:
+        try:
+            linears[name] = module.get_submodule(name)
+        except AttributeError:
+            linears[name] = None
+        if not isinstance(linears[name], nn.Linear):
+            raise ValueError(f"{source}: int8 weight {name!r} is not a Linear layer of {type(module).__name__}")
+        try:
+            quantised[name] = [tensors.pop(name + k) for k in (".weight", _SCALE, _ZERO)]
+        except KeyError as e:
+            raise ValueError(f"{source}: int8 layer {name!r} lacks tensor {e.args[0]!r}") from None
+        quantised[name].append(tensors.pop(name + ".bias", None))
+    # the float tensors first, while the Linear layers are still float (their int8
+    # counterparts refuse a partial state dict)
+    missing, unexpected = module.load_state_dict(tensors, strict=False)
+    missing = [k for k in missing if k.rpartition(".")[0] not in linears]
+    if missing or unexpected:
+        raise ValueError(f"{source}: int8 weights do not match the architecture: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    for name, (int_repr, scale, zero, bias) in quantised.items():
+        lin = linears[name]
+        q = DynamicLinear(lin.in_features, lin.out_features, bias_=lin.bias is not None, dtype=torch.qint8)
+        q.set_weight_bias(torch._make_per_channel_quantized_tensor(int_repr, scale.double(), zero.long(), 0), bias)
+        parent, _, child = name.rpartition(".")
+        setattr(module.get_submodule(parent) if parent else module, child, q)
+    return module
+
+
+# ---------------------------------------------------------------------------------------
 # writing
 
 def dir_bytes(path: str) -> int:
@@ -320,7 +413,8 @@ class ExportReport:
 
 
 def write_lean(model, tokenizer, cfg: LeanConfig, out_dir: str, lora: bool = False) -> None:
-    """Save the decoder body (LoRA merged), the head, the tokenizer and ``cfg``."""
+    """Save the decoder body (LoRA merged; int8 Linear weights when ``cfg.quantize``),
+    the head, the tokenizer and ``cfg``."""
     from .export import merged_backbone, save_head
 
     os.makedirs(out_dir, exist_ok=True)
@@ -328,7 +422,14 @@ def write_lean(model, tokenizer, cfg: LeanConfig, out_dir: str, lora: bool = Fal
     backbone = merged_backbone(model, lora)
     decoder = getattr(backbone, backbone.base_model_prefix).to(dtype)
     decoder.config.dtype = dtype
-    decoder.save_pretrained(out_dir)
+    if cfg.quantize == "int8":
+        from safetensors.torch import save_file
+
+        save_file(int8_tensors(quantize_int8(decoder)), os.path.join(out_dir, WEIGHTS),
+                  metadata={"format": "pt", "dhrd_quantization": INT8_SCHEME})
+        decoder.config.save_pretrained(out_dir)
+    else:
+        decoder.save_pretrained(out_dir)
     save_head(model.head.to(dtype), os.path.join(out_dir, HEAD_FILE))
     tokenizer.save_pretrained(out_dir)
     cfg.save(out_dir)

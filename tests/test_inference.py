@@ -4,8 +4,10 @@ DeepSpeed made unimportable."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -59,16 +61,43 @@ def _rows(n: int, labelled: bool) -> list[dict]:
     return rows
 
 
-BLOCK_DS = "import sys; sys.modules['deepspeed'] = None; from dhrd.cli import main; sys.exit(main(sys.argv[1:]))"
+# DeepSpeed made to look uninstalled: every meta-path finder is wrapped so that it finds
+# no ``deepspeed*`` module (find_spec gives None, ``import deepspeed`` raises
+# ModuleNotFoundError, as without the package). On the way out the child checks that
+# neither DeepSpeed nor peft was imported.
+BLOCK_DS = """
+import sys
+
+class HideDeepSpeed:
+    def __init__(self, finder):
+        self.finder = finder
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "deepspeed" or not hasattr(self.finder, "find_spec"):
+            return None
+        return self.finder.find_spec(name, path, target)
+
+    def __getattr__(self, attr):
+        return getattr(self.finder, attr)
+
+sys.meta_path[:] = [HideDeepSpeed(f) for f in sys.meta_path]
+from dhrd.cli import main
+rc = main(sys.argv[1:])
+leaked = [m for m in sys.modules if m.split(".")[0] in ("deepspeed", "peft")]
+if leaked:
+    sys.exit(f"imported {leaked}")
+sys.exit(rc)
+"""
 
 
-def _predict(args, stdin=None):
+def _predict(args, stdin=None, code=BLOCK_DS):
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-c", BLOCK_DS, "predict", *args], input=stdin, capture_output=True,
+    return subprocess.run([sys.executable, "-c", code, "predict", *args], input=stdin, capture_output=True,
                           text=True, timeout=180, env=env, cwd=REPO)
 
 
 def test_predict_cli_without_deepspeed(lean, tmp_path):
+    """``dhrd predict`` over a labelled file in a child where DeepSpeed is not installed."""
     from dhrd.data.tasks import get_task
     from dhrd.inference import LeanClassifier
 
@@ -89,17 +118,56 @@ def test_predict_cli_without_deepspeed(lean, tmp_path):
     got = torch.tensor([[p["probs"]["entailment"], p["probs"]["not_entailment"]] for p in preds])
     assert float((got - want).abs().max()) < 1e-5
     metrics = json.load(open(tmp_path / "m.json"))["metrics"]
-    expect = get_task("rte").score(want.argmax(-1).tolist(), [e.label for e in examples])
+    expect = {"labelled": 7, **get_task("rte").score(want.argmax(-1).tolist(), [e.label for e in examples])}
     assert metrics == expect and json.loads(proc.stderr.strip().splitlines()[-1])["metrics"] == expect
 
+
+def test_the_blocker_blocks():
+    code = BLOCK_DS.replace("from dhrd.cli import main", "import importlib.util\n"
+                            "assert importlib.util.find_spec('deepspeed') is None\nimport deepspeed")
+    proc = _predict([], code=code)
+    assert proc.returncode == 1 and "ModuleNotFoundError: No module named 'deepspeed'" in proc.stderr
+
+
+def _predict_here(args, capsys, monkeypatch, stdin=None):
+    """``dhrd predict`` in this process: (exit code, stdout, stderr)."""
+    from dhrd.cli import main
+
+    if stdin is not None:
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    rc = main(["predict", *map(str, args)])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_predict_stdin_partial_labels_and_bad_lines(lean, tmp_path, capsys, monkeypatch):
+    path = lean[0]
     # unlabelled rows from stdin to stdout: predictions, no metrics
-    stdin = "".join(json.dumps(r) + "\n" for r in _rows(3, labelled=False))
-    proc = _predict([path], stdin=stdin)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert len(proc.stdout.strip().splitlines()) == 3
-    assert "metrics" not in json.loads(proc.stderr.strip().splitlines()[-1])
+    rc, out, err = _predict_here([path], capsys, monkeypatch,
+                                 stdin="".join(json.dumps(r) + "\n" for r in _rows(3, labelled=False)))
+    assert rc == 0 and len(out.strip().splitlines()) == 3
+    assert "metrics" not in json.loads(err.strip().splitlines()[-1])
+    # some rows labelled: metrics over those
+    rows = _rows(4, labelled=True)
+    del rows[1]["label"]
+    (tmp_path / "mixed.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rc, out, err = _predict_here([path, "--input", tmp_path / "mixed.jsonl"], capsys, monkeypatch)
+    assert rc == 0 and json.loads(err.strip().splitlines()[-1])["metrics"]["labelled"] == 3
 
-
-def test_deepspeed_really_is_blocked(lean):
-    code = "import sys; sys.modules['deepspeed'] = None\ntry:\n import deepspeed\nexcept ImportError:\n sys.exit(7)"
-    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 7
+    good = json.dumps(_rows(1, labelled=True)[0])
+    bad = {"malformed.jsonl": (good + "\n\n{oops\n", r"malformed\.jsonl:3: malformed JSON"),
+           "no_premise.jsonl": (good + '\n{"idx": 5, "hypothesis": "h"}\n',
+                                r"no_premise\.jsonl:2: field 'premise': missing"),
+           "bad_label.jsonl": ('{"idx": 0, "premise": "p", "hypothesis": "h", "label": "maybe"}\n',
+                               r"bad_label\.jsonl:1: field 'label': unknown label \"maybe\"")}
+    for name, (text, want) in bad.items():
+        (tmp_path / name).write_text(text)
+        rc, out, err = _predict_here([path, "--input", tmp_path / name], capsys, monkeypatch)
+        assert rc == 2 and out == "" and re.fullmatch("dhrd predict: error: .*" + want + ".*", err.strip()), err
+    rc, _, err = _predict_here([path], capsys, monkeypatch,
+                               stdin=good + "\n" + '{"idx": 1, "premise": 3, "hypothesis": "h"}\n')
+    assert rc == 2 and "<stdin>:2: field 'premise': expected a string, got an integer" in err
+    rc, _, err = _predict_here([path, "--input", tmp_path / "absent.jsonl"], capsys, monkeypatch)
+    assert rc == 2 and "absent.jsonl" in err
+    rc, _, err = _predict_here([tmp_path], capsys, monkeypatch, stdin=good)
+    assert rc == 2 and "not a lean classifier directory" in err

@@ -88,6 +88,8 @@ def test_lean_predictions_equal_the_dual_head_model(tmp_path, arch, tied, poolin
     report = export_lean(out, tmp_path / "lean")
     names = tensor_names(tmp_path / "lean")
     assert not any("lm_head" in n for n in names)
+    weights = [f for f in os.listdir(tmp_path / "lean") if f.endswith((".safetensors", ".bin", ".pt", ".pth"))]
+    assert sorted(weights) == ["classifier_head.safetensors", "model.safetensors"]  # safetensors only
     assert "embed_tokens.weight" in names or "wte.weight" in names  # a tied head's only copy
     assert report.lean_bytes < report.dual_head_bytes + 64_000  # + tokenizer and JSON files
     cfg = LeanConfig.load(tmp_path / "lean")
@@ -125,6 +127,8 @@ BF16_PROB_TOL, INT8_PROB_TOL, MARGIN = 2e-2, 5e-2, 0.05
 
 
 def test_bf16_and_int8_exports_within_tolerance(tmp_path):
+    from safetensors.torch import load_file, save_file
+
     from dhrd.inference import LeanClassifier
     from dhrd.lean import LeanConfig, export_lean
 
@@ -143,13 +147,31 @@ def test_bf16_and_int8_exports_within_tolerance(tmp_path):
     assert float((got - ref).abs().max()) < BF16_PROB_TOL
     assert torch.equal(got.argmax(-1)[confident], ref.argmax(-1)[confident])
 
-    export_lean(out, tmp_path / "int8", quantize="int8")
+    int8 = export_lean(out, tmp_path / "int8", quantize="int8")
+    stored = load_file(tmp_path / "int8" / "model.safetensors")
+    q = "layers.0.self_attn.q_proj"
+    assert stored[q + ".weight"].dtype == torch.int8 and stored[q + ".weight_scale"].shape == (32,)
+    assert stored["embed_tokens.weight"].dtype == torch.float32
+    # the Linear layers are ~60% of this tiny decoder's weights and shrink 4x
+    assert os.path.getsize(tmp_path / "int8" / "model.safetensors") < \
+        0.6 * os.path.getsize(tmp_path / "fp32" / "model.safetensors")
+    assert int8.lean_bytes < fp32.lean_bytes
     clf = LeanClassifier.load(str(tmp_path / "int8"))
     assert type(clf.decoder.layers[0].self_attn.q_proj).__module__.startswith("torch.ao.nn.quantized.dynamic")
     got = clf.predict(TEXTS)
     assert float((got - ref).abs().max()) < INT8_PROB_TOL
+    assert torch.equal(got.argmax(-1)[confident], ref.argmax(-1)[confident])
+    # quantising the float export at load time is the same computation
+    assert torch.equal(LeanClassifier.load(str(tmp_path / "fp32"), int8=True).predict(TEXTS), got)
+    with pytest.raises(ValueError, match="holds int8 weights: it loads only with int8"):
+        LeanClassifier.load(str(tmp_path / "int8"), int8=False)
     with pytest.raises(ValueError, match="int8 dynamic quantisation starts from float32"):
         export_lean(out, tmp_path / "bad", dtype="bfloat16", quantize="int8")
+    del stored[q + ".weight_scale"]
+    save_file(stored, tmp_path / "int8" / "model.safetensors")
+    with pytest.raises(ValueError, match=r"model.safetensors: int8 layer 'layers.0.self_attn.q_proj' lacks "
+                                         r"tensor 'layers.0.self_attn.q_proj.weight_scale'"):
+        LeanClassifier.load(str(tmp_path / "int8"))
 
 
 def test_lora_adapters_are_merged(tmp_path):
