@@ -5,19 +5,37 @@ from __future__ import annotations
 
 from typing import Callable
 
+import torch
+
 from .reference import LossOutput, count_labelled, count_supervised, reference_dual_head_loss
 
 IMPLEMENTATIONS: dict[str, Callable[..., LossOutput]] = {"reference": reference_dual_head_loss}
 
+from .chunked import chunked_dual_head_loss  # noqa: E402
+
+IMPLEMENTATIONS["chunked"] = chunked_dual_head_loss
+if torch.cuda.is_available():  # triton ships with CUDA torch; never required to import dhrd
+    try:
+        from .triton_kernels import triton_dual_head_loss
+    except Exception as exc:  # noqa: BLE001 - missing or broken triton: fall back to chunked
+        import warnings
+
+        warnings.warn(f"Triton loss kernel unavailable ({exc!r}); using the chunked loss")
+    else:
+        IMPLEMENTATIONS["triton"] = triton_dual_head_loss
+
 
 def resolve_impl(impl: str, device) -> str:
     """``auto`` picks the best implementation available for the device."""
+    dev = getattr(device, "type", str(device))
     if impl != "auto":
+        if impl == "triton" and (impl not in IMPLEMENTATIONS or dev != "cuda"):
+            raise ValueError("the 'triton' loss implementation needs CUDA tensors and an "
+                             f"importable triton (device: {dev}); use 'auto' or 'chunked'")
         if impl not in IMPLEMENTATIONS:
             raise ValueError(f"unknown loss implementation {impl!r}; "
                              f"available: auto, {', '.join(sorted(IMPLEMENTATIONS))}")
         return impl
-    dev = getattr(device, "type", str(device))
     for name in (("triton", "chunked") if dev == "cuda" else ("chunked",)):
         if name in IMPLEMENTATIONS:
             return name

@@ -93,6 +93,26 @@ def reference_dual_head_loss(
     ``n_lm_tokens`` / ``n_cls`` default to the local counts; pass the global ones when
     the batch is one of several micro-batches or ranks of an optimizer step.
     """
+    def lm_term(flat_h, rows, targets, n):
+        logits = flat_h.index_select(0, rows) @ lm_weight.t()
+        if lm_bias is not None:
+            logits = logits + lm_bias
+        per_token = token_cross_entropy(logits, targets, logit_softcap=logit_softcap,
+                                        label_smoothing=label_smoothing, z_loss=z_loss)
+        return per_token.sum() / n
+
+    return combine_terms(lm_term, hidden, lm_weight, lm_targets, cls_logits, cls_labels,
+                         alpha=alpha, beta=beta, n_lm_tokens=n_lm_tokens, n_cls=n_cls,
+                         lm_bias=lm_bias, ignore_index=ignore_index)
+
+
+def combine_terms(lm_term, hidden, lm_weight, lm_targets, cls_logits, cls_labels, *, alpha,
+                  beta, n_lm_tokens, n_cls, lm_bias, ignore_index) -> LossOutput:
+    """What every implementation shares: the classification term, the supervised rows,
+    the counts, and a zero connected to every input where nothing is supervised (under
+    ZeRO-3 such a rank must run the same backward as the others). ``lm_term(flat_h,
+    rows, targets, n_lm_tokens)`` computes the normalised LM term over the supervised
+    ``rows`` of ``flat_h`` [N, H] with their ``targets``."""
     flat_h = hidden.reshape(-1, hidden.shape[-1])
     flat_t = lm_targets.reshape(-1)
 
@@ -110,13 +130,7 @@ def reference_dual_head_loss(
     if n_lm_tokens is None:
         n_lm_tokens = rows.numel()
     if alpha and rows.numel():
-        logits = flat_h.index_select(0, rows) @ lm_weight.t()
-        if lm_bias is not None:
-            logits = logits + lm_bias
-        per_token = token_cross_entropy(logits, flat_t.index_select(0, rows),
-                                        logit_softcap=logit_softcap,
-                                        label_smoothing=label_smoothing, z_loss=z_loss)
-        lm = per_token.sum() / n_lm_tokens
+        lm = lm_term(flat_h, rows, flat_t.index_select(0, rows), n_lm_tokens)
     elif alpha:
         lm = zero_like_graph(flat_h, lm_weight, lm_bias)
     else:
