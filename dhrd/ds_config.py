@@ -71,7 +71,10 @@ def fill_ds_config(cfg: dict, *, micro_rows: int, gas: int, world: int, lr: floa
     if sched is not None:
         warmup = max(1, min(warmup_steps, total_steps))
         _fill(sched, "warmup_num_steps", warmup)
-        _fill(sched, "total_num_steps", max(total_steps, warmup + 1))
+        # the engine starts a warmup schedule at iteration 1 (start_warmup_schedule), so
+        # update k runs at iteration k; two more than our steps keeps the last one above
+        # the cosine/decay floor
+        _fill(sched, "total_num_steps", max(total_steps + 2, warmup + 1))
         if cfg["scheduler"].get("type") in ("WarmupLR", "WarmupDecayLR"):
             _fill(sched, "warmup_max_lr", lr)
     zero = cfg.setdefault("zero_optimization", {"stage": 0})
@@ -80,10 +83,41 @@ def fill_ds_config(cfg: dict, *, micro_rows: int, gas: int, world: int, lr: floa
     _fill(zero, "reduce_bucket_size", h2 or 500_000_000)
     _fill(zero, "stage3_prefetch_bucket_size", int(0.9 * h2) if h2 else 50_000_000)
     _fill(zero, "stage3_param_persistence_threshold", 10 * hidden_size if hidden_size else 100_000)
+    _check_skips_nonfinite(cfg)
     leftover = [k for k, v in _walk(cfg) if v == "auto"]
     if leftover:
         raise ValueError(f"DeepSpeed config keeps 'auto' values we cannot fill: {', '.join(leftover)}")
     return cfg
+
+
+def _check_skips_nonfinite(cfg: dict) -> None:
+    """The engine skips a NaN/inf-loss step by handing DeepSpeed NaN gradients, which its
+    overflow check (ZeRO-1/2/3, bf16 and fp16 optimizers) turns into a skipped update.
+    Reject the set-ups where DeepSpeed has no such check and would apply NaNs."""
+    zero, bf16 = cfg.get("zero_optimization", {}), cfg.get("bf16", {})
+    stage, half = zero_stage(cfg), bf16.get("enabled") is True or cfg.get("fp16", {}).get("enabled") is True
+    why = None
+    if stage == 0 and not half:
+        why = "ZeRO stage 0 in fp32 has no gradient overflow check: use zero_optimization.stage >= 1"
+    elif stage in (1, 2) and bf16.get("enabled") is True and bf16.get("check_grad_overflow") is False:
+        why = "bf16.check_grad_overflow is false"
+    elif stage in (1, 2) and not half and zero.get("compute_grad_norm") is False:
+        why = "zero_optimization.compute_grad_norm is false"
+    if why:
+        raise ValueError(f"DeepSpeed config: {why}; steps with a NaN/inf loss could not be skipped")
+
+
+WARMUP_SCHEDULERS = ("WarmupLR", "WarmupDecayLR", "WarmupCosineLR")
+
+
+def start_warmup_schedule(cfg: dict, scheduler) -> None:
+    """DeepSpeed's warmup schedulers give ratio 0 at iterations -1 (before any step) and
+    0, so the first two updates of a fresh run would use lr 0. Start at iteration 1:
+    update k then uses warmup ratio k / warmup_num_steps. Resumed runs keep the
+    checkpoint's iteration (only a scheduler that has not stepped is moved)."""
+    if cfg.get("scheduler", {}).get("type") in WARMUP_SCHEDULERS and \
+            getattr(scheduler, "last_batch_iteration", None) == -1:
+        scheduler.step(1)
 
 
 def zero_stage(cfg: dict) -> int:

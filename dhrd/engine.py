@@ -33,10 +33,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import checkpoint
+from . import checkpoint, locks, preemption
 from .config import resolved_config
 from .data.packing import collate_packed, plan_micro_batches
-from .ds_config import fill_ds_config, load_ds_config, zero_stage
+from .ds_config import fill_ds_config, load_ds_config, start_warmup_schedule, zero_stage
 from .kernels import dual_head_loss
 from .monitor import Monitor, log
 
@@ -252,6 +252,35 @@ class NonFiniteGuard:
                 f"{self.total} in all): stopping. Lower --lr, check the data, or raise --nan_patience.")
 
 
+def optimizer_step(engine, batches: list, dist: Dist, n_lm: float, n_cls: float) -> list[float] | None:
+    """This rank's micro-batches of one optimizer step: forward, backward, engine.step()
+    each (``n_lm``/``n_cls``: the step's global counts). Returns the step's global
+    (total, cls, lm) loss, or None when a loss was NaN/inf on any rank: then the step is
+    skipped for real. The ranks agree on that after each forward, and from then on every
+    rank backpropagates a NaN loss, so the accumulated gradients are NaN everywhere and
+    DeepSpeed's own overflow check (ZeRO-1/2/3 and bf16 optimizers: an invalid global
+    grad norm) drops the update at the boundary: no optimizer or scheduler step, the
+    gradients cleared, ``engine.skipped_steps`` + 1. Every rank still runs the same
+    forwards, backwards and steps, so ZeRO-3's collectives stay in step."""
+    sums = torch.zeros(3, dtype=torch.float64, device=dist.device)
+    finite = True
+    for b in batches:
+        total, cls, lm = engine(**batch_inputs(b, dist.device), n_lm_tokens=max(n_lm, 1.0), n_cls=max(n_cls, 1.0))
+        bad = dist.all_reduce(torch.tensor([0.0 if torch.isfinite(total) else 1.0], device=dist.device),
+                              torch.distributed.ReduceOp.MAX)
+        finite = finite and not bad.item()
+        if finite:
+            sums += torch.stack([total.detach(), cls, lm]).double()
+        else:
+            total = total * float("nan")
+        engine.backward(total * dist.world, scale_wrt_gas=False)
+        engine.step()
+    if not finite and engine.was_step_applied():  # fill_ds_config rejects such configs up front
+        raise TrainingDiverged("DeepSpeed applied an update with NaN gradients: this configuration has no "
+                               "overflow check (ZeRO stage 0 in fp32?)")
+    return dist.all_reduce(sums).tolist() if finite else None
+
+
 # ---------------------------------------------------------------------------------------
 # evaluation
 
@@ -298,9 +327,11 @@ def _load_split(task, path, what, tokenizer, special, data_args, *, with_reasoni
     # rank 0 builds the tokenised cache first; the others then load it
     for turn in ((0,), tuple(range(1, dist.world))):
         if dist.rank in turn:
-            ds, report = build_training_set(task, examples, tokenizer, special, data_args,
-                                            with_reasoning=with_reasoning, seed=seed,
-                                            cache_dir=cache_dir, report=report)
+            # and across jobs/nodes sharing the file system, one builder at a time (locks.py)
+            with locks.cache_lock(cache_dir) if dist.rank == 0 and cache_dir else contextlib.nullcontext():
+                ds, report = build_training_set(task, examples, tokenizer, special, data_args,
+                                                with_reasoning=with_reasoning, seed=seed,
+                                                cache_dir=cache_dir, report=report)
         dist.barrier()
     table = {k: list(ds[k]) for k in (*ROW_COLUMNS, "length")}
     groups = {ex.id: ex.group for ex in examples}
@@ -320,6 +351,14 @@ def run(model_args, data_args, loss_args, train_args) -> dict:
     task = get_task(data_args.task)
     out = train_args.output_dir
     os.makedirs(out, exist_ok=True)
+
+    def reduce_max(t):
+        return dist.all_reduce(t.to(dist.device), torch.distributed.ReduceOp.MAX).cpu()
+
+    # preemption.py / locks.py: signals only set a flag, checked at each step boundary;
+    # one live run per output dir (a second job stops here with a clear message)
+    stop_flag = preemption.PreemptionFlag()
+    out_lock = locks.lock_output_dir(out, dist.rank, reduce_max)
     base_cfg = load_ds_config(train_args.ds_config)
     # a provisional fill: zero.Init needs a valid config before the batch sizes are known
     pre_cfg = fill_ds_config(base_cfg, micro_rows=data_args.rows_per_batch, gas=1, world=dist.world,
@@ -385,7 +424,12 @@ def run(model_args, data_args, loss_args, train_args) -> dict:
                            f"(epoch {state.get('epoch')}, micro-batch {state.get('micro_index')})")
         elif dist.rank == 0:
             log(0, f"--resume auto: no complete checkpoint in {ckpt_root}; starting fresh")
+    if start_step == 0:
+        start_warmup_schedule(ds_cfg, engine.lr_scheduler)  # else the first two updates run at lr 0
 
+    if dist.rank == 0:  # a requeued run appends to the same log; its marker is consumed
+        preemption.repair_jsonl_tail(os.path.join(out, "metrics.jsonl"))
+        preemption.clear_marker(out)
     monitor = Monitor(dist.rank, out, train_args.tensorboard_dir, total_steps, start_step, train_args.progress)
     if start_step == 0:
         for i in range(min(train_args.log_sequences, n_train)):
@@ -401,6 +445,13 @@ def run(model_args, data_args, loss_args, train_args) -> dict:
         eval_history.append({"step": step, **metrics})
         log(dist.rank, f"eval step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
 
+    def save(done):
+        epoch, index = stream.locate(done * M)
+        return checkpoint.save(engine, ckpt_root, done,
+                               {"step": done, "epoch": epoch, "micro_index": index,
+                                "nonfinite_steps": guard.total, "nonfinite_in_row": guard.in_row},
+                               rank=dist.rank, world=dist.world, keep=train_args.keep_checkpoints)
+
     try:
         for step in range(start_step, total_steps):
             t0 = time.time()
@@ -412,22 +463,9 @@ def run(model_args, data_args, loss_args, train_args) -> dict:
                                    sum(b.n_real_tokens for b in batches), sum(b.n_segments for b in batches),
                                    sum(b.budget for b in batches)], dtype=torch.float64, device=dist.device)
             n_lm, n_cls, n_real, n_seg, budget = dist.all_reduce(counts).tolist()
-            sums = torch.zeros(3, dtype=torch.float64, device=dist.device)
-            step_finite = True
-            for b in batches:
-                total, cls, lm = engine(**batch_inputs(b, dist.device), n_lm_tokens=max(n_lm, 1.0),
-                                        n_cls=max(n_cls, 1.0))
-                bad = dist.all_reduce(torch.tensor([0.0 if torch.isfinite(total) else 1.0], device=dist.device),
-                                      torch.distributed.ReduceOp.MAX)
-                if bad.item():
-                    # drop this micro-batch's contribution on every rank, same backward graph
-                    step_finite = False
-                    total = torch.nan_to_num(total, nan=0.0, posinf=0.0, neginf=0.0) * 0.0
-                else:
-                    sums += torch.stack([total.detach(), cls, lm]).double()
-                engine.backward(total * dist.world, scale_wrt_gas=False)
-                engine.step()
-            loss, loss_cls, loss_lm = dist.all_reduce(sums).tolist()
+            step_losses = optimizer_step(engine, batches, dist, n_lm, n_cls)
+            step_finite = step_losses is not None
+            loss, loss_cls, loss_lm = step_losses or (float("nan"),) * 3
             guard.update(step_finite, step + 1)
             dt = max(time.time() - t0, 1e-9)
             done = step + 1
@@ -443,17 +481,22 @@ def run(model_args, data_args, loss_args, train_args) -> dict:
                 monitor.scalars(done, values)
             monitor.advance(1, loss=loss if step_finite else float("nan"))
             if not step_finite:
-                log(dist.rank, f"step {done}: non-finite loss, step's bad micro-batches dropped "
-                               f"({guard.in_row} in a row)")
+                log(dist.rank, f"step {done}: NaN/inf loss, step skipped (no update; {guard.in_row} in a row, "
+                               f"{guard.total} in all)")
             if eval_table is not None and train_args.eval_every and done % train_args.eval_every == 0 \
                     and done < total_steps:
                 run_eval(done)
-            if train_args.save_every and done % train_args.save_every == 0 and done < total_steps:
-                epoch, index = stream.locate(done * M)
-                checkpoint.save(engine, ckpt_root, done,
-                                {"step": done, "epoch": epoch, "micro_index": index,
-                                 "nonfinite_steps": guard.total, "nonfinite_in_row": guard.in_row},
-                                rank=dist.rank, world=dist.world, keep=train_args.keep_checkpoints)
+            saved = train_args.save_every and done % train_args.save_every == 0 and done < total_steps
+            if saved:
+                save(done)
+            signum = stop_flag.agreed(reduce_max)  # every rank stops at the same step
+            if signum and done < total_steps:
+                tag = checkpoint.tag_for(done) if saved else save(done)
+                if dist.rank == 0:
+                    preemption.write_marker(out, done, signum, tag)
+                log(dist.rank, f"signal {signum}: checkpoint {tag} written at step {done}; exiting "
+                               f"with code {preemption.EXIT_PREEMPTED}")
+                raise preemption.Preempted(done, signum)
         if eval_table is not None:
             run_eval(total_steps)
             if dist.rank == 0:
@@ -471,5 +514,7 @@ def run(model_args, data_args, loss_args, train_args) -> dict:
                          os.path.join(out, "final"), dist)
     finally:
         monitor.close()
+        stop_flag.restore()
+        out_lock.release()
     del hf_ds
     return metrics

@@ -4,15 +4,18 @@ still through deepspeed.initialize) on a tiny learnable task, plus its pure part
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "distributed"))
-from train_helpers import REPO, losses, run_train, write_model, write_task  # noqa: E402
+from train_helpers import REPO, _free_port, child_env, losses, run_train, write_model, write_task  # noqa: E402
 
-LEARN = ["--max_steps", 30, "--micro_batches_per_step", 4, "--lr", 3e-3, "--eval_every", 15]
+# lr 1e-2: the tiny pooled classifier's loss falls clearly (3e-3 left it within noise
+# once warm-up no longer spends two updates at lr 0)
+LEARN = ["--max_steps", 30, "--micro_batches_per_step", 4, "--lr", 1e-2, "--eval_every", 15]
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +118,61 @@ def test_nonfinite_losses_stop_training_with_a_message(setup):
     assert "NaN/inf in 2 consecutive steps" in proc.stderr
 
 
+@pytest.mark.distributed
+@pytest.mark.parametrize("stage", [2, 3])
+def test_nonfinite_step_is_skipped_on_every_rank(tmp_path, stage):
+    """2 ranks, 2 micro-batches each, a NaN loss injected on ONE rank (first micro-batch,
+    then the last): DeepSpeed applies no update on any rank: weights, master weights and
+    AdamW state (moments, step count) bit-identical, lr not advanced, counted as skipped;
+    clean steps around them do update; 2 in a row stop with the message."""
+    import subprocess
+
+    worker = os.path.join(REPO, "tests", "distributed", "_nonfinite_worker.py")
+    proc = subprocess.run(["deepspeed", "--num_gpus", "2", "--master_port", str(_free_port()), worker, str(stage),
+                           str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=400, env=child_env())
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    for rank in (0, 1):
+        r = json.load(open(tmp_path / f"rank{rank}.json"))
+        skipped = [s["step"] for s in r["steps"] if s["losses"] is None]
+        assert skipped == [1, 3, 4], r["steps"]
+        for s in r["steps"]:
+            bad = s["step"] in skipped
+            assert s["unchanged"] is bad and s["applied"] is not bad and s["skipped"] == int(bad), s
+            assert (s["lr_after"] == s["lr_before"]) is bad, s
+        assert r["guard_total"] == 3 and "NaN/inf in 2 consecutive steps (last: step 5; 3 in all)" in r["stopped"]
+
+
+def test_lr_warmup_starts_above_zero(dhrd_run):
+    """DeepSpeed's WarmupCosineLR gives lr 0 to a fresh run's first two updates; the engine
+    starts it so update k uses k / warmup (here warmup 2, lr 1e-2, 30 steps), and the last
+    update stays above the cosine floor."""
+    lr = losses(dhrd_run, "train/lr")
+    assert sorted(lr) == list(range(1, 31))
+    assert lr[1] == pytest.approx(5e-3) and all(v > 0 for v in lr.values())
+    assert lr[2] == pytest.approx(1e-2 * (1 + math.cos(math.pi / 30)) / 2)  # cosine over 32 - 2 iterations
+    assert all(lr[k + 1] < lr[k] for k in range(2, 30))
+
+
+def test_ds_config_rejects_setups_that_cannot_skip_nonfinite_steps():
+    import torch
+
+    from dhrd.ds_config import fill_ds_config, load_ds_config
+
+    def fill(**changes):
+        cfg = load_ds_config(None)
+        for k, v in changes.items():
+            cfg[k] = v
+        return fill_ds_config(cfg, micro_rows=1, gas=1, world=1, lr=1e-3, weight_decay=0.0, warmup_steps=1,
+                              total_steps=4, max_grad_norm=1.0, device=torch.device("cpu"))
+
+    assert fill()["scheduler"]["params"]["total_num_steps"] == 6
+    with pytest.raises(ValueError, match="ZeRO stage 0 in fp32"):
+        fill(zero_optimization={"stage": 0})
+    with pytest.raises(ValueError, match="compute_grad_norm is false"):
+        fill(zero_optimization={"stage": 2, "compute_grad_norm": False}, gradient_clipping=0.0)
+    assert fill(zero_optimization={"stage": 3})["zero_optimization"]["stage"] == 3
+
+
 def test_missing_train_file_is_named(setup, tmp_path):
     root, paths, model = setup
     proc = run_train(model, dict(paths, train=str(tmp_path / "nope.jsonl")), tmp_path / "out", "--max_steps", 1)
@@ -159,7 +217,7 @@ def test_ds_config_files_fill_every_auto():
                              world=2, lr=2e-4, weight_decay=0.01, warmup_steps=5, total_steps=100,
                              max_grad_norm=1.0, device=torch.device("cpu"), hidden_size=64)
         assert cfg["train_batch_size"] == 8 and cfg["bf16"]["enabled"] is False
-        assert cfg["scheduler"]["params"]["total_num_steps"] == 100
+        assert cfg["scheduler"]["params"]["total_num_steps"] == 102  # 2 past the last step: see ds_config
 
 
 def test_nonfinite_guard_counts_runs():
