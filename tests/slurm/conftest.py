@@ -1,0 +1,103 @@
+"""A real local Slurm cluster for tests/slurm (munged + slurmctld + two slurmd, fake
+nodes n1 and n2 on this host), started once per session by local_cluster.sh and torn
+down at the end; plus tiny fixture data and a job runner.
+
+The cluster needs root (slurmd runs jobs as their user, munged wants its own dirs) and
+the Debian packages slurm-wlm + munge, which install_slurm.sh installs when missing.
+Without them the tests skip and say why."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "distributed"))
+from train_helpers import child_env, write_model, write_task  # noqa: E402
+
+sys.path.insert(0, HERE)
+from slurm_helpers import write_boolq  # noqa: E402
+
+
+def _load_tests_conftest():
+    spec = importlib.util.spec_from_file_location("dhrd_tests_conftest",
+                                                  os.path.join(os.path.dirname(HERE), "conftest.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# pytest imports this file as module `conftest` too (no __init__.py), so once it is
+# collected `from conftest import ...` in train_helpers.write_model finds THIS module:
+# re-export what it takes from tests/conftest.py, so that it works for every directory
+_tests_conftest = _load_tests_conftest()
+make_tiny_tokenizer, tiny_backbone = _tests_conftest.make_tiny_tokenizer, _tests_conftest.tiny_backbone
+
+BINARIES = ("slurmctld", "slurmd", "sbatch", "srun", "scontrol", "squeue", "munged")
+
+
+def _free_port_block() -> int:
+    """A base port P with P, P+1 (slurmctld, slurmd default) and P+101.. free."""
+    for _ in range(50):
+        base = random.randint(20000, 40000)
+        try:
+            for p in (base, base + 1, base + 101, base + 102):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError("no free port block for the local Slurm cluster")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slurm: jobs on a real local Slurm cluster (tests/slurm, needs root)")
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """Environment (dict) in which sbatch/squeue/scontrol talk to the local cluster."""
+    if os.geteuid() != 0:
+        pytest.skip("tests/slurm start real Slurm daemons: they need root")
+    install = subprocess.run(["bash", os.path.join(HERE, "install_slurm.sh")], capture_output=True, text=True)
+    if install.returncode != 0:  # root with apt, and the install broke: a real failure
+        pytest.fail(f"tests/slurm/install_slurm.sh failed:\n{install.stderr[-3000:]}")
+    missing = [b for b in BINARIES if shutil.which(b) is None]
+    if missing:  # no apt: install_slurm.sh said why
+        pytest.skip(f"Slurm binaries missing ({', '.join(missing)}): {install.stderr.strip()}")
+    # not under pytest's tmp dir: munged insists that every directory above its socket
+    # is world-executable, and pytest's are 0700
+    base = tempfile.mkdtemp(prefix="dhrd-slurm-")
+    os.chmod(base, 0o755)
+    env = dict(os.environ, SLURM_BASE=base, SLURM_NODES="2", SLURM_PORT=str(_free_port_block()))
+    script = os.path.join(HERE, "local_cluster.sh")
+    start = subprocess.run(["bash", script, "start"], env=env, capture_output=True, text=True, timeout=180)
+    if start.returncode != 0:
+        subprocess.run(["bash", script, "stop"], env=env, capture_output=True, timeout=60)
+        shutil.rmtree(base, ignore_errors=True)
+        pytest.fail(f"local Slurm cluster did not start:\n{start.stderr[-3000:]}")
+    job_env = child_env()
+    for k in [k for k in job_env if k.startswith("SLURM_")]:  # not a job of an outer Slurm
+        del job_env[k]
+    job_env["SLURM_CONF"] = os.path.join(base, "etc", "slurm.conf")
+    try:
+        yield job_env
+    finally:
+        subprocess.run(["bash", script, "stop"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def fixtures(tmp_path_factory):
+    """Tiny model dir, RTE task files (train_helpers) and BoolQ task files."""
+    root = tmp_path_factory.mktemp("slurm-data")
+    return {"model": write_model(root / "model"), "rte": write_task(root / "rte"),
+            "boolq": write_boolq(root / "boolq"), "root": root}
