@@ -16,6 +16,8 @@ from slurm_helpers import REPO, job_state, wait_for, wait_job
 sys.path.insert(0, REPO)
 from dhrd import locks  # noqa: E402
 
+pytest_plugins = ["slurm_fixtures"]  # the cluster and data fixtures (not a conftest.py: see there)
+
 
 def _write_lock(path, kind: str, ident, age_s: float = 5.0) -> None:
     import job_lock

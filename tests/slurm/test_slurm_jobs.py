@@ -19,6 +19,8 @@ pytestmark = pytest.mark.slurm
 
 TINY = ["--pack_tokens", 128, "--max_seq_len", 128, "--warmup_steps", 1]
 
+pytest_plugins = ["slurm_fixtures"]  # the cluster and data fixtures (not a conftest.py: see there)
+
 
 def read_json(path):
     with open(path) as f:

@@ -1,6 +1,11 @@
-"""A real local Slurm cluster for tests/slurm (munged + slurmctld + two slurmd, fake
-nodes n1 and n2 on this host), started once per session by local_cluster.sh and torn
-down at the end; plus tiny fixture data and a job runner.
+"""Fixtures of tests/slurm: a real local Slurm cluster (munged + slurmctld + two slurmd,
+fake nodes n1 and n2 on this host), started once per session by local_cluster.sh and
+torn down at the end; plus tiny fixture data.
+
+A plugin the test modules load with ``pytest_plugins = ["slurm_fixtures"]``, not a
+conftest.py: conftest files outside packages all import as module ``conftest``, and a
+second one would take that name from tests/conftest.py (``from conftest import ARCHS``
+in tests/test_model.py and others would then fail in a whole-suite run).
 
 The cluster needs root (slurmd runs jobs as their user, munged wants its own dirs) and
 the Debian packages slurm-wlm + munge, which install_slurm.sh installs when missing.
@@ -8,7 +13,6 @@ Without them the tests skip and say why."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import random
 import shutil
@@ -26,20 +30,6 @@ from train_helpers import child_env, write_model, write_task  # noqa: E402
 sys.path.insert(0, HERE)
 from slurm_helpers import write_boolq  # noqa: E402
 
-
-def _load_tests_conftest():
-    spec = importlib.util.spec_from_file_location("dhrd_tests_conftest",
-                                                  os.path.join(os.path.dirname(HERE), "conftest.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-# pytest imports this file as module `conftest` too (no __init__.py), so once it is
-# collected `from conftest import ...` in train_helpers.write_model finds THIS module:
-# re-export what it takes from tests/conftest.py, so that it works for every directory
-_tests_conftest = _load_tests_conftest()
-make_tiny_tokenizer, tiny_backbone = _tests_conftest.make_tiny_tokenizer, _tests_conftest.tiny_backbone
 
 BINARIES = ("slurmctld", "slurmd", "sbatch", "srun", "scontrol", "squeue", "munged")
 
