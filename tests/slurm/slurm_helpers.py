@@ -1,6 +1,5 @@
 """Helpers of tests/slurm: BoolQ fixture files and submitting/watching jobs on the local
-cluster (conftest.py starts it). A module of its own: ``conftest`` is a name that
-tests/conftest.py already holds in sys.modules."""
+cluster (slurm_fixtures.py starts it)."""
 
 from __future__ import annotations
 
