@@ -10,7 +10,7 @@
 #SBATCH --open-mode=append
 #SBATCH --signal=B:USR1@120
 #
-# DHRD on BoolQ:  mkdir -p logs && sbatch [--nodes=N] slurm/train_boolq.sh [-- EXTRA ARGS]
+# DHRD on BoolQ:  sbatch [--nodes=N] slurm/train_boolq.sh [-- EXTRA ARGS]
 # Submit from the repository root. Sets BoolQ defaults (each one can still be overridden
 # from the environment, see slurm/train.sh) and hands over to the generic job script.
 set -euo pipefail
