@@ -378,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch_size", type=int, default=8)
     g.add_argument("--chat_template", choices=("auto", "yes", "no"), default="auto")
     g.add_argument("--max_prompt_tokens", type=int)
+    g.add_argument("--threads", type=int, help="torch CPU threads (a busy shared machine: try 1)")
 
     g = p.add_argument_group("OpenAI-compatible endpoint")
     g.add_argument("--base_url", help="e.g. http://127.0.0.1:8000/v1")
@@ -406,7 +407,7 @@ def build_teacher(args: argparse.Namespace) -> Teacher:
     return LocalTeacher(LocalTeacherConfig(
         model=args.model, gguf_file=args.gguf_file, device=args.device, dtype=args.dtype,
         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-        top_p=args.top_p, seed=args.seed, max_prompt_tokens=args.max_prompt_tokens,
+        top_p=args.top_p, seed=args.seed, max_prompt_tokens=args.max_prompt_tokens, threads=args.threads,
         chat_template={"auto": None, "yes": True, "no": False}[args.chat_template]))
 
 

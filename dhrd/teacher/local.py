@@ -37,6 +37,8 @@ class LocalTeacherConfig:
     stop_at_marker: bool = True  # stop a row once it wrote the end marker (saves tokens)
     chat_template: bool | None = None  # None: use the tokenizer's chat template when it has one
     max_prompt_tokens: int | None = None  # longer prompts fail as 'prompt_too_long'
+    threads: int | None = None  # CPU threads for torch (None: its default); on a shared, busy
+    # machine 1 thread can be several times faster than oversubscribed OpenMP threads
 
 
 def _device(name: str) -> torch.device:
@@ -59,6 +61,8 @@ class LocalTeacher:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.cfg = cfg
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
         path, gguf = resolve_model_path(cfg.model), cfg.gguf_file
         if gguf is None and path.endswith(".gguf"):
             path, gguf = os.path.dirname(path) or ".", os.path.basename(path)

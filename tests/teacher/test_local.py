@@ -4,7 +4,7 @@ never writes the end marker: both the strict and the lenient setting are exercis
 import pytest
 from teacher_helpers import read_jsonl, write_cb
 
-from dhrd.teacher.generate import GenerateConfig, main, run
+from dhrd.teacher.generate import GenerateConfig, build_parser, main, run
 from dhrd.teacher.local import LocalTeacher, LocalTeacherConfig
 from dhrd.teacher.prompts import Prompt
 
@@ -83,11 +83,32 @@ def test_chat_template_is_used_when_the_tokenizer_has_one(tiny_model_dir):
     assert tok.decode(plain.encode(Prompt("S", "U"))) == "<s>S\n\nU\n"
 
 
-def test_cli_samples_with_the_paper_settings(tiny_model_dir, tmp_path, capsys):
+def test_cli_samples_with_the_paper_settings(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    import torch
+    from transformers import LlamaForCausalLM
+
+    seen = []
+    real = LlamaForCausalLM.generate
+
+    def spy(self, *args, **kw):
+        seen.append(kw)
+        return real(self, *args, **kw)
+
+    monkeypatch.setattr(LlamaForCausalLM, "generate", spy)
+    threads = torch.get_num_threads()
     data = write_cb(tmp_path / "cb.jsonl", 4)
     out = tmp_path / "cli.jsonl"
-    rc = main(["--task", "cb", "--input", str(data), "--out", str(out), "--model", str(tiny_model_dir),
-               "--max_new_tokens", "5", "--no_end_marker_required", "--limit", "3", "--no_progress"])
+    try:
+        rc = main(["--task", "cb", "--input", str(data), "--out", str(out), "--model", str(tiny_model_dir),
+                   "--max_new_tokens", "5", "--no_end_marker_required", "--limit", "3", "--no_progress",
+                   "--threads", "1"])
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
     assert rc == 0
     assert sorted(r["id"] for r in read_jsonl(out)) == ["0", "1", "2"]
     assert "written 3" in capsys.readouterr().err
+    kw = seen[0]  # the paper's sampling (T 0.1, top_p 0.7), stopping at the end marker
+    assert (kw["do_sample"], kw["temperature"], kw["top_p"], kw["max_new_tokens"]) == (True, 0.1, 0.7, 5)
+    assert kw["stop_strings"] == ["[END OF REASONING]"]
+    assert build_parser().parse_args(["--task", "cb", "--input", "x", "--out", "y", "--model", "m"]).max_new_tokens == 500
