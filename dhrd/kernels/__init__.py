@@ -27,7 +27,7 @@ if torch.cuda.is_available():  # triton ships with CUDA torch; never required to
 
 def resolve_impl(impl: str, device) -> str:
     """``auto`` picks the best implementation available for the device."""
-    dev = getattr(device, "type", str(device))
+    dev = torch.device(device).type
     if impl != "auto":
         if impl == "triton" and (impl not in IMPLEMENTATIONS or dev != "cuda"):
             raise ValueError("the 'triton' loss implementation needs CUDA tensors and an "

@@ -50,9 +50,15 @@ class TorchChunkStep:
         -> p * (1 + 2 z lse) - (1 - eps) at the target - eps / V -> * (1 - tanh^2)
 
     Half-precision logits are copied into the fp32 buffer and the gradient copied back
-    for the hidden-gradient matmul (in the input dtype, like the reference's backward);
-    the weight and bias gradients are accumulated from the fp32 one (``grad32``).
+    for the weight and hidden-gradient matmuls (in the input dtype, like the reference's
+    backward); the bias gradient is summed from the fp32 one (``grad32``).
     """
+
+    # Scratch allowed up to half the fp32 weight-gradient accumulator: a half-precision
+    # weight gradient costs that much at the end of the backward anyway (the accumulator
+    # and its cast coexist), so the peak does not grow, and on CPU the accumulator's
+    # memory traffic (one pass per chunk) stops dominating at large V x H.
+    SCRATCH_PER_ACC = 0.5
 
     def __init__(self, rows: int, vocab: int, dtype: torch.dtype, device, opts: CEOptions):
         self.opts = opts
@@ -69,7 +75,7 @@ class TorchChunkStep:
 
     def grad32(self, c: int) -> torch.Tensor | None:
         """The fp32 gradient of the last chunk's first ``c`` rows (half-precision inputs
-        only): the weight gradient is accumulated from it rather than from its rounding."""
+        only): the bias gradient is summed from it rather than from its rounding."""
         return None if self.work is None else self.work[:c]
 
     def __call__(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -103,16 +109,16 @@ class TorchChunkStep:
 
 
 class WeightGradAccumulator:
-    """grad_W [V, H] accumulated in fp32 over chunks: += dlogits^T @ h.
+    """grad_W [V, H] accumulated in fp32 over chunks: += dlogits^T @ h, the matmul in the
+    input dtype (as in the reference's backward).
 
-    Same dtype (fp32, fp64): ``addmm_`` in place, no temporary. Half precision:
-    - when the chunk step kept its fp32 gradient (``dlogits32``, the pure-PyTorch step),
-      an fp32 ``addmm_`` of it with the chunk's rows upcast ([chunk x H], small): on CPU
-      this is faster than any half-precision route (mixed-dtype ``fp32.add_(bf16)`` is
-      ~7x slower than a same-dtype add) and more accurate;
-    - else on CUDA cuBLAS writes fp32 straight from half inputs (``out_dtype``);
-    - else the product goes through two small, reused block buffers (half, then fp32):
-      a [V, H] half-precision temporary would be as large as the weight.
+    Same dtype (fp32, fp64): ``addmm_`` in place, no temporary. Half precision: on CUDA
+    cuBLAS writes fp32 straight from half inputs (``out_dtype``); elsewhere the product
+    goes through two small, reused block buffers (half, then fp32). Measured on CPU
+    (avx512_bf16): a bf16 matmul per block plus a copy and a same-dtype add is ~1.5-2x
+    faster than one fp32 ``addmm_`` of the upcast operands, mixed-dtype
+    ``fp32.add_(bf16)`` is ~7x slower than the copy plus add, and a [V, H] half-precision
+    temporary would be as large as the weight.
     """
 
     BLOCK_BYTES = 8 * 2**20  # both block buffers together: cache-sized
@@ -126,13 +132,9 @@ class WeightGradAccumulator:
         row_bytes = hdim * (torch.empty((), dtype=dtype).element_size() + self.acc.element_size())
         self.block = max(1, min(vocab, self.BLOCK_BYTES // row_bytes))
 
-    def add(self, dlogits: torch.Tensor, h: torch.Tensor,
-            dlogits32: torch.Tensor | None = None) -> None:
+    def add(self, dlogits: torch.Tensor, h: torch.Tensor) -> None:
         if not self.mixed:
             self.acc.addmm_(dlogits.t(), h)
-            return
-        if dlogits32 is not None:
-            self.acc.addmm_(dlogits32.t(), h.to(self.acc.dtype))
             return
         if self.out_dtype:
             try:
@@ -184,7 +186,7 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
             if need_h:
                 grad_h.index_copy_(0, r, z @ weight)
             if need_w:
-                grad_w.add(z, h, z32)
+                grad_w.add(z, h)
             if need_b:
                 grad_b += (z if z32 is None else z32).sum(0, dtype=acc_dtype)
         del buf, step
@@ -200,23 +202,28 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
             raise RuntimeError("the chunked LM loss scales its stored gradients in place: "
                                "backward through it can run only once (no retain_graph)")
         ctx.used = True
-        scale = grad_out / ctx.n        # fp32 (fp64 for fp64 inputs): scale before casting
+        scale = grad_out / ctx.n        # fp32 (fp64 for fp64 inputs)
         grads = []
         for g, dt in zip(ctx.saved_tensors, ctx.dtypes):
-            if g is not None:
-                g = (g if g.dtype == upcast(g).dtype else g.float()).mul_(scale).to(dt)
+            if g is not None:           # the product in fp32 (opmath), rounded once to dt
+                g = g.mul_(scale) if g.dtype == dt else torch.mul(
+                    g, scale, out=torch.empty(g.shape, dtype=dt, device=g.device))
             grads.append(g)
         gh, gw, gb = grads
         return gh, gw, gb, None, None, None, None, None, None, None
 
 
 def chunk_rows(n_rows: int, vocab: int, dtype: torch.dtype, opts: CEOptions, step_cls,
-               memory_budget: int, chunk_size: int | None = None) -> int:
+               memory_budget: int, chunk_size: int | None = None, acc_bytes: int = 0) -> int:
     """Rows per chunk: ``chunk_size`` when given, else as many as the budget holds,
-    balanced so the last chunk is not a sliver."""
+    balanced so the last chunk is not a sliver. The budget grows to
+    ``step_cls.SCRATCH_PER_ACC`` times the weight-gradient accumulator (``acc_bytes``):
+    every chunk reads and writes that whole accumulator, so with large [V, H] and few
+    rows a chunk costs more memory traffic than arithmetic."""
     if chunk_size:
         return max(1, int(chunk_size))
-    rows = max(1, memory_budget // step_cls.bytes_per_row(vocab, dtype, opts))
+    budget = max(memory_budget, int(acc_bytes * step_cls.SCRATCH_PER_ACC))
+    rows = max(1, budget // step_cls.bytes_per_row(vocab, dtype, opts))
     n_chunks = max(1, math.ceil(n_rows / rows))
     return max(1, math.ceil(n_rows / n_chunks))
 
@@ -235,11 +242,12 @@ def fused_loss(name: str, step_cls, default_budget: int, doc: str):
                          label_smoothing=float(label_smoothing), z_loss=float(z_loss))
 
         def lm_term(flat_h, rows, targets, n):
-            chunk = chunk_rows(rows.numel(), lm_weight.shape[0], flat_h.dtype, opts, step_cls,
-                               memory_budget, chunk_size)
             grad_on = torch.is_grad_enabled()
             need = tuple(bool(grad_on and t is not None and t.requires_grad)
                          for t in (flat_h, lm_weight, lm_bias))
+            acc_bytes = lm_weight.numel() * 4 if need[1] else 0     # fp32 accumulator
+            chunk = chunk_rows(rows.numel(), lm_weight.shape[0], flat_h.dtype, opts, step_cls,
+                               memory_budget, chunk_size, acc_bytes)
             return FusedLinearCrossEntropy.apply(flat_h, lm_weight, lm_bias, rows, targets, n,
                                                  opts, step_cls, chunk, need)
 

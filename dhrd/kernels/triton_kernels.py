@@ -97,6 +97,8 @@ class TritonChunkStep:
     """The per-chunk step of ``FusedLinearCrossEntropy`` as one kernel launch, in place
     on the logits buffer (its only per-row memory)."""
 
+    SCRATCH_PER_ACC = 0.0   # the 512 MiB default budget already amortises the accumulator
+
     def __init__(self, rows: int, vocab: int, dtype: torch.dtype, device, opts: CEOptions):
         self.opts = opts
         self.loss = torch.empty(rows, dtype=torch.float32, device=device)

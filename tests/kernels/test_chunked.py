@@ -173,6 +173,8 @@ def test_chunk_rows_from_memory_budget():
     assert chunked.chunk_rows(1000, 1000, torch.bfloat16, opts, step, 6000 * 100) == 100
     assert chunked.chunk_rows(1000, 10**6, torch.float32, opts, step, 1) == 1
     assert chunked.chunk_rows(1000, 1000, torch.float32, opts, step, 1, chunk_size=17) == 17
+    # a large weight-gradient accumulator raises the budget to half its size
+    assert chunked.chunk_rows(1000, 1000, torch.float32, opts, step, 4000, acc_bytes=8000 * 100) == 100
 
 
 def test_resolve_impl():
@@ -180,6 +182,7 @@ def test_resolve_impl():
     assert resolve_impl("auto", "cpu") == "chunked"
     want_cuda = "triton" if "triton" in IMPLEMENTATIONS else "chunked"
     assert resolve_impl("auto", torch.device("cuda")) == want_cuda
+    assert resolve_impl("auto", "cuda:1") == want_cuda
     assert resolve_impl("reference", "cpu") == "reference"
     assert resolve_impl("chunked", "cuda") == "chunked"
     with pytest.raises(ValueError, match="unknown loss implementation 'fused'"):
