@@ -50,8 +50,8 @@ class TorchChunkStep:
         -> p * (1 + 2 z lse) - (1 - eps) at the target - eps / V -> * (1 - tanh^2)
 
     Half-precision logits are copied into the fp32 buffer and the gradient copied back
-    for the weight and hidden-gradient matmuls (in the input dtype, like the reference's
-    backward); the bias gradient is summed from the fp32 one (``grad32``).
+    for the hidden-gradient matmul (in the input dtype, like the reference's backward);
+    the weight and bias gradients are accumulated from the fp32 one (``grad32``).
     """
 
     # Scratch allowed up to half the fp32 weight-gradient accumulator: a half-precision
@@ -75,7 +75,7 @@ class TorchChunkStep:
 
     def grad32(self, c: int) -> torch.Tensor | None:
         """The fp32 gradient of the last chunk's first ``c`` rows (half-precision inputs
-        only): the bias gradient is summed from it rather than from its rounding."""
+        only): weight and bias gradients are accumulated from it, not from its rounding."""
         return None if self.work is None else self.work[:c]
 
     def __call__(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -109,19 +109,24 @@ class TorchChunkStep:
 
 
 class WeightGradAccumulator:
-    """grad_W [V, H] accumulated in fp32 over chunks: += dlogits^T @ h, the matmul in the
-    input dtype (as in the reference's backward).
+    """grad_W [V, H] accumulated in fp32 over chunks: += dlogits^T @ h.
 
-    Same dtype (fp32, fp64): ``addmm_`` in place, no temporary. Half precision: on CUDA
-    cuBLAS writes fp32 straight from half inputs (``out_dtype``); elsewhere the product
-    goes through two small, reused block buffers (half, then fp32). Measured on CPU
-    (avx512_bf16): a bf16 matmul per block plus a copy and a same-dtype add is ~1.5-2x
-    faster than one fp32 ``addmm_`` of the upcast operands, mixed-dtype
-    ``fp32.add_(bf16)`` is ~7x slower than the copy plus add, and a [V, H] half-precision
-    temporary would be as large as the weight.
+    Same dtype (fp32, fp64): ``addmm_`` in place, no temporary. Half precision:
+    - when the chunk step kept its fp32 gradient (``dlogits32``, the pure-PyTorch step)
+      and ``FP32_GEMM``: one fp32 ``addmm_`` of it with the chunk's rows upcast
+      ([chunk x H], small): no rounding of dlogits and no extra pass over the
+      accumulator;
+    - else on CUDA cuBLAS writes fp32 straight from half inputs (``out_dtype``);
+    - else the half-precision product goes through two small, reused block buffers
+      (half, then fp32; mixed-dtype ``fp32.add_(bf16)`` is ~7x slower than a copy plus a
+      same-dtype add on CPU, and a [V, H] half temporary would be as large as the weight).
+    On the 2-core avx512_bf16 CPU (shared, noisy) the fp32 GEMM was 1.5-2.3x faster than
+    the bf16 blocks in most whole-loss runs (bf16 matmuls are faster, but the blocks'
+    copy and add passes over the accumulator cost more), slower in one (V=262144, H=2048).
     """
 
     BLOCK_BYTES = 8 * 2**20  # both block buffers together: cache-sized
+    FP32_GEMM = True
 
     def __init__(self, vocab: int, hdim: int, dtype: torch.dtype, device):
         acc_dtype = upcast(torch.empty((), dtype=dtype)).dtype
@@ -132,9 +137,13 @@ class WeightGradAccumulator:
         row_bytes = hdim * (torch.empty((), dtype=dtype).element_size() + self.acc.element_size())
         self.block = max(1, min(vocab, self.BLOCK_BYTES // row_bytes))
 
-    def add(self, dlogits: torch.Tensor, h: torch.Tensor) -> None:
+    def add(self, dlogits: torch.Tensor, h: torch.Tensor,
+            dlogits32: torch.Tensor | None = None) -> None:
         if not self.mixed:
             self.acc.addmm_(dlogits.t(), h)
+            return
+        if dlogits32 is not None and self.FP32_GEMM:
+            self.acc.addmm_(dlogits32.t(), h.to(self.acc.dtype))
             return
         if self.out_dtype:
             try:
@@ -186,7 +195,7 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
             if need_h:
                 grad_h.index_copy_(0, r, z @ weight)
             if need_w:
-                grad_w.add(z, h)
+                grad_w.add(z, h, z32)
             if need_b:
                 grad_b += (z if z32 is None else z32).sum(0, dtype=acc_dtype)
         del buf, step

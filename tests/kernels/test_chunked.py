@@ -199,3 +199,11 @@ def test_entry_point_dispatch():
     assert rel_err(a.total, b.total) < 1e-6
     with pytest.raises(ValueError, match="unknown loss implementation"):
         dual_head_loss(*args, impl="nope")
+
+
+def test_bf16_block_weight_gradient(monkeypatch):
+    """The half-precision block path of the weight-gradient accumulator (CUDA's fallback)."""
+    monkeypatch.setattr(chunked.WeightGradAccumulator, "FP32_GEMM", False)
+    monkeypatch.setattr(chunked.WeightGradAccumulator, "BLOCK_BYTES", 32 * 6 * 300)  # 4 blocks
+    inputs = make_inputs(64, 32, 1000, dtype=torch.bfloat16, logit_scale=8.0, bias=True)
+    check_bf16("chunked", inputs, chunk_size=9, **OPTIONS["all"])
