@@ -54,11 +54,11 @@ class TorchChunkStep:
     the weight and bias gradients are accumulated from the fp32 one (``grad32``).
     """
 
-    # Scratch allowed up to half the fp32 weight-gradient accumulator: a half-precision
-    # weight gradient costs that much at the end of the backward anyway (the accumulator
-    # and its cast coexist), so the peak does not grow, and on CPU the accumulator's
-    # memory traffic (one pass per chunk) stops dominating at large V x H.
-    SCRATCH_PER_ACC = 0.5
+    # At least this many rows a chunk when the weight gradient is needed: every chunk
+    # reads and writes the whole fp32 [V, H] accumulator, and with the ~40 rows that the
+    # default budget gives at V=262144 that memory traffic cost the CPU ~40% more time
+    # than the reference at H=2048. (At V=49152 the budget already gives ~230 rows.)
+    MIN_ROWS = 256
 
     def __init__(self, rows: int, vocab: int, dtype: torch.dtype, device, opts: CEOptions):
         self.opts = opts
@@ -223,16 +223,12 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
 
 
 def chunk_rows(n_rows: int, vocab: int, dtype: torch.dtype, opts: CEOptions, step_cls,
-               memory_budget: int, chunk_size: int | None = None, acc_bytes: int = 0) -> int:
-    """Rows per chunk: ``chunk_size`` when given, else as many as the budget holds,
-    balanced so the last chunk is not a sliver. The budget grows to
-    ``step_cls.SCRATCH_PER_ACC`` times the weight-gradient accumulator (``acc_bytes``):
-    every chunk reads and writes that whole accumulator, so with large [V, H] and few
-    rows a chunk costs more memory traffic than arithmetic."""
+               memory_budget: int, chunk_size: int | None = None, min_rows: int = 1) -> int:
+    """Rows per chunk: ``chunk_size`` when given, else as many as the budget holds but at
+    least ``min_rows``, balanced so the last chunk is not a sliver."""
     if chunk_size:
         return max(1, int(chunk_size))
-    budget = max(memory_budget, int(acc_bytes * step_cls.SCRATCH_PER_ACC))
-    rows = max(1, budget // step_cls.bytes_per_row(vocab, dtype, opts))
+    rows = max(1, min_rows, memory_budget // step_cls.bytes_per_row(vocab, dtype, opts))
     n_chunks = max(1, math.ceil(n_rows / rows))
     return max(1, math.ceil(n_rows / n_chunks))
 
@@ -254,9 +250,8 @@ def fused_loss(name: str, step_cls, default_budget: int, doc: str):
             grad_on = torch.is_grad_enabled()
             need = tuple(bool(grad_on and t is not None and t.requires_grad)
                          for t in (flat_h, lm_weight, lm_bias))
-            acc_bytes = lm_weight.numel() * 4 if need[1] else 0     # fp32 accumulator
             chunk = chunk_rows(rows.numel(), lm_weight.shape[0], flat_h.dtype, opts, step_cls,
-                               memory_budget, chunk_size, acc_bytes)
+                               memory_budget, chunk_size, step_cls.MIN_ROWS if need[1] else 1)
             return FusedLinearCrossEntropy.apply(flat_h, lm_weight, lm_bias, rows, targets, n,
                                                  opts, step_cls, chunk, need)
 

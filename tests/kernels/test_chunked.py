@@ -173,8 +173,8 @@ def test_chunk_rows_from_memory_budget():
     assert chunked.chunk_rows(1000, 1000, torch.bfloat16, opts, step, 6000 * 100) == 100
     assert chunked.chunk_rows(1000, 10**6, torch.float32, opts, step, 1) == 1
     assert chunked.chunk_rows(1000, 1000, torch.float32, opts, step, 1, chunk_size=17) == 17
-    # a large weight-gradient accumulator raises the budget to half its size
-    assert chunked.chunk_rows(1000, 1000, torch.float32, opts, step, 4000, acc_bytes=8000 * 100) == 100
+    # a floor on the rows (the weight-gradient accumulator's traffic), balanced too
+    assert chunked.chunk_rows(1000, 1000, torch.float32, opts, step, 4000, min_rows=256) == 250
 
 
 def test_resolve_impl():
