@@ -214,9 +214,8 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
         scale = grad_out / ctx.n        # fp32 (fp64 for fp64 inputs)
         grads = []
         for g, dt in zip(ctx.saved_tensors, ctx.dtypes):
-            if g is not None:           # the product in fp32 (opmath), rounded once to dt
-                g = g.mul_(scale) if g.dtype == dt else torch.mul(
-                    g, scale, out=torch.empty(g.shape, dtype=dt, device=g.device))
+            if g is not None:           # in place, then cast: torch.mul(out=<other dtype>)
+                g = g.mul_(scale).to(dt)  # would allocate a full-size fp32 temporary
             grads.append(g)
         gh, gw, gb = grads
         return gh, gw, gb, None, None, None, None, None, None, None
