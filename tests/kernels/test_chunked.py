@@ -207,3 +207,16 @@ def test_bf16_block_weight_gradient(monkeypatch):
     monkeypatch.setattr(chunked.WeightGradAccumulator, "BLOCK_BYTES", 32 * 6 * 300)  # 4 blocks
     inputs = make_inputs(64, 32, 1000, dtype=torch.bfloat16, logit_scale=8.0, bias=True)
     check_bf16("chunked", inputs, chunk_size=9, **OPTIONS["all"])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", [(1,), (7, 5), (300, 129)])
+def test_cast_in_place_rounds_like_to_inside_the_same_storage(dtype, shape):
+    """The backward's weight-gradient cast: equal to ``.to(dtype)``, no second buffer."""
+    from dhrd.kernels.chunked import cast_in_place
+
+    src = torch.randn(*shape, generator=torch.Generator().manual_seed(0)) * 3
+    want = src.to(dtype)
+    got = cast_in_place(src, dtype, block_bytes=256)  # many blocks
+    assert got.dtype == dtype and got.shape == want.shape and torch.equal(got, want)
+    assert got.untyped_storage().data_ptr() == src.untyped_storage().data_ptr()
