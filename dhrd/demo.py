@@ -104,4 +104,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from .engine import shutdown_distributed
+
+    try:
+        sys.exit(main())
+    finally:
+        shutdown_distributed()

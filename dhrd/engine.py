@@ -67,6 +67,15 @@ class Dist:
             torch.distributed.barrier()
 
 
+def shutdown_distributed() -> None:
+    """Destroy the process group before the interpreter exits: left to interpreter
+    teardown, gloo's worker threads can abort the process ("terminate called without an
+    active exception", exit code 250) after a run that finished fine. Local, no
+    collective: safe on error paths too."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -27,7 +27,7 @@ def _quiet() -> None:
 def main(argv: list[str] | None = None) -> int:
     _quiet()
     from dhrd.config import apply_method, explicit_fields, parse_args
-    from dhrd.engine import TrainingDiverged, run
+    from dhrd.engine import TrainingDiverged, run, shutdown_distributed
 
     argv = list(sys.argv[1:] if argv is None else argv)
     model_args, data_args, loss_args, train_args, rest = parse_args(argv)
@@ -43,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as e:
         print(f"training stopped: {e}", file=sys.stderr)
         return 3
+    finally:
+        shutdown_distributed()
     return 0
 
 

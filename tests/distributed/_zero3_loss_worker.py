@@ -133,4 +133,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from dhrd.engine import shutdown_distributed
+
+    try:
+        main()
+    finally:
+        shutdown_distributed()
