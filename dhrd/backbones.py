@@ -87,9 +87,13 @@ def load_tokenizer(path: str, gguf_file: str | None = None):
     return tok
 
 
-def load_backbone(path: str, *, dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa",
+def load_backbone(path: str, *, dtype: torch.dtype = torch.float32, attn_implementation: str = "auto",
                   gguf_file: str | None = None):
     from transformers import AutoModelForCausalLM
+
+    from .segment_attention import resolve
+
+    attn_implementation = resolve(attn_implementation)
 
     if not os.path.isdir(path) and os.path.sep in path:
         raise FileNotFoundError(f"model directory not found: {path}")

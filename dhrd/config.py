@@ -32,7 +32,9 @@ class ModelArgs:
     model: str = field(default="", metadata={"help": "HF model directory (or hub name when online)"})
     gguf_file: str | None = field(default=None, metadata={"help": "GGUF file inside --model"})
     dtype: str = field(default="auto", metadata={"help": "auto, float32, bfloat16, float16"})
-    attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa, eager, flash_attention_2"})
+    attn_implementation: str = field(default="auto", metadata={
+        "help": "auto (dhrd_segments on CPU, sdpa on CUDA), dhrd_segments (per-segment attention for packed "
+                "rows), sdpa, eager, flash_attention_2"})
     pooling: str = field(default="last", metadata={"help": "last (paper) or mean over the task input"})
     head_inner_size: int | None = field(default=None, metadata={"help": "MLP width; default hidden size"})
     head_dropout: float = 0.0

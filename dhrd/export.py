@@ -45,7 +45,9 @@ def dual_head_from_config(config, num_labels: int, model_args, pooling: str, tok
     from .model import DualHeadModel, add_reasoning_tokens
 
     hf_deepspeed.unset_hf_deepspeed_config()
-    backbone = AutoModelForCausalLM.from_config(config, attn_implementation=model_args.attn_implementation)
+    from .segment_attention import resolve
+
+    backbone = AutoModelForCausalLM.from_config(config, attn_implementation=resolve(model_args.attn_implementation))
     if tokenizer is not None:
         add_reasoning_tokens(tokenizer, backbone)
     if model_args.lora:

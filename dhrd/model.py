@@ -15,6 +15,10 @@ import torch
 from torch import nn
 from transformers.utils import ModelOutput
 
+from . import segment_attention
+
+segment_attention.register()  # attn_implementation="dhrd_segments" (packed rows, per-segment attention)
+
 REASON_TOKEN = "<REASON>"
 ANSWER_TOKEN = "<ANS>"
 POOLINGS = ("last", "mean")

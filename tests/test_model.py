@@ -24,7 +24,7 @@ def run_alone(model, seg):
     return model(**vars(batch))
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager", "dhrd_segments"])
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("pooling", ["last", "mean"])
 def test_packed_segments_equal_alone(arch, attn, pooling):
