@@ -42,13 +42,12 @@ def segment_sdpa_forward(module, query, key, value, attention_mask, dropout: flo
     [B, Hkv, T, D]; returns ([B, T, Hq, D], None)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    if not _exact_here(module, query, key, dropout, kwargs):
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
-                                      scaling=scaling, is_causal=is_causal, **kwargs)
-    pos = kwargs["position_ids"]
-    pos = pos.expand(query.shape[0], -1) if pos.shape[0] == 1 else pos
-    bounds = [segment_bounds(pos[b]) for b in range(query.shape[0])]
-    if not mask_is_segments(attention_mask, bounds, query.shape[2]):  # padding, custom masks
+    bounds = None
+    if _exact_here(module, query, key, dropout, kwargs):
+        pos = kwargs["position_ids"]
+        pos = pos.expand(query.shape[0], -1) if pos.shape[0] == 1 else pos
+        bounds = [segment_bounds(pos[b]) for b in range(query.shape[0])]
+    if bounds is None or not mask_is_segments(attention_mask, bounds, query.shape[2]):  # padding, custom masks
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, is_causal=is_causal, **kwargs)
     gqa = query.shape[1] != key.shape[1]
@@ -67,7 +66,7 @@ def mask_is_segments(mask: torch.Tensor | None, bounds: list[list[tuple[int, int
     (left padding, say) or any other mask does not, and goes to sdpa."""
     if mask is None:
         return True
-    if mask.dtype != torch.bool or mask.dim() != 4 or mask.shape[-2:] != (t, t):
+    if mask.dtype != torch.bool or mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[-2:] != (t, t):
         return False
     causal = torch.ones(t, t, dtype=torch.bool, device=mask.device).tril_()
     for b, row in enumerate(bounds):
@@ -75,7 +74,7 @@ def mask_is_segments(mask: torch.Tensor | None, bounds: list[list[tuple[int, int
         for i, (s, e) in enumerate(row):
             seg[s:e] = i
         want = causal & (seg[:, None] == seg[None, :])
-        if not torch.equal(mask[b if mask.shape[0] > 1 else 0, 0], want) or mask.shape[1] != 1:
+        if not torch.equal(mask[b if mask.shape[0] > 1 else 0, 0], want):
             return False
     return True
 

@@ -229,8 +229,8 @@ def cast_in_place(src: torch.Tensor, dtype: torch.dtype, block_bytes: int = 8 * 
     [a*n, b*n) (n = the narrow size), which are at or below its own source bytes and so
     hold nothing unread. The result views the whole (wider) storage, freed with it."""
     out_size = torch.empty((), dtype=dtype).element_size()
-    if src.dtype == dtype or not src.is_contiguous() or src.dim() == 0 or out_size >= src.element_size() \
-            or src.dtype.is_floating_point is False:
+    if src.dtype == dtype or not src.dtype.is_floating_point or not src.is_contiguous() or src.dim() == 0 \
+            or out_size >= src.element_size():
         return src.to(dtype)
     flat = src.view(-1)
     offset, rem = divmod(src.storage_offset() * src.element_size(), out_size)
