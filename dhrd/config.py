@@ -122,6 +122,8 @@ class TrainArgs:
     nan_patience: int = field(default=3, metadata={"help": "stop after this many non-finite steps in a row"})
     log_sequences: int = field(default=3, metadata={"help": "training sequences rendered into TensorBoard"})
     tensorboard_dir: str | None = field(default=None, metadata={"help": "default <output_dir>/tensorboard"})
+    peak_tflops: float = field(default=0.0, metadata={
+        "help": "the device's peak TFLOP/s for perf/mfu; 0 = datasheet bf16 peak of a known GPU (none on CPU)"})
     progress: bool = field(default=True, metadata={"help": "tqdm progress bar on rank 0"})
     export_final: bool = field(default=True, metadata={"help": "write consolidated weights to <output_dir>/final"})
 

@@ -130,3 +130,23 @@ def _walk(d, prefix=""):
             yield from _walk(v, f"{prefix}{k}.")
         else:
             yield f"{prefix}{k}", v
+
+
+def sanitize_cuda_arch_list(environ=None) -> str | None:
+    """DeepSpeed's op builder (used to JIT-build FusedAdam, its default AdamW on CUDA)
+    parses ``TORCH_CUDA_ARCH_LIST`` entries as dotted integers, so an arch-specific
+    entry such as Hopper's ``9.0a`` (set by CUDA 13 images) kills ``deepspeed.initialize``
+    with ``invalid literal for int() with base 10: '0a'``: the failure a first ZeRO-3 try
+    on an H200 hit. Rewrites such entries to the plain ones (``9.0``; ``+PTX`` kept) for
+    this process and returns the old value when it changed anything."""
+    import re
+
+    env = os.environ if environ is None else environ
+    old = env.get("TORCH_CUDA_ARCH_LIST")
+    if not old:
+        return None
+    new = re.sub(r"(\d+\.\d+)[a-zA-Z]+", r"\1", old)
+    if new == old:
+        return None
+    env["TORCH_CUDA_ARCH_LIST"] = new
+    return old

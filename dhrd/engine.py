@@ -36,7 +36,8 @@ from torch import nn
 from . import checkpoint, locks, preemption
 from .config import resolved_config
 from .data.packing import collate_packed, plan_micro_batches
-from .ds_config import fill_ds_config, load_ds_config, start_warmup_schedule, zero_stage
+from .ds_config import fill_ds_config, load_ds_config, sanitize_cuda_arch_list, start_warmup_schedule, zero_stage
+from .flops import StepFlops, peak_tflops
 from .kernels import dual_head_loss
 from .monitor import Monitor, log
 
@@ -412,7 +413,14 @@ def run(model_args, data_args, loss_args, train_args) -> dict:
         log(0, f"world {dist.world}, device {dist.device}, ZeRO {zero_stage(ds_cfg)}, {M} micro-batches/step "
                f"({gas} per rank), {total_steps} steps, {n_train} train examples")
 
+    step_flops = StepFlops.from_model(model.backbone)
+    train_dtype = torch.bfloat16 if ds_cfg.get("bf16", {}).get("enabled") else \
+        torch.float16 if ds_cfg.get("fp16", {}).get("enabled") else next(model.backbone.parameters()).dtype
+    peak = peak_tflops(dist.device, train_dtype, train_args.peak_tflops)
     wrapper = DualHeadLoss(model, loss_args)
+    old_arch = sanitize_cuda_arch_list()
+    if old_arch and dist.rank == 0:
+        log(0, f"TORCH_CUDA_ARCH_LIST={old_arch!r} -> {os.environ['TORCH_CUDA_ARCH_LIST']!r} for DeepSpeed's op builder")
     engine, _, _, _ = deepspeed.initialize(model=wrapper, model_parameters=param_groups(wrapper, train_args.weight_decay),
                                            config=ds_cfg)
 
@@ -466,12 +474,14 @@ def run(model_args, data_args, loss_args, train_args) -> dict:
             t0 = time.time()
             lr = engine.get_lr()[0]  # the rate this step's update uses
             first = step * M + dist.rank * gas
-            batches = [collate(stream[first + j], train_table, pad_id) for j in range(gas)]
+            plans = [stream[first + j] for j in range(gas)]
+            batches = [collate(rows, train_table, pad_id) for rows in plans]
+            sum_sq = sum(train_table["length"][i] ** 2 for rows in plans for row in rows for i in row)
             counts = torch.tensor([sum(b.n_lm_tokens for b in batches),
                                    sum(int((b.cls_labels != -100).sum()) for b in batches),
                                    sum(b.n_real_tokens for b in batches), sum(b.n_segments for b in batches),
-                                   sum(b.budget for b in batches)], dtype=torch.float64, device=dist.device)
-            n_lm, n_cls, n_real, n_seg, budget = dist.all_reduce(counts).tolist()
+                                   sum(b.budget for b in batches), sum_sq], dtype=torch.float64, device=dist.device)
+            n_lm, n_cls, n_real, n_seg, budget, sum_sq = dist.all_reduce(counts).tolist()
             step_losses = optimizer_step(engine, batches, dist, n_lm, n_cls)
             step_finite = step_losses is not None
             loss, loss_cls, loss_lm = step_losses or (float("nan"),) * 3
@@ -482,6 +492,12 @@ def run(model_args, data_args, loss_args, train_args) -> dict:
             values = {"train/lr": lr, "perf/real_tokens_per_s": n_real / dt,
                       "perf/samples_per_s": n_seg / dt, "perf/packing_efficiency": n_real / max(budget, 1),
                       "train/nonfinite_steps": guard.total}
+            tflops = step_flops(n_real, n_lm, sum_sq) / dt / 1e12 / dist.world  # per device
+            values["perf/model_tflops_per_device"] = tflops
+            if peak:
+                values["perf/mfu"] = tflops / peak
+            if dist.device.type == "cuda":
+                values["perf/peak_mem_gib"] = torch.cuda.max_memory_allocated(dist.device) / 2**30
             if step_finite:
                 values.update({"train/loss_total": loss, "train/loss_cls": loss_cls, "train/loss_lm": loss_lm})
             if grad_norm is not None and math.isfinite(float(grad_norm)):

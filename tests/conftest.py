@@ -54,9 +54,11 @@ def tiny_config(arch: str, vocab_size: int = TINY_VOCAB, **overrides):
 def tiny_backbone(arch: str = "llama", attn: str = "sdpa", seed: int = 0, **overrides):
     from transformers import AutoModelForCausalLM
 
+    from dhrd.segment_attention import resolve
+
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(tiny_config(arch, **overrides),
-                                            attn_implementation=attn).eval()
+                                            attn_implementation=resolve(attn)).eval()
 
 
 @pytest.fixture(scope="session")

@@ -66,9 +66,11 @@ def test_tensorboard_events_hold_the_scalars(dhrd_run):
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
     for t in ("train/loss_total", "train/loss_cls", "train/loss_lm", "train/lr", "train/grad_norm",
-              "perf/real_tokens_per_s", "perf/packing_efficiency", "perf/samples_per_s", "eval/accuracy"):
+              "perf/real_tokens_per_s", "perf/packing_efficiency", "perf/samples_per_s",
+              "perf/model_tflops_per_device", "eval/accuracy"):
         assert t in tags, t
     assert len(acc.Scalars("train/loss_total")) == 30
+    assert "perf/mfu" not in tags  # no peak FLOP/s figure for a CPU
     assert any("sequences" in t for t in acc.Tags()["tensors"])  # rendered training text
     runs = os.listdir(dhrd_run / "tensorboard")
     assert "hparams" in runs

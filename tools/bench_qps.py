@@ -36,21 +36,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from dhrd.backbones import RANDOM_INIT_SHAPES, random_init_config  # noqa: E402
 from dhrd.inference import LeanClassifier, length_buckets  # noqa: E402
 from dhrd.lean import LeanConfig  # noqa: E402
 from dhrd.model import ClassificationHead  # noqa: E402
 
-# shapes for --random_init_config (no weights needed)
-SHAPES = {
-    "llama-3.2-3b": dict(model_type="llama", hidden_size=3072, intermediate_size=8192, num_hidden_layers=28,
-                         num_attention_heads=24, num_key_value_heads=8, head_dim=128, vocab_size=128256,
-                         rope_theta=500000.0, tie_word_embeddings=True, max_position_embeddings=131072,
-                         rms_norm_eps=1e-5),
-    "llama-3.2-1b": dict(model_type="llama", hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-                         num_attention_heads=32, num_key_value_heads=8, head_dim=64, vocab_size=128256,
-                         rope_theta=500000.0, tie_word_embeddings=True, max_position_embeddings=131072,
-                         rms_norm_eps=1e-5),
-}
 COT_PROMPT = "\nLet's think step by step, then answer yes or no."
 WORDS = ("the cat dog sun tree book river stone cloud city road house water light small large old new "
          "because therefore said that which would could there their about after before people").split()
@@ -60,7 +50,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="smollm2", help="HF dir, or smollm2 (the packaged SmolLM2-135M-Instruct)")
     p.add_argument("--random_init_config", default=None,
-                   help=f"random weights of this shape ({', '.join(SHAPES)}, or a config.json path)")
+                   help=f"random weights of this shape ({', '.join(RANDOM_INIT_SHAPES)}, or a config.json path)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     p.add_argument("--task", default="rte")
@@ -83,7 +73,7 @@ def parse_args(argv=None):
 
 def load_models(args):
     """(causal LM, tokenizer) on the device; the tokenizer of --model also for random init."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from dhrd.backbones import resolve_model_path
 
@@ -93,8 +83,7 @@ def load_models(args):
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     if args.random_init_config:
-        rc = args.random_init_config
-        cfg = AutoConfig.for_model(**SHAPES[rc]) if rc in SHAPES else AutoConfig.from_pretrained(rc)
+        cfg = random_init_config(args.random_init_config)
         cfg.pad_token_id = tok.pad_token_id
         with torch.device(args.device):
             model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation="sdpa")
