@@ -111,6 +111,11 @@ class TrainArgs:
     global_batch_size: int = 32
     eval_every: int = 0
     save_every: int = 0
+    eval_mode: str = field(default="auto", metadata={
+        "help": "classifier (the pooled head), cot (the LM head decodes a rationale, then answers), both; "
+                "auto: cot when beta is 0 (rationale-only: no classifier), else classifier"})
+    cot_max_new_tokens: int = field(default=256, metadata={"help": "rationale budget of CoT evaluation"})
+    cot_batch_size: int = field(default=16, metadata={"help": "examples per CoT generate call"})
     keep_checkpoints: int = 2
     resume: str = field(default="none", metadata={"help": "none, auto, or a checkpoint directory"})
     ds_config: str | None = field(default=None, metadata={"help": "DeepSpeed JSON; default: ZeRO-2 built in"})
@@ -128,6 +133,9 @@ class TrainArgs:
     export_final: bool = field(default=True, metadata={"help": "write consolidated weights to <output_dir>/final"})
 
     def __post_init__(self):
+        _check_choice("eval_mode", self.eval_mode, ("auto", "classifier", "cot", "both"))
+        if self.cot_max_new_tokens < 1 or self.cot_batch_size < 1:
+            raise ValueError("cot_max_new_tokens and cot_batch_size must be >= 1")
         if self.micro_batches_per_step < 0:
             raise ValueError(f"micro_batches_per_step={self.micro_batches_per_step} must be >= 0")
         if self.nan_patience < 1:

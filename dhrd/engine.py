@@ -35,7 +35,9 @@ from torch import nn
 
 from . import checkpoint, locks, preemption
 from .config import resolved_config
+from .cot_eval import evaluate_cot, resolve_eval_mode
 from .data.packing import collate_packed, plan_micro_batches
+from .data.sequences import SequenceBuilder, SequenceSpec
 from .ds_config import fill_ds_config, load_ds_config, sanitize_cuda_arch_list, start_warmup_schedule, zero_stage
 from .flops import StepFlops, peak_tflops
 from .kernels import dual_head_loss
@@ -294,8 +296,8 @@ def optimizer_step(engine, batches: list, dist: Dist, n_lm: float, n_cls: float)
 # ---------------------------------------------------------------------------------------
 # evaluation
 
-def evaluate(engine, eval_table: dict, n_eval: int, task, pack_tokens: int, rows_per_batch: int,
-             pad_id: int, dist: Dist) -> dict:
+def classifier_predictions(engine, eval_table: dict, pack_tokens: int, rows_per_batch: int, pad_id: int,
+                           dist: Dist) -> list[int]:
     """Classifier head only, sharded over ranks; every rank runs the same number of
     forwards (ZeRO-3 gathers are collective), predictions are gathered to all ranks."""
     plan = plan_micro_batches(eval_table["length"], pack_tokens, rows_per_batch, seed=0, epoch=0)
@@ -316,9 +318,11 @@ def evaluate(engine, eval_table: dict, n_eval: int, task, pack_tokens: int, rows
         parts = [None] * dist.world
         torch.distributed.all_gather_object(parts, preds)
         preds = {k: v for p in parts for k, v in p.items()}
-    order = range(n_eval)
-    return task.score([preds[i] for i in order], [eval_table["label"][i] for i in order],
-                      [eval_table["group"][i] for i in order])
+    return [preds[i] for i in range(len(eval_table["label"]))]
+
+
+def score(task, preds: list[int], eval_table: dict) -> dict:
+    return task.score(preds, eval_table["label"], eval_table["group"])
 
 
 # ---------------------------------------------------------------------------------------
@@ -454,10 +458,34 @@ def run(model_args, data_args, loss_args, train_args) -> dict:
     pad_id = tokenizer.pad_token_id
     eval_history, metrics = [], {}
 
+    eval_mode = resolve_eval_mode(train_args.eval_mode, loss_args.beta)
+    if eval_table is not None and dist.rank == 0 and eval_mode == "classifier" and loss_args.beta == 0:
+        log(0, "warning: --eval_mode classifier with beta 0: the classifier head is never trained")
+    answers = SequenceBuilder(tokenizer, *special, task.verbalizers, SequenceSpec()).answers
+
     def run_eval(step):
         nonlocal metrics
-        metrics = evaluate(engine, eval_table, len(eval_table["label"]), task, data_args.pack_tokens,
-                           data_args.rows_per_batch, pad_id, dist)
+        metrics, head = {}, None
+        if eval_mode in ("classifier", "both"):
+            head = classifier_predictions(engine, eval_table, data_args.pack_tokens, data_args.rows_per_batch,
+                                          pad_id, dist)
+            metrics.update(score(task, head, eval_table))
+        if eval_mode in ("cot", "both"):
+            engine.eval()
+            cot, results = evaluate_cot(
+                model.backbone, eval_table, task, answers=answers, reason_id=special[0], ans_id=special[1],
+                pad_id=pad_id, eos_id=tokenizer.eos_token_id, dist=dist, max_new_tokens=train_args.cot_max_new_tokens,
+                batch_size=train_args.cot_batch_size, synced_gpus=dist.world > 1 and zero_stage(ds_cfg) == 3)
+            engine.train()
+            metrics.update({f"cot_{k}": v for k, v in score(task, cot, eval_table).items()})
+            fin = dist.all_reduce(torch.tensor([float(sum(sum(r.finished) for r in results)),
+                                                float(sum(len(r.finished) for r in results))], device=dist.device))
+            metrics["cot_finished"] = fin[0].item() / max(1.0, fin[1].item())  # rationales that reached <ANS>
+            if head is not None:
+                metrics["cot_agreement"] = sum(a == b for a, b in zip(head, cot)) / max(1, len(cot))
+            if results:
+                samples = [tokenizer.decode(r) for r in results[0].rationales[:2]]
+                monitor.text("eval/cot_rationales", "\n\n".join(samples), step)
         monitor.scalars(step, {f"eval/{k}": v for k, v in metrics.items()}, kind="eval")
         eval_history.append({"step": step, **metrics})
         log(dist.rank, f"eval step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))

@@ -232,3 +232,35 @@ def test_nonfinite_guard_counts_runs():
     with pytest.raises(TrainingDiverged, match="2 consecutive"):
         g.update(False, 4)
     assert g.total == 3
+
+
+def test_rationale_only_is_evaluated_by_cot_decoding(tmp_path):
+    """beta 0 trains no classifier: --eval_mode auto evaluates by letting the LM head write
+    the rationale and answer. On the cue task (the rationale copies the premise's cue,
+    then says yes/no) a 64-wide model learns the copy in 100 steps (the 32-wide default
+    stays at chance), so the CoT answers are right; the untrained classifier is not scored."""
+    paths = write_task(tmp_path / "data", n_eval=32)
+    model = write_model(tmp_path / "model", hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                        num_key_value_heads=4)
+    out = tmp_path / "rationale_only"
+    proc = run_train(model, paths, out, "--max_steps", 100, "--micro_batches_per_step", 4, "--lr", 1e-2,
+                     "--eval_every", 50, "--method", "rationale_only", "--lm_sections", "rationale+answer",
+                     "--cot_max_new_tokens", 24, "--export_final", "false")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ev = json.load(open(out / "eval_results.json"))
+    m = ev["metrics"]
+    assert "accuracy" not in m and set(m) >= {"cot_accuracy", "cot_finished"}
+    assert m["cot_finished"] >= 0.9, m  # it learned to close the rationale with <ANS>
+    assert m["cot_accuracy"] >= 0.8, m  # 1.0 when written; chance is 0.5
+    assert [h["step"] for h in ev["history"]] == [50, 100]
+
+
+def test_eval_mode_both_reports_agreement_of_the_heads(setup):
+    root, paths, model = setup
+    out = root / "both"
+    proc = run_train(model, paths, out, "--max_steps", 2, "--micro_batches_per_step", 2, "--method", "dhrd",
+                     "--eval_mode", "both", "--cot_max_new_tokens", 4, "--cot_batch_size", 5)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    m = json.load(open(out / "eval_results.json"))["metrics"]
+    assert set(m) >= {"accuracy", "cot_accuracy", "cot_finished", "cot_agreement"}
+    assert all(0.0 <= m[k] <= 1.0 for k in ("accuracy", "cot_accuracy", "cot_agreement"))

@@ -115,3 +115,22 @@ def test_lora_under_zero3_two_processes(setup):
     base, tuned = load_file(os.path.join(model, "model.safetensors")), load_file(out / "final" / "model.safetensors")
     q = "model.layers.1.self_attn.v_proj.weight"
     assert float((base[q] - tuned[q]).abs().max()) > 0
+
+
+def test_cot_eval_under_zero3_two_processes_equals_one_process(setup):
+    """CoT decoding under ZeRO-3 (generate with synced_gpus, batches sharded over ranks,
+    a rank with no batch left decodes a dummy) predicts exactly what one process does.
+    lr 0 keeps the weights at their (seeded, identical) init, so predictions must match
+    exactly; 16 eval examples in batches of 6: 3 batches, rank 1 runs one dummy."""
+    root, paths, model = setup
+    args = ["--ds_config", os.path.join(REPO, "ds_configs", "zero3.json"), "--max_steps", 1,
+            "--micro_batches_per_step", 2, "--lr", 0.0, "--eval_mode", "both", "--cot_batch_size", 6,
+            "--cot_max_new_tokens", 8, "--export_final", "false"]
+    metrics = []
+    for n in (2, 1):
+        out = root / f"cot{n}"
+        proc = run_train(model, paths, out, *args, nprocs=n)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        metrics.append(json.load(open(out / "eval_results.json"))["metrics"])
+    assert set(metrics[0]) >= {"accuracy", "cot_accuracy", "cot_finished", "cot_agreement"}
+    assert metrics[0] == metrics[1]
