@@ -259,8 +259,12 @@ def test_eval_mode_both_reports_agreement_of_the_heads(setup):
     root, paths, model = setup
     out = root / "both"
     proc = run_train(model, paths, out, "--max_steps", 2, "--micro_batches_per_step", 2, "--method", "dhrd",
-                     "--eval_mode", "both", "--cot_max_new_tokens", 4, "--cot_batch_size", 5)
+                     "--eval_mode", "both", "--cot_max_new_tokens", 4, "--cot_batch_size", 5,
+                     "--peak_tflops", 0.5)
     assert proc.returncode == 0, proc.stderr[-4000:]
     m = json.load(open(out / "eval_results.json"))["metrics"]
     assert set(m) >= {"accuracy", "cot_accuracy", "cot_finished", "cot_agreement"}
     assert all(0.0 <= m[k] <= 1.0 for k in ("accuracy", "cot_accuracy", "cot_agreement"))
+    # a given peak gives MFU on any device: achieved model TFLOP/s over it
+    rows = [json.loads(line) for line in open(out / "metrics.jsonl") if '"train"' in line]
+    assert all(r["perf/mfu"] == pytest.approx(r["perf/model_tflops_per_device"] / 0.5) for r in rows)
