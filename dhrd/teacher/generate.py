@@ -23,6 +23,7 @@ that no id is missing or doubled.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
@@ -298,20 +299,21 @@ def run(cfg: GenerateConfig, teacher: Teacher) -> Summary:
         prompts = [template.render(task, ex) for ex in todo]
         for i, completion in teacher.generate(prompts):
             ex = todo[i]
-            summary.attempted += 1
-            summary.prompt_tokens += completion.prompt_tokens
-            summary.completion_tokens += completion.completion_tokens
             fields, reason, detail = postprocess(task, ex, completion, mode=cfg.mode,
                                                  require_end_marker=cfg.require_end_marker)
-            if fields is not None:
-                out.write({"id": ex.id, **fields, **common})
-                summary.written += 1
-                summary.recovered += ex.id in failed_before
-            else:
-                failures.write({"id": ex.id, "reason": reason, "detail": detail, **common,
-                                "finish_reason": completion.finish_reason,
-                                "text": completion.text[:2000], "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
-                summary.failed[reason] += 1
+            with record_section():  # a record on disk is always counted in the summary
+                summary.attempted += 1
+                summary.prompt_tokens += completion.prompt_tokens
+                summary.completion_tokens += completion.completion_tokens
+                if fields is not None:
+                    out.write({"id": ex.id, **fields, **common})
+                    summary.written += 1
+                    summary.recovered += ex.id in failed_before
+                else:
+                    failures.write({"id": ex.id, "reason": reason, "detail": detail, **common,
+                                    "finish_reason": completion.finish_reason,
+                                    "text": completion.text[:2000], "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
+                    summary.failed[reason] += 1
             if bar is not None:
                 elapsed = max(time.monotonic() - start, 1e-9)
                 bar.set_postfix(tok_s=f"{summary.completion_tokens / elapsed:.0f}",
@@ -411,8 +413,28 @@ def build_teacher(args: argparse.Namespace) -> Teacher:
         chat_template={"auto": None, "yes": True, "no": False}[args.chat_template]))
 
 
+_SECTION = {"depth": 0, "pending": False}
+
+
 def _interrupt(signum, frame):
+    """SIGINT/SIGTERM: stop like Ctrl-C, but never between writing a record and counting
+    it (inside ``record_section`` the interrupt waits for the section's end)."""
+    if _SECTION["depth"]:
+        _SECTION["pending"] = True
+        return
     raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def record_section():
+    _SECTION["depth"] += 1
+    try:
+        yield
+    finally:
+        _SECTION["depth"] -= 1
+        if not _SECTION["depth"] and _SECTION["pending"]:
+            _SECTION["pending"] = False
+            raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -426,6 +448,7 @@ def main(argv: list[str] | None = None) -> int:
                          teacher_name=args.teacher_name, progress=args.progress)
     # SIGTERM (Slurm preemption, timeouts) ends the run like Ctrl-C: summary, exit code 130
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     teacher = build_teacher(args)
     try:
         summary = run(cfg, teacher)

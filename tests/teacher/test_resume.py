@@ -131,6 +131,24 @@ def test_sigterm_stops_cleanly_with_a_summary(tmp_path):
     assert "(interrupted)" in err and f"written {len(ids_in(out))}" in err
 
 
+def test_an_interrupt_waits_for_the_record_being_written():
+    """The SIGTERM/SIGINT handler inside a record's write-and-count section only marks
+    the interrupt; it is raised when the section ends, so the summary counts every record
+    on disk (the race behind a once-seen 'written N' mismatch)."""
+    from dhrd.teacher.generate import _interrupt, record_section
+
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with record_section():
+            _interrupt(signal.SIGTERM, None)
+            done.append("written and counted")
+    assert done == ["written and counted"]
+    with pytest.raises(KeyboardInterrupt):
+        _interrupt(signal.SIGTERM, None)  # outside a section: at once
+    with record_section():
+        pass  # nothing pending any more
+
+
 def test_parse_shard(monkeypatch):
     assert parse_shard("1/4") == (1, 4) and parse_shard(None) is None
     for bad in ("4/4", "-1/2", "1", "a/b"):
