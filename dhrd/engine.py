@@ -303,7 +303,6 @@ def classifier_predictions(engine, eval_table: dict, pack_tokens: int, rows_per_
     plan = plan_micro_batches(eval_table["length"], pack_tokens, rows_per_batch, seed=0, epoch=0)
     n_iter = math.ceil(len(plan) / dist.world)
     preds: dict[int, int] = {}
-    engine.eval()
     with torch.no_grad():
         for it in range(n_iter):
             j = it * dist.world + dist.rank
@@ -313,7 +312,6 @@ def classifier_predictions(engine, eval_table: dict, pack_tokens: int, rows_per_
             if j < len(plan):
                 flat = [i for row in rows for i in row]
                 preds.update(zip(flat, logits.argmax(-1).tolist()))
-    engine.train()
     if dist.world > 1:
         parts = [None] * dist.world
         torch.distributed.all_gather_object(parts, preds)
@@ -466,17 +464,16 @@ def run(model_args, data_args, loss_args, train_args) -> dict:
     def run_eval(step):
         nonlocal metrics
         metrics, head = {}, None
+        engine.eval()  # no dropout
         if eval_mode in ("classifier", "both"):
             head = classifier_predictions(engine, eval_table, data_args.pack_tokens, data_args.rows_per_batch,
                                           pad_id, dist)
             metrics.update(score(task, head, eval_table))
         if eval_mode in ("cot", "both"):
-            engine.eval()
             cot, results = evaluate_cot(
                 model.backbone, eval_table, task, answers=answers, reason_id=special[0], ans_id=special[1],
                 pad_id=pad_id, eos_id=tokenizer.eos_token_id, dist=dist, max_new_tokens=train_args.cot_max_new_tokens,
                 batch_size=train_args.cot_batch_size, synced_gpus=dist.world > 1 and zero_stage(ds_cfg) == 3)
-            engine.train()
             metrics.update({f"cot_{k}": v for k, v in score(task, cot, eval_table).items()})
             fin = dist.all_reduce(torch.tensor([float(sum(sum(r.finished) for r in results)),
                                                 float(sum(len(r.finished) for r in results))], device=dist.device))
@@ -486,6 +483,7 @@ def run(model_args, data_args, loss_args, train_args) -> dict:
             if results:
                 samples = [tokenizer.decode(r) for r in results[0].rationales[:2]]
                 monitor.text("eval/cot_rationales", "\n\n".join(samples), step)
+        engine.train()
         monitor.scalars(step, {f"eval/{k}": v for k, v in metrics.items()}, kind="eval")
         eval_history.append({"step": step, **metrics})
         log(dist.rank, f"eval step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))

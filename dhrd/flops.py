@@ -44,11 +44,13 @@ class StepFlops:
     def from_model(cls, backbone: nn.Module) -> "StepFlops":
         """Reads the shapes off the backbone (works on ZeRO-3 partitioned parameters and on
         peft-wrapped models: LoRA's own small matrices are counted, the LM head is not)."""
+        from transformers.pytorch_utils import Conv1D  # GPT-2's projections
+
         cfg = backbone.config
         head = backbone.get_output_embeddings()
         head_weight = head.weight if head is not None else None
         matmul = sum(_numel(m.weight) for m in backbone.modules()
-                     if isinstance(m, nn.Linear) and m.weight is not head_weight)
+                     if isinstance(m, (nn.Linear, Conv1D)) and m.weight is not head_weight)
         hidden = cfg.hidden_size
         heads = getattr(cfg, "num_attention_heads", 0) or 0
         head_dim = getattr(cfg, "head_dim", None) or (hidden // heads if heads else 0)

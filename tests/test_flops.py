@@ -12,7 +12,7 @@ from dhrd.flops import StepFlops, peak_tflops
 from conftest import tiny_backbone
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "gpt2"])
 def test_step_flops_match_torch_flop_counter(arch):
     """Three segments through the decoder with eager attention (matmuls torch can count),
     the LM head on the supervised rows only, backward. torch counts every matmul as 2mnk;
@@ -24,7 +24,7 @@ def test_step_flops_match_torch_flop_counter(arch):
     lm_rows = torch.tensor([3, 4, 5, 10, 11, 20, 21, 22])
     targets = torch.randint(0, vocab, (lm_rows.numel(),))
     with FlopCounterMode(display=False) as counter:
-        hidden = torch.cat([backbone.model(input_ids=torch.randint(0, vocab, (1, k))).last_hidden_state[0]
+        hidden = torch.cat([backbone.base_model(input_ids=torch.randint(0, vocab, (1, k))).last_hidden_state[0]
                             for k in lens])
         logits = hidden[lm_rows] @ backbone.get_output_embeddings().weight.T
         F.cross_entropy(logits, targets).backward()
