@@ -62,6 +62,12 @@ def job_state(env: dict, job: str) -> tuple[str, str]:
     return (out[0], out[1]) if len(out) >= 2 else ("", "")
 
 
+def nodes_idle(env: dict) -> bool:
+    """Every node idle: no job running or completing anywhere."""
+    states = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], env=env, capture_output=True, text=True).stdout.split()
+    return bool(states) and all(s == "idle" for s in states)
+
+
 def wait_for(pred, timeout: float = JOB_TIMEOUT, every: float = 0.5, what: str = "condition"):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -81,6 +87,20 @@ def wait_job(env: dict, job: str, timeout: float = JOB_TIMEOUT) -> str:
         return state if state in FINAL else None
 
     return wait_for(ended, timeout, what=f"job {job} to end")
+
+
+def diagnostics(env: dict, job: str, lines: int = 40) -> str:
+    """What Slurm itself says about a job that ended wrong: ``scontrol show job`` and the
+    tails of the controller's and the nodes' logs (a job can fail before its script runs,
+    leaving nothing in its own output)."""
+    show = subprocess.run(["scontrol", "show", "job", job], env=env, capture_output=True, text=True)
+    parts = [f"--- scontrol show job {job}\n{show.stdout}{show.stderr}"]
+    log_dir = os.path.join(os.path.dirname(os.path.dirname(env["SLURM_CONF"])), "log")
+    for name in sorted(os.listdir(log_dir)) if os.path.isdir(log_dir) else []:
+        if name.endswith(".log"):
+            with open(os.path.join(log_dir, name), errors="replace") as f:
+                parts.append(f"--- {name}\n" + "".join(f.readlines()[-lines:]))
+    return "\n".join(parts)
 
 
 def train_steps(out_dir) -> list[int]:

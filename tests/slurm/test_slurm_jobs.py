@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from slurm_helpers import REPO, job_env, job_state, sbatch, train_steps, wait_for, wait_job
+from slurm_helpers import (REPO, diagnostics, job_env, job_state, nodes_idle, sbatch, train_steps, wait_for,
+                           wait_job)
 from train_helpers import losses, run_train
 
 pytestmark = pytest.mark.slurm
@@ -74,7 +75,7 @@ def test_two_nodes_match_two_processes_on_one_node(slurm_cluster, fixtures, tmp_
     assert ref.returncode == 0, ref.stderr[-4000:]
     state = wait_job(slurm_cluster, job)
     log = _log(tmp_path, job)
-    assert state == "COMPLETED", log[-4000:]
+    assert state == "COMPLETED", log[-4000:] + "\n" + diagnostics(slurm_cluster, job)
     assert "node 0/2" in log and "node 1/2" in log
     cfg = read_json(out_slurm / "config.json")
     assert cfg["derived"]["world_size"] == 2 and cfg["derived"]["gradient_accumulation_steps"] == 2
@@ -109,11 +110,15 @@ def test_usr1_checkpoints_requeues_and_resumes_without_losing_or_repeating_steps
     assert marker["signal"] == "SIGUSR1" and marker["slurm_job_id"] == job and 3 <= k < steps
     assert os.path.exists(out / "checkpoints" / f"step_{k:08d}" / "dhrd_complete.json")
     assert train_steps(out) == list(range(1, k + 1))  # stopped right after the checkpoint step
+    # Slurm's hold exists so the nodes can finish tearing down the old incarnation; cut it
+    # short only once they have (relaunching a job id onto a node still COMPLETING it can
+    # fail the job before its script runs: seen once, a FAILED job with no second output)
+    wait_for(lambda: nodes_idle(slurm_cluster), timeout=120, what="the nodes to finish the first run")
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=slurm_cluster, check=True)
 
     state = wait_job(slurm_cluster, job)
     log = _log(tmp_path, job)
-    assert state == "COMPLETED", log[-4000:]
+    assert state == "COMPLETED", log[-4000:] + "\n" + diagnostics(slurm_cluster, job)
     assert "restart 1" in log and f"resumed from {out}/checkpoints/step_{k:08d} at step {k}" in log
     assert "requeueing job" in log
     # every step exactly once, in order, across the two runs of the job
