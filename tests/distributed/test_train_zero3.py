@@ -3,6 +3,7 @@ of a tiny Llama: equality with one process, and kill -9 + ``--resume auto``."""
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import signal
@@ -127,6 +128,7 @@ def test_cot_eval_under_zero3_two_processes_equals_one_process(setup):
             "--micro_batches_per_step", 2, "--lr", 0.0, "--eval_mode", "both", "--cot_batch_size", 6,
             "--cot_max_new_tokens", 8, "--export_final", "false"]
     metrics = []
+    shm_before = set(glob.glob("/dev/shm/deepspeed_allreduce_buffer_*"))
     for n in (2, 1):
         out = root / f"cot{n}"
         proc = run_train(model, paths, out, *args, nprocs=n)
@@ -134,3 +136,5 @@ def test_cot_eval_under_zero3_two_processes_equals_one_process(setup):
         metrics.append(json.load(open(out / "eval_results.json"))["metrics"])
     assert set(metrics[0]) >= {"accuracy", "cot_accuracy", "cot_finished", "cot_agreement"}
     assert metrics[0] == metrics[1]
+    # DeepSpeed's CPU all-reduce buffers (~68 MB of RAM each) are not left in /dev/shm
+    assert set(glob.glob("/dev/shm/deepspeed_allreduce_buffer_*")) <= shm_before
