@@ -586,5 +586,6 @@ def run(model_args, data_args, loss_args, train_args) -> dict:
         monitor.close()
         stop_flag.restore()
         out_lock.release()
+        engine.destroy()
     del hf_ds
     return metrics
