@@ -89,10 +89,11 @@ def resolve_eval_mode(mode: str, beta: float) -> str:
     return mode
 
 
-def evaluate_cot(backbone, eval_table: dict, task, *, answers: list[list[int]], reason_id: int, ans_id: int,
+def evaluate_cot(backbone, eval_table: dict, *, answers: list[list[int]], reason_id: int, ans_id: int,
                  pad_id: int, eos_id: int | None, dist, max_new_tokens: int, batch_size: int,
                  synced_gpus: bool) -> tuple[list[int], list[CotResult]]:
-    """Predictions for every eval example (rank-sharded batches, gathered to all ranks)
+    """Predictions for every eval example (rank-sharded batches, gathered to all ranks by
+    ``dist.gather_dict``)
     and this rank's raw batch results. Every rank runs the same number of batches: a
     rank without one left decodes a copy of the first (ZeRO-3 gathers are collective)."""
     batches = cot_batches(eval_table["length"], batch_size)
@@ -108,10 +109,5 @@ def evaluate_cot(backbone, eval_table: dict, task, *, answers: list[list[int]], 
         if j < len(batches):
             preds.update(zip(idx, res.predictions))
             results.append(res)
-    if dist.world > 1:
-        import torch.distributed as tdist
-
-        parts = [None] * dist.world
-        tdist.all_gather_object(parts, preds)
-        preds = {k: v for p in parts for k, v in p.items()}
+    preds = dist.gather_dict(preds)
     return [preds[i] for i in range(len(eval_table["length"]))], results

@@ -69,6 +69,14 @@ class Dist:
         if self.world > 1:
             torch.distributed.barrier()
 
+    def gather_dict(self, part: dict) -> dict:
+        """Every rank's ``{example index: prediction}`` merged, on every rank."""
+        if self.world == 1:
+            return part
+        parts = [None] * self.world
+        torch.distributed.all_gather_object(parts, part)
+        return {k: v for p in parts for k, v in p.items()}
+
 
 def shutdown_distributed() -> None:
     """Destroy the process group before the interpreter exits: left to interpreter
@@ -331,10 +339,7 @@ def classifier_predictions(engine, eval_table: dict, pack_tokens: int, rows_per_
             if j < len(plan):
                 flat = [i for row in rows for i in row]
                 preds.update(zip(flat, logits.argmax(-1).tolist()))
-    if dist.world > 1:
-        parts = [None] * dist.world
-        torch.distributed.all_gather_object(parts, preds)
-        preds = {k: v for p in parts for k, v in p.items()}
+    preds = dist.gather_dict(preds)
     return [preds[i] for i in range(len(eval_table["label"]))]
 
 
@@ -490,7 +495,7 @@ def run(model_args, data_args, loss_args, train_args) -> dict:
             metrics.update(score(task, head, eval_table))
         if eval_mode in ("cot", "both"):
             cot, results = evaluate_cot(
-                model.backbone, eval_table, task, answers=answers, reason_id=special[0], ans_id=special[1],
+                model.backbone, eval_table, answers=answers, reason_id=special[0], ans_id=special[1],
                 pad_id=pad_id, eos_id=tokenizer.eos_token_id, dist=dist, max_new_tokens=train_args.cot_max_new_tokens,
                 batch_size=train_args.cot_batch_size, synced_gpus=dist.world > 1 and zero_stage(ds_cfg) == 3)
             metrics.update({f"cot_{k}": v for k, v in score(task, cot, eval_table).items()})
