@@ -65,7 +65,9 @@ write_conf() {
     echo "SlurmdPort=$((PORT + 1))"
     echo "AuthType=auth/munge"
     echo "CredType=cred/munge"
-    echo "AuthInfo=socket=$MSOCK"
+    # cred_expire is also how long a requeued job is held before it may start again
+    # (default 120 s); releasing it sooner can hit "Job credential revoked" on a node
+    echo "AuthInfo=socket=$MSOCK,cred_expire=15"
     cat <<CONF
 StateSaveLocation=$BASE/var/state
 SlurmdSpoolDir=$BASE/var/spool/%n

@@ -62,12 +62,6 @@ def job_state(env: dict, job: str) -> tuple[str, str]:
     return (out[0], out[1]) if len(out) >= 2 else ("", "")
 
 
-def nodes_idle(env: dict) -> bool:
-    """Every node idle: no job running or completing anywhere."""
-    states = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], env=env, capture_output=True, text=True).stdout.split()
-    return bool(states) and all(s == "idle" for s in states)
-
-
 def wait_for(pred, timeout: float = JOB_TIMEOUT, every: float = 0.5, what: str = "condition"):
     deadline = time.time() + timeout
     while time.time() < deadline:
