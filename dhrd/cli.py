@@ -13,6 +13,7 @@ DELEGATES = {
     "data": ("dhrd.cli_data", "tokenise a task file with its rationales and print the data report"),
     "rationales": ("dhrd.teacher.cli", "generate / import / check teacher rationales"),
     "predict": ("dhrd.inference", "batched prediction with an exported lean classifier"),
+    "experiment": ("dhrd.experiment.cli", "run a grid of methods x seeds x settings and compare them"),
 }
 
 

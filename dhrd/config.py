@@ -55,6 +55,8 @@ class DataArgs:
     train_file: str | None = field(default=None, metadata={"help": "JSONL path, or hub:<split> (online)"})
     eval_file: str | None = field(default=None, metadata={"help": "JSONL path, or hub:<split> (online)"})
     rationale_file: str | None = field(default=None, metadata={"help": "JSONL {id, rationale, teacher_label?}"})
+    max_train_examples: int = field(default=0, metadata={
+        "help": "train on the first N examples of --train_file (0 = all): a training-set-size axis"})
     lm_sections: str = field(default="all", metadata={"help": "tokens the LM loss covers: " + ", ".join(LM_SECTIONS)})
     rationale_mode: str = field(default="teacher", metadata={
         "help": "teacher (DHRD), none (label-only: [x, <ANS>, y]), shuffled (ablation)"})
@@ -74,6 +76,8 @@ class DataArgs:
         _check_choice("label_consistency", self.label_consistency, CONSISTENCY_POLICIES)
         if not 0.0 <= self.rationale_fraction <= 1.0:
             raise ValueError(f"rationale_fraction={self.rationale_fraction} must be in [0, 1]")
+        if self.max_train_examples < 0:
+            raise ValueError(f"max_train_examples={self.max_train_examples} must be >= 0")
         if self.pack_tokens < self.max_seq_len:
             raise ValueError(f"pack_tokens={self.pack_tokens} must be >= max_seq_len={self.max_seq_len}")
         if self.max_input_len is None:

@@ -343,6 +343,19 @@ def classifier_predictions(engine, eval_table: dict, pack_tokens: int, rows_per_
     return [preds[i] for i in range(len(eval_table["label"]))]
 
 
+def write_predictions(path: str, eval_table: dict, preds: dict) -> None:
+    """One line per eval example (id, gold label, each head's prediction), so methods can be
+    compared paired, example by example (the experiment harness reads these)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        for i, ex_id in enumerate(eval_table["id"]):
+            row = {"id": ex_id, "label": eval_table["label"][i], **{k: v[i] for k, v in preds.items()}}
+            if eval_table["group"][i] is not None:
+                row["group"] = eval_table["group"][i]
+            f.write(json.dumps(row) + "\n")
+    os.replace(tmp, path)
+
+
 def score(task, preds: list[int], eval_table: dict) -> dict:
     return task.score(preds, eval_table["label"], eval_table["group"])
 
@@ -350,7 +363,8 @@ def score(task, preds: list[int], eval_table: dict) -> dict:
 # ---------------------------------------------------------------------------------------
 # the run
 
-def _load_split(task, path, what, tokenizer, special, data_args, *, with_reasoning, seed, cache_dir, dist):
+def _load_split(task, path, what, tokenizer, special, data_args, *, with_reasoning, seed, cache_dir, dist,
+                limit: int = 0):
     from .data.pipeline import build_training_set
     from .data.report import DataReport
 
@@ -360,6 +374,11 @@ def _load_split(task, path, what, tokenizer, special, data_args, *, with_reasoni
         raise FileNotFoundError(f"{what.replace('_', ' ')} not found: {path}")
     examples = task.read(path)
     report = DataReport()
+    if limit:
+        if limit > len(examples):
+            raise ValueError(f"max_train_examples={limit} but {path} holds {len(examples)} examples")
+        report.count("examples_beyond_max_train_examples", len(examples) - limit)
+        examples = examples[:limit]
     # rank 0 builds the tokenised cache first; the others then load it
     for turn in ((0,), tuple(range(1, dist.world))):
         if dist.rank in turn:
@@ -406,7 +425,7 @@ def run(model_args, data_args, loss_args, train_args) -> dict:
     with_reasoning = loss_args.alpha > 0
     train_table, report = _load_split(task, data_args.train_file, "train_file", tokenizer, special, data_args,
                                       with_reasoning=with_reasoning, seed=train_args.seed,
-                                      cache_dir=cache_dir, dist=dist)
+                                      cache_dir=cache_dir, dist=dist, limit=data_args.max_train_examples)
     eval_table = None
     if data_args.eval_file:
         eval_table, _ = _load_split(task, data_args.eval_file, "eval_file", tokenizer, special, data_args,
@@ -478,7 +497,7 @@ def run(model_args, data_args, loss_args, train_args) -> dict:
         for i in range(min(train_args.log_sequences, n_train)):
             monitor.text("train/sequences", tokenizer.decode(train_table["input_ids"][i]), i)
     pad_id = tokenizer.pad_token_id
-    eval_history, metrics = [], {}
+    eval_history, metrics, last_preds = [], {}, {}
 
     eval_mode = resolve_eval_mode(train_args.eval_mode, loss_args.beta)
     if eval_table is not None and dist.rank == 0 and eval_mode == "classifier" and loss_args.beta == 0:
@@ -486,19 +505,21 @@ def run(model_args, data_args, loss_args, train_args) -> dict:
     answers = SequenceBuilder(tokenizer, *special, task.verbalizers, SequenceSpec()).answers
 
     def run_eval(step):
-        nonlocal metrics
-        metrics, head = {}, None
+        nonlocal metrics, last_preds
+        metrics, head, last_preds = {}, None, {}
         engine.eval()  # no dropout
         if eval_mode in ("classifier", "both"):
             head = classifier_predictions(engine, eval_table, data_args.pack_tokens, data_args.rows_per_batch,
                                           pad_id, dist)
             metrics.update(score(task, head, eval_table))
+            last_preds["pred"] = head
         if eval_mode in ("cot", "both"):
             cot, results = evaluate_cot(
                 model.backbone, eval_table, answers=answers, reason_id=special[0], ans_id=special[1],
                 pad_id=pad_id, eos_id=tokenizer.eos_token_id, dist=dist, max_new_tokens=train_args.cot_max_new_tokens,
                 batch_size=train_args.cot_batch_size, synced_gpus=dist.world > 1 and zero_stage(ds_cfg) == 3)
             metrics.update({f"cot_{k}": v for k, v in score(task, cot, eval_table).items()})
+            last_preds["cot_pred"] = cot
             fin = dist.all_reduce(torch.tensor([float(sum(sum(r.finished) for r in results)),
                                                 float(sum(len(r.finished) for r in results))], device=dist.device))
             metrics["cot_finished"] = fin[0].item() / max(1.0, fin[1].item())  # rationales that reached <ANS>
@@ -578,6 +599,7 @@ def run(model_args, data_args, loss_args, train_args) -> dict:
                 with open(os.path.join(out, "eval_results.json"), "w") as f:
                     json.dump({"task": task.name, "step": total_steps, "metrics": metrics,
                                "history": eval_history}, f, indent=2)
+                write_predictions(os.path.join(out, "eval_predictions.jsonl"), eval_table, last_preds)
         monitor.hparams({"alpha": loss_args.alpha, "beta": loss_args.beta, "task": task.name,
                          "backbone": model_args.model, "method": loss_args.method or "custom",
                          "lora": model_args.lora, "lr": train_args.lr},

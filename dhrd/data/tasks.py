@@ -87,7 +87,10 @@ class Task:
     # of the row where the options live in the row (CQA's answer is a choice's text).
     label_values: tuple | Callable[[Row], Sequence] = field(repr=False)
     label_key: str = "label"
-    id_key: str | None = "idx"  # None: the id is the 0-based row number, blank lines not counted
+    # None: the id is the row's "idx" where it has one (a carved subset keeps the ids of the
+    # file it came from, so that file's rationales still match), else the 0-based row
+    # number, blank lines not counted
+    id_key: str | None = "idx"
     units: Callable[[Row], Iterator[Unit]] | None = field(default=None, repr=False)  # rows holding many examples
     from_hub: Callable[[Row], Row] | None = field(default=None, repr=False)  # None: same fields, int label
     hub_split: Callable[[str], str] = field(default=lambda split: split, repr=False)
@@ -167,7 +170,8 @@ class Task:
         if self.units is not None:
             yield from self.units(row)
         elif self.id_key is None:
-            yield str(position), None, row, ""
+            ex_id = need(row, "idx", (int, str)) if "idx" in row else position
+            yield str(ex_id), None, row, ""
         else:
             yield str(need(row, self.id_key, (int, str))), None, row, ""
 

@@ -1,0 +1,1 @@
+"""Experiment grids: method comparisons through the real engine (grid, runner, aggregate, plots)."""

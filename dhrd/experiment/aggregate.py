@@ -1,0 +1,204 @@
+"""Aggregate a grid's finished runs into ``results.csv`` and ``results.md``.
+
+Per task and variant (method + axis values): the score's mean +- std over seeds. Per
+variant against its pooled baseline (same task, same seed, same data/training axes; the
+loss-only axes such as alpha do not apply to pooled): the gap per seed, its mean, a 95%
+paired bootstrap interval (resampling seeds, and examples within each seed, the same
+examples for both runs), and the relative gain as the DHRD paper computes it. The score
+is the task's metric, or the mean of its metrics where it has several (CB: accuracy and
+F1; MultiRC: F1a and EM), as in the paper. Tasks scored per group (MultiRC's EM) are
+resampled by group.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import statistics
+from dataclasses import dataclass, field
+
+from .grid import Grid, Run
+from .runner import is_done, run_dir
+
+# axes that do not change a pooled run (alpha 0, no LM term): the pooled baseline of a
+# run is found with these left out
+LOSS_ONLY = {"alpha", "beta", "lm_sections", "rationale_fraction", "label_consistency", "rationale_mode",
+             "alpha_schedule", "alpha_floor", "alpha_switch_fraction", "loss_impl", "label_smoothing", "z_loss"}
+
+
+@dataclass
+class RunResult:
+    run: Run
+    labels: list[int]
+    preds: list[int]
+    groups: list | None
+    score: float
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def task_score(task, preds, labels, groups) -> tuple[float, dict]:
+    metrics = task.score(preds, labels, groups)
+    return sum(metrics[m] for m in task.metrics) / len(task.metrics), metrics
+
+
+def read_predictions(path: str) -> tuple[list[int], list[int], list | None]:
+    """(labels, predictions, groups) from a run's eval_predictions.jsonl: the classifier's
+    predictions, or the CoT decoder's where the run had no classifier (rationale_only)."""
+    labels, preds, groups = [], [], []
+    with open(path) as f:
+        for line in f:
+            row = json.loads(line)
+            labels.append(row["label"])
+            preds.append(row["pred"] if "pred" in row else row["cot_pred"])
+            groups.append(row.get("group"))
+    return labels, preds, (groups if any(g is not None for g in groups) else None)
+
+
+def load_results(grid: Grid, root: str) -> list[RunResult]:
+    from ..data.tasks import get_task
+
+    out = []
+    for run in grid.runs:
+        if not is_done(root, run):
+            continue
+        labels, preds, groups = read_predictions(os.path.join(run_dir(root, run), "eval_predictions.jsonl"))
+        score, metrics = task_score(get_task(run.task), preds, labels, groups)
+        out.append(RunResult(run, labels, preds, groups, score, metrics))
+    return out
+
+
+def baseline_key(run: Run) -> tuple:
+    return run.task, run.seed, tuple((k, v) for k, v in run.overrides if k not in LOSS_ONLY)
+
+
+def _units(groups, n):
+    """Resampling units: groups where the task scores per group, else single examples."""
+    if groups is None:
+        return [[i] for i in range(n)]
+    by: dict = {}
+    for i, g in enumerate(groups):
+        by.setdefault(g, []).append(i)
+    return list(by.values())
+
+
+def paired_bootstrap(pairs: list[tuple[RunResult, RunResult]], task, n_boot: int = 1000,
+                     seed: int = 0) -> tuple[float, float]:
+    """95% interval of the mean (over seeds) score gap a - b: seeds resampled, and within
+    a seed the same examples (or groups) for both runs."""
+    rng = random.Random(seed)
+    units = [_units(a.groups, len(a.labels)) for a, _ in pairs]
+    gaps = []
+    for _ in range(n_boot):
+        total = 0.0
+        for _ in range(len(pairs)):
+            k = rng.randrange(len(pairs))
+            a, b = pairs[k]
+            idx = [i for _ in range(len(units[k])) for i in units[k][rng.randrange(len(units[k]))]]
+            sub = lambda r: task_score(task, [r.preds[i] for i in idx], [r.labels[i] for i in idx],  # noqa: E731
+                                       None if r.groups is None else [r.groups[i] for i in idx])[0]
+            total += sub(a) - sub(b)
+        gaps.append(total / len(pairs))
+    gaps.sort()
+    return gaps[int(0.025 * n_boot)], gaps[min(n_boot - 1, int(math.ceil(0.975 * n_boot)) - 1)]
+
+
+def _std(xs):
+    return statistics.stdev(xs) if len(xs) > 1 else 0.0
+
+
+def summarize(results: list[RunResult], n_boot: int = 1000) -> tuple[list[dict], list[dict]]:
+    """(per-variant rows, per-variant-vs-pooled gap rows)."""
+    from ..data.tasks import get_task
+
+    by_variant: dict[tuple, list[RunResult]] = {}
+    for r in results:
+        by_variant.setdefault((r.run.task, r.run.variant), []).append(r)
+    rows = []
+    for (task, variant), rs in sorted(by_variant.items()):
+        scores = [r.score for r in sorted(rs, key=lambda r: r.run.seed)]
+        rows.append({"task": task, "variant": variant, "method": rs[0].run.method,
+                     "axes": dict(rs[0].run.overrides), "seeds": [r.run.seed for r in rs], "n": len(rs),
+                     "mean": statistics.mean(scores), "std": _std(scores), "scores": scores,
+                     "n_eval": len(rs[0].labels)})
+    pooled = {baseline_key(r.run): r for r in results if r.run.method == "pooled"}
+    gaps = []
+    for (task, variant), rs in sorted(by_variant.items()):
+        if rs[0].run.method == "pooled":
+            continue
+        pairs = [(r, pooled[baseline_key(r.run)]) for r in rs if baseline_key(r.run) in pooled]
+        if not pairs:
+            continue
+        for a, b in pairs:
+            if a.labels != b.labels:
+                raise ValueError(f"{a.run.name} and {b.run.name} were evaluated on different examples")
+        per_seed = [a.score - b.score for a, b in pairs]
+        base = statistics.mean(b.score for _, b in pairs)
+        lo, hi = paired_bootstrap(pairs, get_task(task), n_boot=n_boot)
+        gaps.append({"task": task, "variant": variant, "baseline": pairs[0][1].run.variant,
+                     "seeds": [a.run.seed for a, _ in pairs], "gap_per_seed": per_seed,
+                     "gap": statistics.mean(per_seed), "gap_std": _std(per_seed), "ci_low": lo, "ci_high": hi,
+                     "relative_gain_pct": 100.0 * statistics.mean(per_seed) / base if base else float("nan"),
+                     "wins": sum(g > 0 for g in per_seed)})
+    return rows, gaps
+
+
+def signature(variant: str, task: str) -> str:
+    """A variant's name without its task: what is averaged over tasks."""
+    return variant[len(task) + 1:]
+
+
+def average_over_tasks(gaps: list[dict]) -> list[dict]:
+    by: dict[str, list[dict]] = {}
+    for g in gaps:
+        by.setdefault(signature(g["variant"], g["task"]), []).append(g)
+    return [{"variant": sig, "tasks": [g["task"] for g in gs],
+             "relative_gain_pct": statistics.mean(g["relative_gain_pct"] for g in gs),
+             "gap": statistics.mean(g["gap"] for g in gs)} for sig, gs in sorted(by.items())]
+
+
+def write_results(grid: Grid, root: str, n_boot: int = 1000) -> dict:
+    results = load_results(grid, root)
+    rows, gaps = summarize(results, n_boot=n_boot)
+    avg = average_over_tasks(gaps)
+    with open(os.path.join(root, "results.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["task", "variant", "method", "axes", "seed", "score", "metrics", "n_eval"])
+        for r in sorted(results, key=lambda r: (r.run.task, r.run.variant, r.run.seed)):
+            w.writerow([r.run.task, r.run.variant, r.run.method, json.dumps(dict(r.run.overrides)), r.run.seed,
+                        f"{r.score:.6f}", json.dumps(r.metrics), len(r.labels)])
+    md = format_markdown(grid, rows, gaps, avg, n_done=len(results))
+    with open(os.path.join(root, "results.md"), "w") as f:
+        f.write(md)
+    with open(os.path.join(root, "results.json"), "w") as f:
+        json.dump({"variants": rows, "gaps": gaps, "average": avg}, f, indent=1)
+    return {"variants": rows, "gaps": gaps, "average": avg, "markdown": md}
+
+
+def format_markdown(grid: Grid, rows, gaps, avg, n_done: int) -> str:
+    pct = lambda x: f"{100 * x:.2f}"  # noqa: E731
+    lines = [f"# {grid.name}: results", "",
+             f"{n_done} of {len(grid.runs)} runs finished. Backbone: `{grid.model}`. Score: the task metric "
+             "(the mean of its metrics where it has several), on the dev split, x100.", "",
+             "| task | variant | seeds | score mean ± std | per seed |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['task']} | {signature(r['variant'], r['task'])} | {r['n']} | "
+                     f"{pct(r['mean'])} ± {pct(r['std'])} | {' / '.join(pct(s) for s in r['scores'])} |")
+    if gaps:
+        lines += ["", "## Against the pooled baseline (paired: same seed, same examples)", "",
+                  "| task | variant | vs | gap mean (per seed) | 95% paired bootstrap | relative gain | wins |",
+                  "|---|---|---|---|---|---|---|"]
+        for g in gaps:
+            lines.append(f"| {g['task']} | {signature(g['variant'], g['task'])} | "
+                         f"{signature(g['baseline'], g['task'])} | {pct(g['gap'])} "
+                         f"({' / '.join(pct(x) for x in g['gap_per_seed'])}) | "
+                         f"[{pct(g['ci_low'])}, {pct(g['ci_high'])}] | {g['relative_gain_pct']:+.2f}% | "
+                         f"{g['wins']}/{len(g['seeds'])} |")
+        lines += ["", "## Average over tasks", "", "| variant | tasks | gap | relative gain |", "|---|---|---|---|"]
+        for a in avg:
+            lines.append(f"| {a['variant']} | {', '.join(a['tasks'])} | {pct(a['gap'])} | "
+                         f"{a['relative_gain_pct']:+.2f}% |")
+        lines += ["", "An interval that contains 0 means the difference is within the noise of this grid."]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,196 @@
+"""Experiment grids: a YAML file -> the list of runs it asks for.
+
+    name: cpu_small
+    model: smollm2                   # any --model value
+    common: {lr: 5.0e-5, epochs: 1}  # trainer arguments of every run
+    seeds: [0, 1, 2]
+    tasks:
+      esnli: {train_file: data/esnli/train.jsonl, eval_file: data/esnli/dev.jsonl,
+              rationale_file: data/esnli/rationales.jsonl, prepare: {...}}   # prepare: optional, carve.py
+    blocks:                          # each block: methods x seeds x the product of its axes
+      - {methods: [pooled, dhrd], axes: {max_train_examples: [500, 2000]}}
+      - {methods: [label_only, shuffled], axes: {max_train_examples: [2000]}, tasks: [esnli]}
+
+A run is (task, method, seed, overrides); its name is derived from those, so the same run
+in two blocks is one run, and a grid file can grow without renaming finished runs. Paths
+are relative to the grid file's folder and may use ``${VAR}`` environment variables
+(``${DHRD_DATA:-../shared/data}`` style defaults too).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from ..config import ARG_CLASSES, METHODS
+
+PATH_KEYS = ("train_file", "eval_file", "rationale_file", "model", "ds_config")
+# fields the harness owns: a grid setting them would break resume or the output tree
+RESERVED = ("output_dir", "resume", "seed", "method", "task", "config", "train_file", "eval_file",
+            "rationale_file")
+SHORT = {"max_train_examples": "n", "alpha": "a", "beta": "b", "lr": "lr", "epochs": "ep", "lora": "lora",
+         "label_consistency": "cons", "rationale_fraction": "frac", "lm_sections": "lm", "alpha_schedule": "sched"}
+
+
+class GridError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Run:
+    task: str
+    method: str
+    seed: int
+    overrides: tuple[tuple[str, Any], ...] = ()  # sorted (field, value) pairs of the block axes
+    files: tuple[tuple[str, str], ...] = field(default=(), compare=False)  # train/eval/rationale paths
+
+    @property
+    def name(self) -> str:
+        parts = [self.task, self.method]
+        parts += [f"{SHORT.get(k, k)}{_fmt(v)}" for k, v in self.overrides]
+        return "-".join(parts) + f"-s{self.seed}"
+
+    @property
+    def variant(self) -> str:
+        """The run's name without the seed: what seeds are averaged over."""
+        return self.name.rsplit("-s", 1)[0]
+
+    def args(self, grid: "Grid", output_dir: str) -> dict[str, Any]:
+        """Every trainer argument of this run (common < task files < block axes)."""
+        out = {**grid.common, "model": grid.model, **dict(self.files), "task": self.task, "method": self.method,
+               "seed": self.seed, **dict(self.overrides), "output_dir": output_dir}
+        return out
+
+
+@dataclass
+class Grid:
+    name: str
+    model: str
+    path: str
+    common: dict[str, Any]
+    tasks: dict[str, dict[str, Any]]
+    runs: list[Run]
+    slurm: dict[str, Any]
+
+
+def _fmt(v) -> str:
+    s = str(v).lower() if isinstance(v, bool) else str(v)
+    return re.sub(r"[^A-Za-z0-9.+]", "_", s)
+
+
+def _expand(value: str, base: str, is_file: bool = True) -> str:
+    """${VAR} and ${VAR:-default} from the environment; relative paths against ``base``
+    (a model value only where that names an existing path: else it is a name, 'smollm2')."""
+    def sub(m):
+        name, _, default = m.group(1).partition(":-")
+        if name in os.environ:
+            return os.environ[name]
+        if m.group(1).find(":-") >= 0:
+            return default
+        raise GridError(f"environment variable {name} is not set (used in the grid file)")
+
+    value = re.sub(r"\$\{([^}]+)\}", sub, value)
+    if value and not os.path.isabs(value):
+        joined = os.path.normpath(os.path.join(base, value))
+        if is_file or os.path.exists(joined):
+            return joined
+    return value
+
+
+def _trainer_fields() -> dict[str, type]:
+    return {f.name: f for cls in ARG_CLASSES for f in fields(cls)}
+
+
+def _check_args(where: str, args: dict) -> None:
+    known = _trainer_fields()
+    for key in args:
+        if key not in known:
+            raise GridError(f"{where}: {key!r} is not a trainer argument (see dhrd train --help)")
+        if key in RESERVED:
+            raise GridError(f"{where}: {key!r} is set by the harness per run; it cannot be a grid setting")
+
+
+def load_grid(path: str) -> Grid:
+    import yaml
+
+    base = os.path.dirname(os.path.abspath(path))
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise GridError(f"grid file not found: {path}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else path
+        raise GridError(f"{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
+    if not isinstance(raw, dict):
+        raise GridError(f"{path}: a grid file holds a mapping")
+    allowed = {"name", "model", "common", "seeds", "tasks", "blocks", "slurm", "description"}
+    extra = set(raw) - allowed
+    if extra:
+        raise GridError(f"{path}: unknown key(s) {', '.join(sorted(extra))}; expected {', '.join(sorted(allowed))}")
+    for key in ("model", "tasks", "blocks"):
+        if key not in raw:
+            raise GridError(f"{path}: missing {key!r}")
+    common = dict(raw.get("common") or {})
+    _check_args(f"{path}: common", common)
+    for k in PATH_KEYS:
+        if isinstance(common.get(k), str):
+            common[k] = _expand(common[k], base, is_file=k != "model")
+    seeds = raw.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+        raise GridError(f"{path}: seeds must be a non-empty list of integers")
+
+    from ..data.tasks import TASKS
+
+    tasks: dict[str, dict] = {}
+    for name, spec in (raw["tasks"] or {}).items():
+        if name not in TASKS:
+            raise GridError(f"{path}: tasks: unknown task {name!r} (known: {', '.join(TASKS)})")
+        spec = dict(spec or {})
+        for key in ("train_file", "eval_file"):
+            if key not in spec:
+                raise GridError(f"{path}: tasks.{name}: missing {key!r}")
+        tasks[name] = {k: _expand(v, base) if k in PATH_KEYS and isinstance(v, str) else v for k, v in spec.items()}
+        if "prepare" in spec:
+            prep = dict(spec["prepare"] or {})
+            if isinstance(prep.get("source"), str):
+                prep["source"] = _expand(prep["source"], base)
+            if isinstance(prep.get("palm"), dict) and isinstance(prep["palm"].get("root"), str):
+                prep["palm"] = {**prep["palm"], "root": _expand(prep["palm"]["root"], base)}
+            tasks[name]["prepare"] = prep
+    runs: dict[str, Run] = {}
+    blocks = raw["blocks"]
+    if not isinstance(blocks, list) or not blocks:
+        raise GridError(f"{path}: blocks must be a non-empty list")
+    for i, block in enumerate(blocks):
+        where = f"{path}: blocks[{i}]"
+        if not isinstance(block, dict) or "methods" not in block:
+            raise GridError(f"{where}: a block needs 'methods'")
+        bad = set(block) - {"methods", "axes", "tasks", "seeds"}
+        if bad:
+            raise GridError(f"{where}: unknown key(s) {', '.join(sorted(bad))}")
+        for m in block["methods"]:
+            if m not in METHODS:
+                raise GridError(f"{where}: unknown method {m!r} (one of {', '.join(METHODS)})")
+        axes = dict(block.get("axes") or {})
+        _check_args(where + ".axes", axes)
+        for k, v in axes.items():
+            if not isinstance(v, list) or not v:
+                raise GridError(f"{where}.axes.{k}: a non-empty list of values")
+        block_tasks = block.get("tasks", list(tasks))
+        for t in block_tasks:
+            if t not in tasks:
+                raise GridError(f"{where}: task {t!r} is not in the grid's tasks")
+        keys = sorted(axes)
+        for task, method, seed in itertools.product(block_tasks, block["methods"], block.get("seeds", seeds)):
+            files = tuple((k, v) for k, v in tasks[task].items() if k in ("train_file", "eval_file", "rationale_file"))
+            for values in itertools.product(*(axes[k] for k in keys)):
+                run = Run(task, method, seed, tuple(zip(keys, values)), files)
+                runs.setdefault(run.name, run)
+    return Grid(name=str(raw.get("name") or os.path.splitext(os.path.basename(path))[0]),
+                model=_expand(str(raw["model"]), base, is_file=False), path=os.path.abspath(path), common=common, tasks=tasks,
+                runs=list(runs.values()), slurm=dict(raw.get("slurm") or {}))

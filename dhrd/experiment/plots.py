@@ -1,0 +1,163 @@
+"""The grid's pictures (PNG, matplotlib, no display needed):
+
+* ``bars_<task>.png``: each variant's score, mean with a std error bar over seeds;
+* ``learning_curve.png``: score against training-set size (``max_train_examples``), a
+  line per method (the picture of Distilling Step-by-Step);
+* ``alpha.png``: score against alpha (pooled drawn at alpha 0);
+* ``loss_<task>.png``: training loss curves (classification term), mean over seeds, read
+  back from the runs' TensorBoard event files.
+A plot whose axis the grid does not vary is not drawn. Returns the files written.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+
+from .aggregate import signature
+from .grid import Grid
+from .runner import is_done, run_dir
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def bars(rows: list[dict], out_dir: str) -> list[str]:
+    plt = _plt()
+    files = []
+    for task in sorted({r["task"] for r in rows}):
+        rs = [r for r in rows if r["task"] == task]
+        fig, ax = plt.subplots(figsize=(max(4, 0.9 * len(rs) + 2), 4))
+        names = [signature(r["variant"], task) for r in rs]
+        ax.bar(range(len(rs)), [100 * r["mean"] for r in rs], yerr=[100 * r["std"] for r in rs], capsize=4,
+               color=["#888888" if r["method"] == "pooled" else "#3b75af" for r in rs])
+        lo = min(100 * (r["mean"] - r["std"]) for r in rs)
+        ax.set_ylim(max(0, lo - 5), min(100, max(100 * (r["mean"] + r["std"]) for r in rs) + 3))
+        ax.set_xticks(range(len(rs)), names, rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel("dev score (mean ± std over seeds)")
+        ax.set_title(task)
+        fig.tight_layout()
+        path = os.path.join(out_dir, f"bars_{task}.png")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        files.append(path)
+    return files
+
+
+def _curve(rows, axis: str, out_path: str, xlabel: str, default=None, logx=False) -> str | None:
+    """A line per (task, method and the other axes), x = the axis value. ``default(row)``
+    gives x for a row without the axis (alpha: the method's preset, pooled = 0), and such
+    rows join every line of their task with the same other axes."""
+    lines: dict[tuple, dict[float, tuple[float, float]]] = {}
+    loose = []
+    for r in rows:
+        axes = dict(r["axes"])
+        if axis in axes:
+            x = axes.pop(axis)
+        elif default is not None and default(r) is not None:
+            loose.append((r, float(default(r)), tuple(sorted(axes.items()))))
+            continue
+        else:
+            continue
+        key = (r["task"], "dhrd" if default else r["method"], tuple(sorted(axes.items())))
+        lines.setdefault(key, {})[float(x)] = (100 * r["mean"], 100 * r["std"])
+    for r, x, rest in loose:
+        for (task, _, other), pts in lines.items():
+            if task == r["task"] and other == rest:
+                pts.setdefault(x, (100 * r["mean"], 100 * r["std"]))
+    lines = {k: v for k, v in lines.items() if len(v) > 1}
+    if not lines:
+        return None
+    plt = _plt()
+    tasks = sorted({k[0] for k in lines})
+    fig, axs = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
+    for ax, task in zip(axs[0], tasks):
+        for (t, method, rest), pts in sorted(lines.items()):
+            if t != task:
+                continue
+            xs = sorted(pts)
+            label = method + "".join(f" {k}={v}" for k, v in rest)
+            ax.errorbar(xs, [pts[x][0] for x in xs], yerr=[pts[x][1] for x in xs], marker="o", capsize=3,
+                        label=label)
+        if logx:
+            ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("dev score (mean ± std)")
+        ax.set_title(task)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=110)
+    plt.close(fig)
+    return out_path
+
+
+def _preset_alpha(row) -> float | None:
+    from ..config import METHODS
+
+    return METHODS[row["method"]][0] if row["method"] in ("dhrd", "pooled") else None
+
+
+def read_scalars(tb_dir: str, tag: str) -> list[tuple[int, float]]:
+    """(step, value) of one scalar from the TensorBoard event files under ``tb_dir``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(tb_dir, size_guidance={"scalars": 0})
+    acc.Reload()
+    if tag not in acc.Tags().get("scalars", []):
+        return []
+    by_step = {e.step: e.value for e in acc.Scalars(tag)}  # a resumed run's redone steps: the last value
+    return sorted(by_step.items())
+
+
+def loss_curves(grid: Grid, root: str, out_dir: str, tag: str = "train/loss_cls") -> list[str]:
+    plt = _plt()
+    files = []
+    for task in sorted({r.task for r in grid.runs}):
+        curves: dict[str, list[list[tuple[int, float]]]] = {}
+        for run in grid.runs:
+            if run.task != task or not is_done(root, run):
+                continue
+            pts = read_scalars(os.path.join(run_dir(root, run), "tensorboard"), tag)
+            if pts:
+                curves.setdefault(signature(run.variant, task), []).append(pts)
+        if not curves:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for name, runs in sorted(curves.items()):
+            steps = sorted(set.intersection(*(set(s for s, _ in pts) for pts in runs)))
+            vals = [statistics.mean(dict(pts)[s] for pts in runs) for s in steps]
+            k = max(1, len(steps) // 50)  # a running mean over ~2% of the run
+            smooth = [statistics.mean(vals[max(0, i - k):i + 1]) for i in range(len(vals))]
+            ax.plot(steps, smooth, label=name)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(f"{tag} (mean over seeds, smoothed)")
+        ax.set_title(task)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        path = os.path.join(out_dir, f"loss_{task}.png")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        files.append(path)
+    return files
+
+
+def write_plots(grid: Grid, root: str, rows: list[dict]) -> list[str]:
+    out_dir = os.path.join(root, "plots")
+    os.makedirs(out_dir, exist_ok=True)
+    files = bars(rows, out_dir)
+    for axis, name, label, default, logx in (
+            ("max_train_examples", "learning_curve.png", "training examples", None, True),
+            ("alpha", "alpha.png", "alpha (pooled = 0)", _preset_alpha, False)):
+        path = _curve(rows, axis, os.path.join(out_dir, name), label, default, logx)
+        if path:
+            files.append(path)
+    files += loss_curves(grid, root, out_dir)
+    return files

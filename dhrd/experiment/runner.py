@@ -1,0 +1,179 @@
+"""Run a grid through the real engine: one ``python dhrd/train.py --config run.yaml``
+process per run, one output directory per run under the experiment root.
+
+    <root>/grid.yaml             the grid as submitted (a later submit must be the same grid or grow it)
+    <root>/runs/<name>/run.yaml  the run's full trainer arguments
+    <root>/runs/<name>/...       the engine's own output (checkpoints, eval_predictions.jsonl, ...)
+    <root>/runs/<name>/DONE      written after the run finished and evaluated: never rerun
+    <root>/runs/<name>/train.log its stdout/stderr
+
+Resumable at two levels: a finished run is skipped; an unfinished one is started again with
+``--resume auto`` (the engine continues from its last checkpoint; set ``save_every`` in the
+grid's ``common`` so that there is one). Runs go N at a time on one machine (threads split
+between them), or one per Slurm array task (``index``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+from .grid import Grid, Run
+from .prepare import prepare_task
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DONE = "DONE"
+
+
+def run_dir(root: str, run: Run) -> str:
+    return os.path.join(root, "runs", run.name)
+
+
+def is_done(root: str, run: Run) -> bool:
+    return os.path.exists(os.path.join(run_dir(root, run), DONE))
+
+
+def prepare(grid: Grid, log=print) -> None:
+    """Carve the tasks' data (and import rationales) where the grid asks and it is missing."""
+    for name, spec in grid.tasks.items():
+        files = {k: spec.get(k) for k in ("train_file", "eval_file", "rationale_file")}
+        info = prepare_task(name, spec, files)
+        if info:
+            log(f"prepared {name}: {json.dumps(info)}")
+
+
+def write_run_config(grid: Grid, root: str, run: Run) -> str:
+    import yaml
+
+    out = run_dir(root, run)
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, "run.yaml")
+    args = run.args(grid, out)
+    args.setdefault("eval_mode", "auto")
+    args.setdefault("export_final", False)  # a grid compares dev scores; set it true to keep the weights
+    args["resume"] = "auto"  # fresh when there is no checkpoint, continues otherwise
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        yaml.safe_dump(args, f, sort_keys=True)
+    os.replace(tmp, path)
+    return path
+
+
+def train_command(config_path: str) -> list[str]:
+    return [sys.executable, os.path.join(REPO, "dhrd", "train.py"), "--config", config_path, "--progress", "false"]
+
+
+def child_env(threads: int | None) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)  # each run is its own one-process job
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    return env
+
+
+def finish(root: str, run: Run, returncode: int) -> bool:
+    """Mark a run done when it exited cleanly with its evaluation written."""
+    out = run_dir(root, run)
+    ok = returncode == 0 and os.path.exists(os.path.join(out, "eval_predictions.jsonl"))
+    if ok:
+        with open(os.path.join(out, DONE), "w") as f:
+            json.dump({"finished": time.time(), "run": run.name}, f)
+        # the run is final: its checkpoints are only weight (resume needs them no more)
+        shutil.rmtree(os.path.join(out, "checkpoints"), ignore_errors=True)
+    return ok
+
+
+@dataclass
+class Outcome:
+    run: str
+    status: str  # done (earlier), ok, failed
+    seconds: float = 0.0
+
+
+def start(grid: Grid, root: str, run: Run, threads: int | None) -> subprocess.Popen:
+    cfg = write_run_config(grid, root, run)
+    log = open(os.path.join(run_dir(root, run), "train.log"), "a")
+    log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(train_command(cfg))}\n")
+    log.flush()
+    proc = subprocess.Popen(train_command(cfg), cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                            env=child_env(threads))
+    proc._dhrd_log = log  # closed by the caller when the process ends
+    return proc
+
+
+def run_grid(grid: Grid, root: str, *, jobs: int = 1, threads: int | None = None, index: int | None = None,
+             log=print) -> list[Outcome]:
+    """Run what is not done yet, ``jobs`` at a time (``index``: only that run, for a Slurm
+    array task). Returns an outcome per run considered."""
+    os.makedirs(root, exist_ok=True)
+    record_grid(grid, root)
+    prepare(grid, log)
+    runs = grid.runs if index is None else [grid.runs[index]]
+    if threads is None:
+        threads = max(1, (os.cpu_count() or 1) // max(jobs, 1))
+    outcomes: list[Outcome] = []
+    pending = []
+    for run in runs:
+        if is_done(root, run):
+            outcomes.append(Outcome(run.name, "done"))
+        else:
+            pending.append(run)
+    log(f"{grid.name}: {len(runs)} runs, {len(runs) - len(pending)} done, {len(pending)} to run, "
+        f"{jobs} at a time, {threads} threads each")
+    active: list[tuple[Run, subprocess.Popen, float]] = []
+    while pending or active:
+        while pending and len(active) < jobs:
+            run = pending.pop(0)
+            log(f"start {run.name}")
+            active.append((run, start(grid, root, run, threads), time.time()))
+        time.sleep(0.5)
+        for item in list(active):
+            run, proc, t0 = item
+            if proc.poll() is None:
+                continue
+            active.remove(item)
+            proc._dhrd_log.close()
+            ok = finish(root, run, proc.returncode)
+            outcomes.append(Outcome(run.name, "ok" if ok else "failed", time.time() - t0))
+            log(f"{'done' if ok else 'FAILED'} {run.name} ({time.time() - t0:.0f}s)"
+                + ("" if ok else f": see {os.path.join(run_dir(root, run), 'train.log')}"))
+    return outcomes
+
+
+def record_grid(grid: Grid, root: str) -> None:
+    """Keep the grid file in the root; refuse a different grid whose runs would mix in."""
+    dst = os.path.join(root, "grid.yaml")
+    with open(grid.path, encoding="utf-8") as f:
+        text = f.read()
+    names = os.path.join(root, "runs.json")
+    if os.path.exists(names):
+        with open(names) as f:
+            old = json.load(f)
+        if old.get("name") != grid.name:
+            raise ValueError(f"{root} holds grid {old.get('name')!r}, not {grid.name!r}: use another --root")
+    tmp = dst + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, dst)
+    with open(names + ".tmp", "w") as f:
+        json.dump({"name": grid.name, "runs": [r.name for r in grid.runs]}, f, indent=1)
+    os.replace(names + ".tmp", names)
+
+
+def slurm_command(grid: Grid, root: str, grid_path: str, *, parallel: int | None = None) -> list[str]:
+    """The ``sbatch --array`` command that runs every run of the grid as one array task
+    (slurm/experiment_array.sh), same output tree; the harness skips finished runs."""
+    n = len(grid.runs)
+    spec = f"0-{n - 1}" + (f"%{parallel}" if parallel else "")
+    cmd = ["sbatch", f"--array={spec}", f"--job-name=dhrd-{grid.name}"]
+    for key, value in grid.slurm.items():
+        cmd.append(f"--{key}={value}")
+    cmd += [os.path.join(REPO, "slurm", "experiment_array.sh"), os.path.abspath(grid_path), os.path.abspath(root)]
+    return cmd

@@ -1,0 +1,186 @@
+"""Grid files, aggregation numbers and plots, on synthetic finished runs (no training):
+each number of results.csv / results.json is recomputed here from the per-run predictions."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import statistics
+
+import pytest
+
+from dhrd.experiment.aggregate import paired_bootstrap, write_results
+from dhrd.experiment.grid import GridError, load_grid
+from dhrd.experiment.plots import read_scalars, write_plots
+from dhrd.experiment.runner import DONE, run_dir, slurm_command
+
+GRID = """
+name: synth
+model: smollm2
+common: {{lr: 5.0e-5, epochs: 1}}
+seeds: [0, 1, 2]
+tasks:
+  esnli: {{train_file: d/train.jsonl, eval_file: d/dev.jsonl, rationale_file: d/r.jsonl}}
+  cb: {{train_file: "{cb_train}", eval_file: d/cb_dev.jsonl}}
+blocks:
+  - methods: [pooled, dhrd]
+    axes: {{max_train_examples: [100, 400]}}
+  - methods: [dhrd]
+    axes: {{max_train_examples: [400], alpha: [0.3]}}
+  - methods: [shuffled]
+    tasks: [esnli]
+    axes: {{max_train_examples: [400]}}
+"""
+
+
+def write_grid(tmp_path, **kw):
+    path = tmp_path / "grid.yaml"
+    path.write_text(GRID.format(cb_train=kw.get("cb_train", "d/cb_train.jsonl")))
+    return path
+
+
+def test_grid_expands_blocks_into_named_runs(tmp_path):
+    grid = load_grid(str(write_grid(tmp_path)))
+    names = [r.name for r in grid.runs]
+    # 2 tasks x (2 methods x 2 sizes + 1 alpha variant) x 3 seeds + 1 x 3 shuffled
+    assert len(names) == len(set(names)) == 2 * 5 * 3 + 3
+    assert "esnli-dhrd-a0.3-n400-s2" in names and "cb-pooled-n100-s0" in names
+    assert "cb-shuffled-n400-s0" not in names
+    run = next(r for r in grid.runs if r.name == "esnli-dhrd-n100-s1")
+    args = run.args(grid, "/out")
+    assert args["train_file"] == str(tmp_path / "d" / "train.jsonl")  # relative to the grid file
+    assert args["max_train_examples"] == 100 and args["seed"] == 1 and args["method"] == "dhrd"
+    assert args["lr"] == 5e-5 and args["output_dir"] == "/out"
+
+
+@pytest.mark.parametrize("text,message", [
+    ("name: x\nmodel: m\ntasks: {esnli: {train_file: a, eval_file: b}}\nblocks: [{methods: [dhrdd]}]\n",
+     "unknown method 'dhrdd'"),
+    ("name: x\nmodel: m\ntasks: {esnli: {train_file: a, eval_file: b}}\nblocks: [{methods: [dhrd], axes: {lrr: [1]}}]\n",
+     "'lrr' is not a trainer argument"),
+    ("name: x\nmodel: m\ntasks: {esnli: {train_file: a, eval_file: b}}\nblocks: [{methods: [dhrd], axes: {seed: [1]}}]\n",
+     "set by the harness"),
+    ("name: x\nmodel: m\ntasks: {nope: {train_file: a, eval_file: b}}\nblocks: [{methods: [dhrd]}]\n",
+     "unknown task 'nope'"),
+    ("name: x\nmodel: m\ntasks: {esnli: {train_file: a}}\nblocks: [{methods: [dhrd]}]\n", "missing 'eval_file'"),
+    ("name: x\nmodel: a: b\n", "grid.yaml:2: not valid YAML"),
+])
+def test_bad_grid_files_name_the_problem(tmp_path, text, message):
+    path = tmp_path / "grid.yaml"
+    path.write_text(text)
+    with pytest.raises(GridError, match=message.replace("[", r"\[")) as e:
+        load_grid(str(path))
+    assert str(path) in str(e.value)
+
+
+def test_environment_variables_in_paths(tmp_path, monkeypatch):
+    monkeypatch.setenv("MYDATA", "/data/x")
+    grid = load_grid(str(write_grid(tmp_path, cb_train="${MYDATA}/cb.jsonl")))
+    run = next(r for r in grid.runs if r.task == "cb")
+    assert dict(run.files)["train_file"] == "/data/x/cb.jsonl"
+    monkeypatch.delenv("MYDATA")
+    with pytest.raises(GridError, match="MYDATA is not set"):
+        load_grid(str(write_grid(tmp_path, cb_train="${MYDATA}/cb.jsonl")))
+    grid = load_grid(str(write_grid(tmp_path, cb_train="${MYDATA:-/fallback}/cb.jsonl")))
+    assert dict(next(r for r in grid.runs if r.task == "cb").files)["train_file"] == "/fallback/cb.jsonl"
+
+
+def fake_runs(grid, root, n_eval=300):
+    """Finished runs with predictions: pooled right 70% of the time, dhrd variants 75%."""
+    rng = random.Random(0)
+    labels = {t: [rng.randrange(3) for _ in range(n_eval)] for t in grid.tasks}
+    for run in grid.runs:
+        out = run_dir(root, run)
+        os.makedirs(out, exist_ok=True)
+        p = 0.70 if run.method == "pooled" else 0.75
+        r = random.Random(hash(run.name) % 1000)
+        with open(os.path.join(out, "eval_predictions.jsonl"), "w") as f:
+            for i, y in enumerate(labels[run.task]):
+                pred = y if r.random() < p else (y + 1) % 3
+                f.write(json.dumps({"id": str(i), "label": y, "pred": pred}) + "\n")
+        from torch.utils.tensorboard import SummaryWriter
+
+        w = SummaryWriter(os.path.join(out, "tensorboard"))
+        for step in range(1, 11):
+            w.add_scalar("train/loss_cls", 1.0 / step + (0.1 if run.method == "pooled" else 0.0), step)
+        w.close()
+        open(os.path.join(out, DONE), "w").write("{}")
+    return labels
+
+
+def _acc(path):
+    rows = [json.loads(x) for x in open(path)]
+    return sum(r["pred"] == r["label"] for r in rows) / len(rows), rows
+
+
+def test_aggregation_recomputed_from_the_runs(tmp_path):
+    from dhrd.data.tasks import get_task
+
+    grid = load_grid(str(write_grid(tmp_path)))
+    root = str(tmp_path / "root")
+    fake_runs(grid, root)
+    res = write_results(grid, root, n_boot=200)
+    rows = {(r["task"], r["variant"]): r for r in res["variants"]}
+    # per variant: mean and std over seeds of the task score (CB: mean of accuracy and macro F1)
+    for (task, variant), row in rows.items():
+        scores = []
+        for seed in (0, 1, 2):
+            rs = [json.loads(x) for x in open(os.path.join(root, "runs", f"{variant}-s{seed}",
+                                                            "eval_predictions.jsonl"))]
+            m = get_task(task).score([r["pred"] for r in rs], [r["label"] for r in rs])
+            scores.append(statistics.mean(m.values()))
+        assert row["scores"] == pytest.approx(scores)
+        assert row["mean"] == pytest.approx(statistics.mean(scores))
+        assert row["std"] == pytest.approx(statistics.stdev(scores))
+    gaps = {(g["task"], g["variant"]): g for g in res["gaps"]}
+    g = gaps[("esnli", "esnli-dhrd-a0.3-n400")]
+    assert g["baseline"] == "esnli-pooled-n400"  # alpha does not apply to pooled: same size, same seed
+    per_seed = [rows[("esnli", "esnli-dhrd-a0.3-n400")]["scores"][s] - rows[("esnli", "esnli-pooled-n400")]["scores"][s]
+                for s in range(3)]
+    assert g["gap_per_seed"] == pytest.approx(per_seed)
+    assert g["gap"] == pytest.approx(statistics.mean(per_seed))
+    base = rows[("esnli", "esnli-pooled-n400")]["mean"]
+    assert g["relative_gain_pct"] == pytest.approx(100 * statistics.mean(per_seed) / base)
+    assert g["ci_low"] <= g["gap"] <= g["ci_high"] and g["ci_high"] - g["ci_low"] > 0
+    assert ("esnli", "esnli-shuffled-n400") in gaps and ("cb", "cb-shuffled-n400") not in gaps
+    avg = {a["variant"]: a for a in res["average"]}["dhrd-n100"]
+    assert avg["tasks"] == ["cb", "esnli"]
+    assert avg["relative_gain_pct"] == pytest.approx(statistics.mean(
+        gaps[(t, f"{t}-dhrd-n100")]["relative_gain_pct"] for t in ("cb", "esnli")))
+    csv_rows = open(os.path.join(root, "results.csv")).read().splitlines()
+    assert len(csv_rows) == 1 + len(grid.runs)
+    md = open(os.path.join(root, "results.md")).read()
+    assert "| esnli | dhrd-a0.3-n400 | pooled-n400 |" in md
+
+    files = write_plots(grid, root, res["variants"])
+    names = sorted(os.path.basename(f) for f in files)
+    assert names == ["alpha.png", "bars_cb.png", "bars_esnli.png", "learning_curve.png", "loss_cb.png",
+                     "loss_esnli.png"]
+    for f in files:
+        assert os.path.getsize(f) > 5000 and open(f, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert read_scalars(os.path.join(root, "runs", "cb-pooled-n100-s0", "tensorboard"), "train/loss_cls")[0] == \
+        (1, pytest.approx(1.1))
+
+
+def test_paired_bootstrap_sees_a_real_difference_and_no_difference():
+    from dhrd.data.tasks import get_task
+    from dhrd.experiment.aggregate import RunResult
+
+    rng = random.Random(1)
+    labels = [rng.randrange(3) for _ in range(1000)]
+    same = [y if rng.random() < 0.7 else (y + 1) % 3 for y in labels]
+    better = [y if (p == y or rng.random() < 0.5) else p for y, p in zip(labels, same)]  # fixes half the errors
+    mk = lambda preds: RunResult(None, labels, preds, None, 0.0)  # noqa: E731
+    task = get_task("esnli")
+    lo, hi = paired_bootstrap([(mk(better), mk(same))], task, n_boot=300)
+    assert lo > 0.1
+    lo, hi = paired_bootstrap([(mk(same), mk(same))], task, n_boot=100)
+    assert lo == hi == 0.0
+
+
+def test_slurm_array_command_covers_every_run(tmp_path):
+    grid = load_grid(str(write_grid(tmp_path)))
+    cmd = slurm_command(grid, str(tmp_path / "root"), str(tmp_path / "grid.yaml"), parallel=4)
+    assert cmd[0] == "sbatch" and f"--array=0-{len(grid.runs) - 1}%4" in cmd
+    assert cmd[-3].endswith("slurm/experiment_array.sh") and cmd[-1] == str(tmp_path / "root")
