@@ -94,6 +94,24 @@ def read_rationales(path, labels: tuple[str, ...] | None = None,
     return out
 
 
+ALIGNMENT_MIN_ROWS = 100
+
+
+def check_alignment(checked: int, agreed: int, n_labels: int, rationales: dict) -> None:
+    """Refuse rationales whose teacher labels agree with the gold labels no better than
+    chance: the ids almost certainly point at other examples (a subset file renumbered
+    rows whose ids are row numbers, a rationale file of another split), and training on
+    them is the shuffled-rationale ablation, silently."""
+    if checked < ALIGNMENT_MIN_ROWS or agreed / checked > 1.0 / n_labels + 0.05:
+        return
+    where = next(iter(rationales.values())).where.rsplit(":", 1)[0] if rationales else "the rationale file"
+    raise ValueError(
+        f"{where}: teacher_label agrees with the gold label on only {agreed} of {checked} examples "
+        f"({100 * agreed / checked:.1f}%, chance is {100 / n_labels:.1f}%): the rationale ids do not match "
+        "these examples. Ids are each row's id field (or its row number where the task has none, e.g. "
+        "e-SNLI: keep an 'idx' field holding the original row number when you take a subset).")
+
+
 def attach_rationales(examples, rationales: dict[str, Rationale] | None, labels: tuple[str, ...],
                       *, mode: str = "teacher", consistency: str = "keep", seed: int = 0,
                       report: DataReport | None = None) -> list[TrainItem]:
@@ -112,8 +130,12 @@ def attach_rationales(examples, rationales: dict[str, Rationale] | None, labels:
             report.skip("rationale_unknown_id", r.where)
 
     items: list[TrainItem] = []
+    checked = agreed = 0
     for ex in examples:
         r = rationales.get(ex.id) if mode != "none" else None
+        if r is not None and r.teacher_label is not None and ex.label is not None:
+            checked += 1
+            agreed += r.teacher_label == labels[ex.label]
         if r is not None and r.teacher_label is not None and ex.label is not None \
                 and r.teacher_label != labels[ex.label]:
             if consistency == "drop_example":
@@ -128,6 +150,7 @@ def attach_rationales(examples, rationales: dict[str, Rationale] | None, labels:
             report.count("examples_without_rationale")
         items.append(TrainItem(ex, r.text if r is not None else None))
 
+    check_alignment(checked, agreed, len(labels), rationales)
     if mode == "shuffled":
         have = [i for i, it in enumerate(items) if it.rationale is not None]
         texts = [items[i].rationale for i in have]

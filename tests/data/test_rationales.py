@@ -98,3 +98,37 @@ def test_duplicate_id_and_empty_file(tmp_path):
     empty.write_text("\n\n")
     with pytest.raises(DataError, match="empty.jsonl: no rationales"):
         read_rationales(empty)
+
+
+def test_rationales_of_other_examples_are_refused(tmp_path):
+    """Ids that point at other rows (a renumbered subset of e-SNLI, say): the teacher labels
+    agree with the gold labels at chance level, and training would silently be the
+    shuffled-rationale ablation."""
+    import json
+    import random
+
+    import pytest
+
+    from dhrd.data.rationales import attach_rationales, read_rationales
+    from dhrd.data.tasks import get_task
+
+    task = get_task("esnli")
+    rng = random.Random(0)
+    rows = [{"premise": f"p{i}", "hypothesis": f"h{i}", "label": rng.randrange(3)} for i in range(300)]
+    (tmp_path / "x.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    examples = task.read(tmp_path / "x.jsonl")
+
+    def rationale_file(shift):  # the teacher agrees with gold 75% of the time, ids shifted by `shift`
+        path = tmp_path / f"r{shift}.jsonl"
+        recs = []
+        for i, r in enumerate(rows):
+            teacher = r["label"] if rng.random() < 0.75 else (r["label"] + 1) % 3
+            recs.append({"id": str((i + shift) % len(rows)), "rationale": f"because {i}",
+                         "teacher_label": task.labels[teacher]})
+        path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+        return read_rationales(path, task.labels)
+
+    items = attach_rationales(examples, rationale_file(0), task.labels)
+    assert len(items) == 300
+    with pytest.raises(ValueError, match=r"r7.jsonl: teacher_label agrees with the gold label on only \d+ of 300"):
+        attach_rationales(examples, rationale_file(7), task.labels)
