@@ -24,7 +24,7 @@ def _parser() -> argparse.ArgumentParser:
     for name in ("list", "run", "aggregate"):
         s = sub.add_parser(name)
         s.add_argument("grid", help="grid YAML file (experiments/*.yaml)")
-        s.add_argument("--root", default=None, help="experiment root [experiments/runs/<grid name>]")
+        s.add_argument("--root", default=None, help="experiment root [results/<grid name> beside the grid file]")
         if name == "run":
             s.add_argument("--jobs", type=int, default=1, help="runs at a time on this machine")
             s.add_argument("--threads", type=int, default=None, help="CPU threads per run [cores / jobs]")
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     except GridError as e:
         print(f"dhrd experiment: {e}", file=sys.stderr)
         return 2
-    root = args.root or os.path.join("experiments", "runs", grid.name)
+    root = args.root or os.path.join(os.path.dirname(grid.path), "results", grid.name)
     if args.cmd == "list" or (args.cmd == "run" and args.dry_run):
         for i, run in enumerate(grid.runs):
             print(f"{i:4d}  {'done' if is_done(root, run) else '    '}  {run.name}")
