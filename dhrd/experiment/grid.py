@@ -50,7 +50,8 @@ class Run:
     @property
     def name(self) -> str:
         parts = [self.task, self.method]
-        parts += [f"{SHORT.get(k, k)}{_fmt(v)}" for k, v in self.overrides]
+        parts += [f"{SHORT.get(k, k)}{_fmt(os.path.basename(str(v).rstrip('/')) if k == 'model' else v)}"
+                  for k, v in self.overrides]
         return "-".join(parts) + f"-s{self.seed}"
 
     @property
@@ -181,6 +182,8 @@ def load_grid(path: str) -> Grid:
         for k, v in axes.items():
             if not isinstance(v, list) or not v:
                 raise GridError(f"{where}.axes.{k}: a non-empty list of values")
+            if k in PATH_KEYS:
+                axes[k] = [_expand(x, base, is_file=k != "model") if isinstance(x, str) else x for x in v]
         block_tasks = block.get("tasks", list(tasks))
         for t in block_tasks:
             if t not in tasks:

@@ -184,3 +184,25 @@ def test_slurm_array_command_covers_every_run(tmp_path):
     cmd = slurm_command(grid, str(tmp_path / "root"), str(tmp_path / "grid.yaml"), parallel=4)
     assert cmd[0] == "sbatch" and f"--array=0-{len(grid.runs) - 1}%4" in cmd
     assert cmd[-3].endswith("slurm/experiment_array.sh") and cmd[-1] == str(tmp_path / "root")
+
+
+def test_the_shipped_grids_load_and_dry_run(capsys):
+    from dhrd.experiment.cli import main
+
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    paper = load_grid(os.path.join(repo, "experiments", "gpu_paper.yaml"))
+    tasks = {r.task for r in paper.runs}
+    assert tasks == {"boolq", "cb", "copa", "multirc", "rte", "wic", "wsc"}
+    assert {r.method for r in paper.runs} == {"pooled", "dhrd", "label_only", "shuffled", "rationale_only"}
+    run = paper.runs[0]
+    args = run.args(paper, "/o")
+    assert args["lora"] is True and args["lr"] == 2e-4 and args["ds_config"].endswith("ds_configs/zero2.json")
+    assert main(["run", os.path.join(repo, "experiments", "gpu_paper.yaml"), "--slurm", "--dry_run",
+                 "--root", "/nonexistent/root"]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(paper.runs)} runs in gpu_paper" in out
+    assert f"would submit: sbatch --array=0-{len(paper.runs) - 1} " in out and "--gpus-per-node=1" in out
+    cpu = load_grid(os.path.join(repo, "experiments", "cpu_small.yaml"))
+    assert {r.task for r in cpu.runs} == {"esnli", "cqa"} and all(len(r.seed.__str__()) for r in cpu.runs)
+    sizes = {dict(r.overrides).get("max_train_examples") for r in cpu.runs if r.method in ("pooled", "dhrd")}
+    assert len(sizes) >= 2
