@@ -91,6 +91,11 @@ class LossArgs:
     alpha: float = field(default=1.0, metadata={"help": "weight of the LM (reasoning) term; 0 = pooled baseline"})
     beta: float = field(default=1.0, metadata={"help": "weight of the classification term"})
     loss_impl: str = field(default="auto", metadata={"help": "auto, reference, chunked, triton"})
+    alpha_schedule: str = field(default="constant", metadata={
+        "help": "alpha over training: constant (paper), linear or cosine (decay to alpha_floor), step "
+                "(alpha, then alpha_floor after alpha_switch_fraction of the steps)"})
+    alpha_floor: float = field(default=0.0, metadata={"help": "alpha at the end of a decaying schedule"})
+    alpha_switch_fraction: float = field(default=0.5, metadata={"help": "where the step schedule switches"})
     label_smoothing: float = 0.0
     z_loss: float = 0.0
     method: str | None = field(default=None, metadata={
@@ -101,6 +106,13 @@ class LossArgs:
             _check_choice("method", self.method, tuple(METHODS))
         if self.alpha < 0 or self.beta < 0 or self.alpha == self.beta == 0:
             raise ValueError(f"alpha={self.alpha}, beta={self.beta}: both >= 0 and not both 0")
+        from .alpha_schedule import ALPHA_SCHEDULES
+
+        _check_choice("alpha_schedule", self.alpha_schedule, ALPHA_SCHEDULES)
+        if not 0.0 <= self.alpha_floor <= max(self.alpha, 0.0) and self.alpha_schedule != "constant":
+            raise ValueError(f"alpha_floor={self.alpha_floor} must be in [0, alpha={self.alpha}]")
+        if not 0.0 <= self.alpha_switch_fraction <= 1.0:
+            raise ValueError(f"alpha_switch_fraction={self.alpha_switch_fraction} must be in [0, 1]")
 
 
 @dataclass

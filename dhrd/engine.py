@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from . import checkpoint, locks, preemption
+from .alpha_schedule import alpha_at
 from .config import resolved_config
 from .cot_eval import evaluate_cot, resolve_eval_mode
 from .data.packing import collate_packed, plan_micro_batches
@@ -186,6 +187,7 @@ class DualHeadLoss(nn.Module):
         super().__init__()
         self.model = model
         self.loss_args = loss_args
+        self.alpha = loss_args.alpha  # this step's alpha (the trainer moves it by --alpha_schedule)
         for p in (model.lm_weight, model.lm_bias):
             if p is not None and hasattr(p, "ds_id"):
                 import deepspeed
@@ -199,7 +201,7 @@ class DualHeadLoss(nn.Module):
             return out.cls_logits
         a = self.loss_args
         loss = dual_head_loss(out.hidden, self.model.lm_weight, lm_targets, out.cls_logits, cls_labels,
-                              alpha=a.alpha, beta=a.beta, n_lm_tokens=n_lm_tokens, n_cls=n_cls,
+                              alpha=self.alpha, beta=a.beta, n_lm_tokens=n_lm_tokens, n_cls=n_cls,
                               impl=a.loss_impl, logit_softcap=self.model.logit_softcap,
                               lm_bias=self.model.lm_bias, label_smoothing=a.label_smoothing, z_loss=a.z_loss)
         return loss.total, loss.cls, loss.lm
@@ -544,6 +546,8 @@ def run(model_args, data_args, loss_args, train_args) -> dict:
         for step in range(start_step, total_steps):
             t0 = time.time()
             lr = engine.get_lr()[0]  # the rate this step's update uses
+            wrapper.alpha = alpha_at(step, total_steps, loss_args.alpha, loss_args.alpha_schedule,
+                                     loss_args.alpha_floor, loss_args.alpha_switch_fraction)
             first = step * M + dist.rank * gas
             plans = [stream[first + j] for j in range(gas)]
             batches = [collate(rows, train_table, pad_id) for rows in plans]
@@ -560,7 +564,7 @@ def run(model_args, data_args, loss_args, train_args) -> dict:
             dt = max(time.time() - t0, 1e-9)
             done = step + 1
             grad_norm = engine.get_global_grad_norm()
-            values = {"train/lr": lr, "perf/real_tokens_per_s": n_real / dt,
+            values = {"train/lr": lr, "train/alpha": wrapper.alpha, "perf/real_tokens_per_s": n_real / dt,
                       "perf/samples_per_s": n_seg / dt, "perf/packing_efficiency": n_real / max(budget, 1),
                       "train/nonfinite_steps": guard.total}
             tflops = step_flops(n_real, n_lm, sum_sq) / dt / 1e12 / dist.world  # per device

@@ -1,0 +1,30 @@
+"""The weight of the reasoning (LM) term over training: an axis beyond the paper, which
+keeps alpha constant. Rationales may help most early, shaping the representation, while
+late steps serve the classifier; these schedules test that.
+
+* ``constant``: alpha throughout (the paper);
+* ``linear`` / ``cosine``: from alpha down to ``alpha_floor`` at the last step;
+* ``step``: alpha for the first ``alpha_switch_fraction`` of the steps, then ``alpha_floor``
+  (rationale first, then the classifier on its own).
+"""
+
+from __future__ import annotations
+
+import math
+
+ALPHA_SCHEDULES = ("constant", "linear", "cosine", "step")
+
+
+def alpha_at(step: int, total_steps: int, alpha: float, schedule: str = "constant", floor: float = 0.0,
+             switch_fraction: float = 0.5) -> float:
+    """Alpha for optimizer step ``step`` (0-based) of ``total_steps``."""
+    if schedule == "constant" or alpha == 0.0:
+        return alpha
+    progress = step / max(total_steps - 1, 1)
+    if schedule == "linear":
+        return floor + (alpha - floor) * (1.0 - progress)
+    if schedule == "cosine":
+        return floor + (alpha - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    if schedule == "step":
+        return alpha if step < switch_fraction * total_steps else floor
+    raise ValueError(f"alpha_schedule={schedule!r} is not one of {', '.join(ALPHA_SCHEDULES)}")
