@@ -173,7 +173,7 @@ def slurm_command(grid: Grid, root: str, grid_path: str, *, parallel: int | None
     n = len(grid.runs)
     spec = f"0-{n - 1}" + (f"%{parallel}" if parallel else "")
     cmd = ["sbatch", f"--array={spec}", f"--job-name=dhrd-{grid.name}"]
-    for key, value in grid.slurm.items():
-        cmd.append(f"--{key}={value}")
+    for key, value in grid.slurm.items():  # any sbatch option; true: a flag without a value
+        cmd.append(f"--{key}" if value is True else f"--{key}={value}")
     cmd += [os.path.join(REPO, "slurm", "experiment_array.sh"), os.path.abspath(grid_path), os.path.abspath(root)]
     return cmd
