@@ -194,6 +194,9 @@ def load_grid(path: str) -> Grid:
             for values in itertools.product(*(axes[k] for k in keys)):
                 run = Run(task, method, seed, tuple(zip(keys, values)), files)
                 runs.setdefault(run.name, run)
+    # seed by seed: the first seed of every comparison finishes first, so a grid that is
+    # stopped part-way (or still running) already gives paired results
+    ordered = sorted(runs.values(), key=lambda r: r.seed)
     return Grid(name=str(raw.get("name") or os.path.splitext(os.path.basename(path))[0]),
                 model=_expand(str(raw["model"]), base, is_file=False), path=os.path.abspath(path), common=common, tasks=tasks,
-                runs=list(runs.values()), slurm=dict(raw.get("slurm") or {}))
+                runs=ordered, slurm=dict(raw.get("slurm") or {}))
