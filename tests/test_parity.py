@@ -34,3 +34,27 @@ def test_engine_steps_equal_a_plain_adamw_loop(alpha, attn):
     # schedule would put the engine a sizeable fraction of an update away
     assert res["diff_over_update"] < 1e-2, res
     assert res["lrs"][0] > 0  # the first update is not spent at lr 0
+
+
+def test_plain_loop_runs_and_reproduces_the_engines_step_composition(tmp_path):
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+    from plain_loop import PlainArgs, step_batches, train_plain
+
+    from dhrd.engine import MicroBatchStream
+
+    paths, model = write_task(tmp_path / "data", n_train=40), write_model(tmp_path / "model")
+    lengths = [30 + (i * 7) % 40 for i in range(40)]
+    packed = step_batches(PlainArgs("rte", model, "t", "e", order="packed", pack_tokens=128, batch_size=8), lengths)
+    stream = MicroBatchStream(lengths, 128, 1, 0)
+    flat = [i for k in range(2 * len(stream.plan(0))) for row in stream[k] for i in row]
+    assert set(i for b in packed for i in b) == set(range(40))  # the epoch (the last step may run into the next)
+    assert [i for b in packed for i in b] == flat[:sum(map(len, packed))]
+    rand = step_batches(PlainArgs("rte", model, "t", "e", batch_size=8, epochs=2.0), lengths)
+    assert len(rand) == 10 and all(len(b) == 8 for b in rand)
+    for method in ("pooled", "dhrd"):
+        res = train_plain(PlainArgs("rte", model, paths["train"], paths["eval"], paths["rationales"], method=method,
+                                    lr=1e-2, max_seq_len=128, out=str(tmp_path / method)))
+        assert res["steps"] == 5 and len(res["predictions"]) == 16 and 0 <= res["metrics"]["accuracy"] <= 1
+        lm = [x["lm"] for x in res["losses"]]
+        assert (max(lm) == 0.0) if method == "pooled" else (lm[-1] < lm[0])
+        assert os.path.exists(tmp_path / method / "plain_results.json")

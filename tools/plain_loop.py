@@ -64,14 +64,18 @@ def build_rows(args: PlainArgs, tokenizer, reason_id: int, ans_id: int, with_rea
     answers = [tokenizer(" " + v, add_special_tokens=False)["input_ids"] for v in task.verbalizers]
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     rows = []
+    limit = args.max_seq_len - 32  # the engine's default max_input_len
     for ex in task.read(path):
         x = tokenizer(ex.text)["input_ids"]
+        if len(x) > limit:  # keep the first token and the end of x (where the question is)
+            x = x[:1] + x[len(x) - limit + 1:]
         ids = list(x)
         if with_reasoning:
             r = rationales.get(ex.id) if rationales else None
-            tail = ([reason_id] + tokenizer(" " + r, add_special_tokens=False)["input_ids"] if r else [])
-            tail += [ans_id] + answers[ex.label] + eos
-            ids = (ids + tail)[:args.max_seq_len]
+            answer = answers[ex.label] + eos
+            r_ids = tokenizer(" " + r, add_special_tokens=False)["input_ids"] if r else []
+            r_ids = r_ids[:max(0, args.max_seq_len - len(x) - len(answer) - 2)]
+            ids += ([reason_id] + r_ids if r_ids else []) + [ans_id] + answer
         rows.append({"ids": ids, "cls_pos": len(x) - 1, "label": ex.label, "lm": with_reasoning})
     return task, rows
 
