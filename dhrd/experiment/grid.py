@@ -46,6 +46,7 @@ class Run:
     seed: int
     overrides: tuple[tuple[str, Any], ...] = ()  # sorted (field, value) pairs of the block axes
     files: tuple[tuple[str, str], ...] = field(default=(), compare=False)  # train/eval/rationale paths
+    task_args: tuple[tuple[str, Any], ...] = field(default=(), compare=False)  # the task's own settings
 
     @property
     def name(self) -> str:
@@ -60,8 +61,8 @@ class Run:
         return self.name.rsplit("-s", 1)[0]
 
     def args(self, grid: "Grid", output_dir: str) -> dict[str, Any]:
-        """Every trainer argument of this run (common < task files < block axes)."""
-        out = {**grid.common, "model": grid.model, **dict(self.files), "task": self.task, "method": self.method,
+        """Every trainer argument of this run (common < the task's settings < block axes)."""
+        out = {**grid.common, "model": grid.model, **dict(self.task_args), **dict(self.files), "task": self.task, "method": self.method,
                "seed": self.seed, **dict(self.overrides), "output_dir": output_dir}
         return out
 
@@ -156,6 +157,8 @@ def load_grid(path: str) -> Grid:
             if key not in spec:
                 raise GridError(f"{path}: tasks.{name}: missing {key!r}")
         tasks[name] = {k: _expand(v, base) if k in PATH_KEYS and isinstance(v, str) else v for k, v in spec.items()}
+        own = {k: v for k, v in spec.items() if k not in ("train_file", "eval_file", "rationale_file", "prepare")}
+        _check_args(f"{path}: tasks.{name}", own)
         if "prepare" in spec:
             prep = dict(spec["prepare"] or {})
             if isinstance(prep.get("source"), str):
@@ -192,7 +195,9 @@ def load_grid(path: str) -> Grid:
         for task, method, seed in itertools.product(block_tasks, block["methods"], block.get("seeds", seeds)):
             files = tuple((k, v) for k, v in tasks[task].items() if k in ("train_file", "eval_file", "rationale_file"))
             for values in itertools.product(*(axes[k] for k in keys)):
-                run = Run(task, method, seed, tuple(zip(keys, values)), files)
+                own = tuple((k, v) for k, v in tasks[task].items()
+                            if k not in ("train_file", "eval_file", "rationale_file", "prepare"))
+                run = Run(task, method, seed, tuple(zip(keys, values)), files, own)
                 runs.setdefault(run.name, run)
     # seed by seed: the first seed of every comparison finishes first, so a grid that is
     # stopped part-way (or still running) already gives paired results

@@ -203,6 +203,6 @@ def test_the_shipped_grids_load_and_dry_run(capsys):
     assert f"{len(paper.runs)} runs in gpu_paper" in out
     assert f"would submit: sbatch --array=0-{len(paper.runs) - 1} " in out and "--gpus-per-node=1" in out
     cpu = load_grid(os.path.join(repo, "experiments", "cpu_small.yaml"))
-    assert {r.task for r in cpu.runs} == {"esnli", "cqa"} and all(len(r.seed.__str__()) for r in cpu.runs)
+    assert {r.task for r in cpu.runs} == {"esnli", "cqa", "anli1"} and all(len(r.seed.__str__()) for r in cpu.runs)
     sizes = {dict(r.overrides).get("max_train_examples") for r in cpu.runs if r.method in ("pooled", "dhrd")}
     assert len(sizes) >= 2
