@@ -139,6 +139,10 @@ class TrainArgs:
     micro_batches_per_step: int = field(default=0, metadata={
         "help": "GLOBAL micro-batches (all ranks) per optimizer step; 0 = from global_batch_size and the "
                 "mean examples per packed micro-batch. Same value => same step on any world size"})
+    batching: str = field(default="auto", metadata={
+        "help": "exact: every optimizer step is global_batch_size examples (random, packed within the step); "
+                "packed: micro_batches_per_step full packs a step (the tightest packing; the example count "
+                "per step varies); auto: packed when --micro_batches_per_step is given, else exact"})
     max_grad_norm: float = 1.0
     nan_patience: int = field(default=3, metadata={"help": "stop after this many non-finite steps in a row"})
     log_sequences: int = field(default=3, metadata={"help": "training sequences rendered into TensorBoard"})
@@ -152,6 +156,9 @@ class TrainArgs:
         _check_choice("eval_mode", self.eval_mode, ("auto", "classifier", "cot", "both"))
         if self.cot_max_new_tokens < 1 or self.cot_batch_size < 1:
             raise ValueError("cot_max_new_tokens and cot_batch_size must be >= 1")
+        _check_choice("batching", self.batching, ("auto", "exact", "packed"))
+        if self.global_batch_size < 1:
+            raise ValueError(f"global_batch_size={self.global_batch_size} must be >= 1")
         if self.micro_batches_per_step < 0:
             raise ValueError(f"micro_batches_per_step={self.micro_batches_per_step} must be >= 0")
         if self.nan_patience < 1:

@@ -37,7 +37,7 @@ from . import checkpoint, locks, preemption
 from .alpha_schedule import alpha_at
 from .config import resolved_config
 from .cot_eval import evaluate_cot, resolve_eval_mode
-from .data.packing import collate_packed, plan_micro_batches
+from .data.packing import collate_packed, plan_exact_steps, plan_micro_batches
 from .data.sequences import SequenceBuilder, SequenceSpec
 from .ds_config import fill_ds_config, load_ds_config, sanitize_cuda_arch_list, start_warmup_schedule, zero_stage
 from .flops import StepFlops, peak_tflops
@@ -223,16 +223,48 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 class MicroBatchStream:
     """Packed micro-batches of epoch 0, 1, 2, ... as one indexable stream; position p is
-    deterministic for (seed, lengths), whatever the world size."""
+    deterministic for (seed, lengths), whatever the world size. Step k is positions
+    [k M, (k+1) M).
 
-    def __init__(self, lengths, pack_tokens: int, rows_per_batch: int, seed: int):
+    ``packed`` (``batch_size`` None): the epoch packed as tightly as it goes; a step is M
+    full micro-batches, so it holds about M x (examples per row) examples.
+    ``exact``: every step is exactly ``batch_size`` examples (plan_exact_steps), padded
+    with empty micro-batches ([]) to the M of the fullest step, so DeepSpeed's fixed
+    accumulation count holds."""
+
+    def __init__(self, lengths, pack_tokens: int, rows_per_batch: int, seed: int, batch_size: int | None = None,
+                 per_step: int | None = None):
         self.lengths, self.pack_tokens, self.rows, self.seed = list(lengths), pack_tokens, rows_per_batch, seed
+        self.batch_size, self.per_step = batch_size, per_step
         self._plans: list[list] = []
+
+    def exact_steps(self, epoch: int) -> list:
+        return plan_exact_steps(self.lengths, self.batch_size, self.pack_tokens, self.rows, seed=self.seed,
+                                epoch=epoch)
+
+    def micro_batches_needed(self, epochs: int, world: int) -> int:
+        """Exact mode: the M that holds the fullest step of the first ``epochs`` epochs, a
+        multiple of the world size."""
+        m = max(len(step) for e in range(max(1, epochs)) for step in self.exact_steps(e))
+        return world * math.ceil(m / world)
+
+    def steps_per_epoch(self, m: int) -> int:
+        return len(self.plan(0)) // m if self.batch_size else math.ceil(len(self.plan(0)) / m)
 
     def plan(self, epoch: int) -> list:
         while len(self._plans) <= epoch:
-            self._plans.append(plan_micro_batches(self.lengths, self.pack_tokens, self.rows,
-                                                  seed=self.seed, epoch=len(self._plans)))
+            e = len(self._plans)
+            if self.batch_size is None:
+                self._plans.append(plan_micro_batches(self.lengths, self.pack_tokens, self.rows, seed=self.seed,
+                                                      epoch=e))
+                continue
+            flat = []
+            for step in self.exact_steps(e):
+                if len(step) > self.per_step:
+                    raise RuntimeError(f"epoch {e}: a step needs {len(step)} micro-batches, more than the "
+                                       f"{self.per_step} planned")
+                flat += step + [[] for _ in range(self.per_step - len(step))]
+            self._plans.append(flat)
         return self._plans[epoch]
 
     def locate(self, pos: int) -> tuple[int, int]:
@@ -249,8 +281,8 @@ class MicroBatchStream:
 
 
 def micro_batches_per_step(train_args, n_examples: int, plan_len: int, world: int) -> int:
-    """Global micro-batches per optimizer step: given, or the count that holds about
-    ``global_batch_size`` examples; a multiple of the world size."""
+    """Packed batching: global micro-batches per optimizer step, given, or the count that
+    holds about ``global_batch_size`` examples; a multiple of the world size."""
     m = train_args.micro_batches_per_step
     if m:
         if m % world:
@@ -261,7 +293,38 @@ def micro_batches_per_step(train_args, n_examples: int, plan_len: int, world: in
     return world * math.ceil(m / world)
 
 
+def data_order(train_args, data_args, lengths, world: int) -> tuple[MicroBatchStream, int, int, str]:
+    """The stream, its micro-batches per step M, the steps of the run, and why: ``exact``
+    batching (every step ``global_batch_size`` examples) unless --micro_batches_per_step or
+    --batching packed asks for M full packs a step."""
+    mode = train_args.batching
+    if mode == "auto":
+        mode = "packed" if train_args.micro_batches_per_step else "exact"
+    if mode == "exact":
+        if train_args.micro_batches_per_step:
+            raise ValueError("--batching exact sizes steps by --global_batch_size; drop --micro_batches_per_step")
+        stream = MicroBatchStream(lengths, data_args.pack_tokens, data_args.rows_per_batch, train_args.seed,
+                                  batch_size=train_args.global_batch_size)
+        steps_per_epoch = math.ceil(len(lengths) / train_args.global_batch_size)
+        total = train_args.max_steps if train_args.max_steps > 0 else \
+            max(1, math.ceil(train_args.epochs * steps_per_epoch))
+        stream.per_step = stream.micro_batches_needed(math.ceil(total / steps_per_epoch), world)
+        why = f"exact: {train_args.global_batch_size} examples a step, in up to {stream.per_step} micro-batches"
+        return stream, stream.per_step, total, why
+    stream = MicroBatchStream(lengths, data_args.pack_tokens, data_args.rows_per_batch, train_args.seed)
+    M = micro_batches_per_step(train_args, len(lengths), len(stream.plan(0)), world)
+    total = train_args.max_steps if train_args.max_steps > 0 else \
+        max(1, math.ceil(train_args.epochs * len(stream.plan(0)) / M))
+    why = f"packed: {M} full micro-batches a step, ~{M * len(lengths) / len(stream.plan(0)):.1f} examples"
+    return stream, M, total, why
+
+
 def collate(rows_idx, table: dict, pad_id: int):
+    """A PackedBatch of these rows; no rows (an exact-batching step's padding) gives one row
+    of 8 pad tokens with nothing to pool or supervise: its forward and backward keep the
+    ranks' collectives in step and add zero to the gradient."""
+    if not rows_idx:
+        return collate_packed([[]], pad_id, pad_to=8)
     rows = [[{k: table[k][i] for k in ROW_COLUMNS} for i in row] for row in rows_idx]
     return collate_packed(rows, pad_id)
 
@@ -438,27 +501,23 @@ def run(model_args, data_args, loss_args, train_args) -> dict:
         if with_reasoning and data_args.rationale_mode != "none" and not data_args.rationale_file:
             log(0, "warning: alpha > 0 but no --rationale_file: sequences are [x, <ANS>, y] (label-only)")
 
-    stream = MicroBatchStream(train_table["length"], data_args.pack_tokens, data_args.rows_per_batch,
-                              train_args.seed)
     n_train = len(train_table["length"])
-    M = micro_batches_per_step(train_args, n_train, len(stream.plan(0)), dist.world)
+    stream, M, total_steps, order_why = data_order(train_args, data_args, train_table["length"], dist.world)
     gas = M // dist.world
-    total_steps = train_args.max_steps if train_args.max_steps > 0 else \
-        max(1, math.ceil(train_args.epochs * len(stream.plan(0)) / M))
     hidden = getattr(model.config, "hidden_size", None)
     ds_cfg = fill_ds_config(base_cfg, micro_rows=data_args.rows_per_batch, gas=gas, world=dist.world,
                             lr=train_args.lr, weight_decay=train_args.weight_decay,
                             warmup_steps=train_args.warmup_steps, total_steps=total_steps,
                             max_grad_norm=train_args.max_grad_norm, device=dist.device, hidden_size=hidden)
     derived = {"world_size": dist.world, "micro_batches_per_step": M, "gradient_accumulation_steps": gas,
-               "total_steps": total_steps, "train_examples": n_train,
+               "total_steps": total_steps, "train_examples": n_train, "batching": order_why,
                "micro_batches_per_epoch": len(stream.plan(0)), "special_token_ids": list(special)}
     if dist.rank == 0:
         with open(os.path.join(out, "config.json"), "w") as f:
             json.dump({**resolved_config(model_args, data_args, loss_args, train_args),
                        "derived": derived, "deepspeed": ds_cfg}, f, indent=2)
         log(0, f"world {dist.world}, device {dist.device}, ZeRO {zero_stage(ds_cfg)}, {M} micro-batches/step "
-               f"({gas} per rank), {total_steps} steps, {n_train} train examples")
+               f"({gas} per rank), {total_steps} steps, {n_train} train examples; batching {order_why}")
 
     step_flops = StepFlops.from_model(model.backbone)
     train_dtype = torch.bfloat16 if ds_cfg.get("bf16", {}).get("enabled") else \

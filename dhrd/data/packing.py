@@ -60,6 +60,26 @@ def plan_micro_batches(lengths, pack_tokens: int, rows_per_batch: int = 1, *, se
     return [rows[i:i + rows_per_batch] for i in range(0, len(rows), rows_per_batch)]
 
 
+def plan_exact_steps(lengths, batch_size: int, pack_tokens: int, rows_per_batch: int = 1, *, seed: int = 0,
+                     epoch: int = 0) -> list[list[list[list[int]]]]:
+    """The epoch's optimizer steps, each exactly ``batch_size`` examples drawn at random (the
+    last step holds the rest), as a plain loop or HF Trainer would take them; each step's
+    examples are packed best-fit-decreasing into rows of ``pack_tokens`` and the rows grouped
+    ``rows_per_batch`` to a micro-batch. Returns steps -> micro-batches -> rows -> example
+    indices. Packing within a step (not across the epoch) keeps steps i.i.d.: a global pack
+    groups examples of nearly equal length into the same step."""
+    rng = random.Random(seed * 1_000_003 + epoch)
+    idx = list(range(len(lengths)))
+    rng.shuffle(idx)
+    steps = []
+    for start in range(0, len(idx), batch_size):
+        chunk = idx[start:start + batch_size]
+        rows = [[chunk[j] for j in b] for b in best_fit_decreasing([lengths[i] for i in chunk], pack_tokens)]
+        rng.shuffle(rows)
+        steps.append([rows[i:i + rows_per_batch] for i in range(0, len(rows), rows_per_batch)])
+    return steps
+
+
 @dataclass
 class PackedBatch:
     input_ids: torch.Tensor

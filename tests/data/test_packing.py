@@ -99,3 +99,20 @@ def test_packing_efficiency_on_task_length_distributions(tmp_path, task_name):
     print(f"{task_name}: {len(lengths)} sequences, mean {sum(lengths) / len(lengths):.0f} tokens, "
           f"{len(bins)} rows of {args.pack_tokens}: efficiency {eff:.4f}")
     assert eff >= 0.98
+
+
+def test_exact_steps_hold_exactly_the_batch_and_every_example_once():
+    import random
+
+    from dhrd.data.packing import plan_exact_steps
+
+    lengths = [random.Random(i).randint(5, 60) for i in range(103)]
+    steps = plan_exact_steps(lengths, 8, 64, rows_per_batch=2, seed=3, epoch=1)
+    sizes = [sum(len(row) for mb in st for row in mb) for st in steps]
+    assert sizes == [8] * 12 + [7]  # 103 = 12 x 8 + 7
+    seen = [i for st in steps for mb in st for row in mb for i in row]
+    assert sorted(seen) == list(range(103))
+    assert all(sum(lengths[i] for i in row) <= 64 for st in steps for mb in st for row in mb)
+    assert all(1 <= len(mb) <= 2 for st in steps for mb in st)
+    assert plan_exact_steps(lengths, 8, 64, rows_per_batch=2, seed=3, epoch=1) == steps
+    assert plan_exact_steps(lengths, 8, 64, rows_per_batch=2, seed=3, epoch=2) != steps

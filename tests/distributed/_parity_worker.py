@@ -50,17 +50,18 @@ def main(alpha: float, attn: str, n_steps: int = 5) -> dict:
         return {"input_ids": torch.randint(2, 300, (n,), generator=g).tolist(), "lm_mask": supervised,
                 "cls_pos": x, "label": int(torch.randint(0, 3, (1,), generator=g)), "id": ""}
 
-    # each step: two micro-batches, one of 1 row x 2 segments, one of 2 rows (3 + 2 segments)
-    steps = [[[[segment(), segment()]], [[segment(), segment(), segment()], [segment(), segment()]]]
+    # each step: three micro-batches, one of 1 row x 2 segments, one of 2 rows (3 + 2
+    # segments) and the empty one that pads an exact-batching step (engine.collate([]))
+    steps = [[[[segment(), segment()]], [[segment(), segment(), segment()], [segment(), segment()]], []]
              for _ in range(n_steps)]
-    cfg = fill_ds_config(load_ds_config(None), micro_rows=1, gas=2, world=1, lr=1e-3, weight_decay=0.01,
+    cfg = fill_ds_config(load_ds_config(None), micro_rows=1, gas=3, world=1, lr=1e-3, weight_decay=0.01,
                          warmup_steps=2, total_steps=n_steps, max_grad_norm=1.0, device=dist.device)
     wrapper = E.DualHeadLoss(model, LossArgs(alpha=alpha, beta=1.0, loss_impl="chunked"))
     engine, *_ = deepspeed.initialize(model=wrapper, model_parameters=E.param_groups(wrapper, 0.01), config=cfg)
     start_warmup_schedule(cfg, engine.lr_scheduler)
     lrs = []
     for micro in steps:
-        batches = [collate_packed(rows, 0) for rows in micro]
+        batches = [collate_packed(rows, 0) if rows else E.collate([], {}, 0) for rows in micro]
         lrs.append(engine.get_lr()[0])
         E.optimizer_step(engine, batches, dist, sum(b.n_lm_tokens for b in batches),
                          sum(b.n_segments for b in batches))

@@ -138,3 +138,27 @@ def test_cot_eval_under_zero3_two_processes_equals_one_process(setup):
     assert metrics[0] == metrics[1]
     # DeepSpeed's CPU all-reduce buffers (~68 MB of RAM each) are not left in /dev/shm
     assert set(glob.glob("/dev/shm/deepspeed_allreduce_buffer_*")) <= shm_before
+
+
+def test_exact_batching_same_steps_on_one_and_two_processes(setup):
+    """--batching exact (the default without --micro_batches_per_step): every step holds
+    exactly global_batch_size examples, padded with empty micro-batches to a fixed count;
+    1 and 2 ZeRO-3 processes give the same losses (a rank may hold only padding)."""
+    root, paths, model = setup
+    run = ["--ds_config", os.path.join(REPO, "ds_configs", "zero3.json"), "--max_steps", 6, "--global_batch_size", 10,
+           "--lr", 3e-3, "--seed", 5]
+    outs = []
+    for n in (1, 2):
+        out = root / f"exact{n}"
+        proc = run_train(model, paths, out, *run, nprocs=n)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        outs.append(out)
+    cfg = json.load(open(outs[1] / "config.json"))
+    assert cfg["derived"]["batching"].startswith("exact: 10 examples a step")
+    assert cfg["derived"]["micro_batches_per_step"] % 2 == 0
+    l1, l2 = losses(outs[0]), losses(outs[1])
+    assert sorted(l1) == sorted(l2) == list(range(1, 7))
+    for s in l1:
+        assert abs(l1[s] - l2[s]) <= TOL * max(1.0, abs(l1[s])), (s, l1[s], l2[s])
+    rows = [json.loads(x) for x in open(outs[0] / "metrics.jsonl") if '"train"' in x]
+    assert all(r["perf/samples_per_s"] > 0 for r in rows)
