@@ -44,8 +44,8 @@ def convert_gguf(gguf_path: str, out_dir: str, dtype: torch.dtype = torch.float3
     if os.path.exists(os.path.join(out_dir, "config.json")):
         return out_dir
     folder, name = os.path.split(os.path.abspath(gguf_path))
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dtype)
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dtype, **NO_REMOTE_CODE)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, **NO_REMOTE_CODE)
     # the dequantised weights are plain tensors now; a kept quantization config would
     # make save_pretrained and later loads treat them as quantised
     for obj in (model, model.config):
@@ -82,6 +82,40 @@ def resolve_model_path(model: str) -> str:
     return smollm2_dir() if model == "smollm2" else model
 
 
+class RemoteCodeRefused(ValueError):
+    """A model directory that asks to run its own Python code."""
+
+
+# every from_pretrained of the project passes these: a model, config or tokenizer that asks
+# for its own Python code (auto_map) is refused instead of imported
+NO_REMOTE_CODE = {"trust_remote_code": False}
+_CONFIG_FILES = ("config.json", "tokenizer_config.json", "processor_config.json", "preprocessor_config.json")
+
+
+def refuse_remote_code(path: str) -> None:
+    """Raise when a local model directory names custom code (``auto_map`` in its config
+    or tokenizer config, or ``.py`` files beside them): dhrd never runs code that comes with
+    a model. Without this, transformers would ask ``[y/N]`` on stdout (mixed into
+    predictions) and import the directory's Python on a ``y`` from stdin."""
+    import json
+
+    if not os.path.isdir(path):
+        return
+    for name in _CONFIG_FILES:
+        file = os.path.join(path, name)
+        if not os.path.isfile(file):
+            continue
+        try:
+            with open(file, encoding="utf-8") as f:
+                data = json.load(f)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{file}: not valid JSON ({e})") from None
+        if isinstance(data, dict) and data.get("auto_map"):
+            raise RemoteCodeRefused(f"{file}: 'auto_map' names custom code ({json.dumps(data['auto_map'])[:200]}); "
+                                    "dhrd never runs code shipped with a model: use a model whose architecture "
+                                    "transformers has built in, or remove auto_map")
+
+
 def resolve_dtype(name: str, device: torch.device | str | None = None) -> torch.dtype:
     if name != "auto":
         return getattr(torch, name)
@@ -94,7 +128,8 @@ def resolve_dtype(name: str, device: torch.device | str | None = None) -> torch.
 def load_tokenizer(path: str, gguf_file: str | None = None):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(path, gguf_file=gguf_file)
+    refuse_remote_code(path)
+    tok = AutoTokenizer.from_pretrained(path, gguf_file=gguf_file, **NO_REMOTE_CODE)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -110,7 +145,8 @@ def load_backbone(path: str, *, dtype: torch.dtype = torch.float32, attn_impleme
 
     if not os.path.isdir(path) and os.path.sep in path:
         raise FileNotFoundError(f"model directory not found: {path}")
-    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, gguf_file=gguf_file,
+    refuse_remote_code(path)
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, gguf_file=gguf_file, **NO_REMOTE_CODE,
                                                 attn_implementation=attn_implementation)
 
 
@@ -122,7 +158,8 @@ def random_init_config(shape: str):
         return AutoConfig.for_model(**RANDOM_INIT_SHAPES[shape])
     if not os.path.exists(shape):
         raise ValueError(f"unknown shape {shape!r}: one of {', '.join(RANDOM_INIT_SHAPES)}, or a config.json path")
-    return AutoConfig.from_pretrained(shape)
+    refuse_remote_code(os.path.dirname(shape) if shape.endswith(".json") else shape)
+    return AutoConfig.from_pretrained(shape, **NO_REMOTE_CODE)
 
 
 def save_random_init(shape: str, tokenizer_dir: str, out_dir: str, *, dtype: torch.dtype = torch.bfloat16,

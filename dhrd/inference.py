@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .backbones import NO_REMOTE_CODE, refuse_remote_code
 from .data.sequences import SequenceBuilder, SequenceSpec
 from .lean import HEAD_FILE, WEIGHTS, LeanConfig, load_int8, quantize_int8
 from .model import ClassificationHead, pool_hidden
@@ -71,6 +72,7 @@ class LeanClassifier:
 
         path = str(path)
         cfg = LeanConfig.load(path)
+        refuse_remote_code(path)  # before transformers could ask to run the directory's code
         stored_int8 = cfg.quantize == "int8"
         int8 = stored_int8 if int8 is None else int8
         if stored_int8 and not int8:
@@ -79,17 +81,18 @@ class LeanClassifier:
             raise ValueError("int8 dynamic quantisation runs on CPU only")
         torch_dtype = torch.float32 if int8 else getattr(torch, dtype or cfg.dtype)
         if stored_int8:
-            decoder = AutoModel.from_config(AutoConfig.from_pretrained(path), dtype=torch.float32,
+            decoder = AutoModel.from_config(AutoConfig.from_pretrained(path, **NO_REMOTE_CODE), dtype=torch.float32,
                                             attn_implementation=attn_implementation)
             decoder = load_int8(decoder, load_file(os.path.join(path, WEIGHTS)), os.path.join(path, WEIGHTS))
         else:
-            decoder = AutoModel.from_pretrained(path, dtype=torch_dtype, attn_implementation=attn_implementation)
+            decoder = AutoModel.from_pretrained(path, dtype=torch_dtype, attn_implementation=attn_implementation,
+                                                **NO_REMOTE_CODE)
             if int8:
                 decoder = quantize_int8(decoder)
         head = ClassificationHead(decoder.config.hidden_size, cfg.num_labels, cfg.head_inner_size)
         head.load_state_dict(load_file(os.path.join(path, HEAD_FILE)))
         head.to(device=device, dtype=torch_dtype)
-        return cls(decoder.to(device), head, AutoTokenizer.from_pretrained(path), cfg, device)
+        return cls(decoder.to(device), head, AutoTokenizer.from_pretrained(path, **NO_REMOTE_CODE), cfg, device)
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         return [self.builder.input_ids(t)[0] for t in texts]

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from . import checkpoint
+from .backbones import NO_REMOTE_CODE, refuse_remote_code
 from .export import HEAD_FILE
 
 LEAN_FORMAT = "dhrd-lean-classifier"
@@ -237,7 +238,7 @@ def dual_head_from_checkpoint(source: Source):
         raise CheckpointError(f"base model {base} (model.model in {source.output_dir}/config.json) not found: "
                               "its config and tokenizer are needed to rebuild the architecture")
     tokenizer = load_tokenizer(base, margs.gguf_file)
-    hf_config = AutoConfig.from_pretrained(base, gguf_file=margs.gguf_file)
+    hf_config = AutoConfig.from_pretrained(base, gguf_file=margs.gguf_file, **NO_REMOTE_CODE)
     num_labels = len(get_task(cfg["data"]["task"]).labels)
     model = dual_head_from_config(hf_config, num_labels, margs, margs.pooling, tokenizer=tokenizer)
     want = cfg.get("derived", {}).get("special_token_ids")
@@ -261,14 +262,16 @@ def dual_head_from_final(source: Source):
     from .model import DualHeadModel
 
     meta = _read_json(os.path.join(source.path, "dhrd_config.json"), "final/ export metadata")
-    backbone = AutoModelForCausalLM.from_pretrained(source.path, dtype=getattr(torch, meta["dtype"]))
+    refuse_remote_code(source.path)
+    backbone = AutoModelForCausalLM.from_pretrained(source.path, dtype=getattr(torch, meta["dtype"]),
+                                                    **NO_REMOTE_CODE)
     model = DualHeadModel(backbone, meta["num_labels"], pooling=meta["pooling"],
                           head_inner_size=meta["head_inner_size"])
     head_path = os.path.join(source.path, meta.get("head_file", HEAD_FILE))
     if not os.path.isfile(head_path):
         raise CheckpointError(f"classifier head not found: {head_path}")
     model.head.load_state_dict(load_file(head_path))
-    return model.eval(), AutoTokenizer.from_pretrained(source.path)
+    return model.eval(), AutoTokenizer.from_pretrained(source.path, **NO_REMOTE_CODE)
 
 
 def _training_meta(source: Source) -> dict:

@@ -133,10 +133,11 @@ def train_plain(args: PlainArgs) -> dict:
     random.seed(args.seed)
     alpha = args.alpha if args.alpha is not None else (0.0 if args.method == "pooled" else 1.0)
     path = resolve_model_path(args.model)
-    tok = AutoTokenizer.from_pretrained(path)
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa",
+                                                 trust_remote_code=False)
     tok.add_tokens(["<REASON>", "<ANS>"], special_tokens=True)
     model.resize_token_embeddings(len(tok))  # HF's default init of new rows
     reason_id, ans_id = tok.convert_tokens_to_ids(["<REASON>", "<ANS>"])

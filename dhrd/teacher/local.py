@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..backbones import resolve_model_path
+from ..backbones import NO_REMOTE_CODE, refuse_remote_code, resolve_model_path
 from ..data.rationales import END_MARKER
 from . import Completion
 from .prompts import Prompt
@@ -68,7 +68,8 @@ class LocalTeacher:
             path, gguf = os.path.dirname(path) or ".", os.path.basename(path)
         self.name = f"hf:{os.path.basename(os.path.normpath(gguf or path))}"
         self.device = _device(cfg.device)
-        kw = {"gguf_file": gguf} if gguf else {}
+        refuse_remote_code(path)
+        kw = {"gguf_file": gguf, **NO_REMOTE_CODE} if gguf else dict(NO_REMOTE_CODE)
         self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(path, **kw)
         if model is None:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=_dtype(cfg.dtype, self.device), **kw)
