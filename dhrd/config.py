@@ -154,6 +154,11 @@ class TrainArgs:
 
     def __post_init__(self):
         _check_choice("eval_mode", self.eval_mode, ("auto", "classifier", "cot", "both"))
+        if not self.epochs > 0:
+            raise ValueError(f"epochs={self.epochs} must be > 0")
+        for name in ("lr", "weight_decay", "warmup_steps", "max_grad_norm", "eval_every", "save_every", "log_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
         if self.cot_max_new_tokens < 1 or self.cot_batch_size < 1:
             raise ValueError("cot_max_new_tokens and cot_batch_size must be >= 1")
         _check_choice("batching", self.batching, ("auto", "exact", "packed"))
@@ -175,7 +180,12 @@ def _read_config_file(path: str) -> dict[str, Any]:
     if path.endswith((".yaml", ".yml")):
         import yaml
 
-        raw = yaml.safe_load(text) or {}
+        try:
+            raw = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark else path
+            raise ValueError(f"{where}: not valid YAML: {getattr(e, 'problem', None) or e}") from None
     else:
         try:
             raw = json.loads(text)

@@ -24,25 +24,56 @@ def _quiet() -> None:
     warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated")
 
 
+def preflight(model_args, data_args, loss_args, train_args) -> None:
+    """Everything that can be checked before distributed init and the model load: the
+    task, the files, the DeepSpeed config. Raises ValueError / FileNotFoundError naming
+    what is wrong."""
+    from dhrd.data.pipeline import HUB_PREFIX
+    from dhrd.data.tasks import get_task
+    from dhrd.ds_config import load_ds_config
+
+    get_task(data_args.task)
+    if not data_args.train_file:
+        raise ValueError("--train_file is required")
+    needs_rationales = loss_args.alpha > 0 and data_args.rationale_mode != "none"
+    for what, path in (("train_file", data_args.train_file), ("eval_file", data_args.eval_file),
+                       ("rationale_file", data_args.rationale_file if needs_rationales else None)):
+        if path and not path.startswith(HUB_PREFIX) and not os.path.isfile(path):
+            raise FileNotFoundError(f"--{what} {path}: no such file")
+    load_ds_config(train_args.ds_config)
+    if model_args.model != "smollm2" and (os.sep in model_args.model or model_args.model.startswith(".")) \
+            and not os.path.isdir(model_args.model):
+        raise FileNotFoundError(f"--model {model_args.model}: no such directory")
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Our own errors (bad arguments, data, configs, files) end as one line on stderr and
+    exit code 2; DHRD_DEBUG=1 shows the traceback. Anything else is a bug: traceback."""
     _quiet()
     from dhrd.config import apply_method, explicit_fields, parse_args
+    from dhrd.data.errors import DataError
     from dhrd.engine import TrainingDiverged, run, shutdown_distributed
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    model_args, data_args, loss_args, train_args, rest = parse_args(argv)
-    # launchers pass --local_rank / --local-rank; anything else is a typo worth stopping for
-    unknown = [a for a in rest if not a.startswith(("--local_rank", "--local-rank")) and not a.isdigit()]
-    if unknown:
-        raise SystemExit(f"unknown arguments: {' '.join(unknown)}")
-    apply_method(loss_args, data_args, explicit_fields(argv))
-    if not model_args.model:
-        raise SystemExit("--model is required (an HF model directory, or 'smollm2')")
     try:
+        model_args, data_args, loss_args, train_args, rest = parse_args(argv)
+        # launchers pass --local_rank / --local-rank; anything else is a typo worth stopping for
+        unknown = [a for a in rest if not a.startswith(("--local_rank", "--local-rank")) and not a.isdigit()]
+        if unknown:
+            raise ValueError(f"unknown arguments: {' '.join(unknown)}")
+        apply_method(loss_args, data_args, explicit_fields(argv))
+        if not model_args.model:
+            raise ValueError("--model is required (an HF model directory, or 'smollm2')")
+        preflight(model_args, data_args, loss_args, train_args)
         run(model_args, data_args, loss_args, train_args)
     except TrainingDiverged as e:
         print(f"training stopped: {e}", file=sys.stderr)
         return 3
+    except (DataError, ValueError, FileNotFoundError) as e:
+        if os.environ.get("DHRD_DEBUG"):
+            raise
+        print(f"train.py: error: {e}", file=sys.stderr)
+        return 2
     finally:
         shutdown_distributed()
     return 0

@@ -175,10 +175,29 @@ def test_ds_config_rejects_setups_that_cannot_skip_nonfinite_steps():
     assert fill(zero_optimization={"stage": 3})["zero_optimization"]["stage"] == 3
 
 
-def test_missing_train_file_is_named(setup, tmp_path):
+@pytest.mark.parametrize("extra,message", [
+    (["--train_file", "{tmp}/nope.jsonl"], "--train_file {tmp}/nope.jsonl: no such file"),
+    (["--eval_file", "{tmp}/nope.jsonl"], "--eval_file {tmp}/nope.jsonl: no such file"),
+    (["--method", "bogus"], "method='bogus' is not one of"),
+    (["--task", "bogus"], "unknown task 'bogus'"),
+    (["--lr", "-0.1"], "lr=-0.1 must be >= 0"),
+    (["--ds_config", "{tmp}/none.json"], "DeepSpeed config not found: {tmp}/none.json"),
+    (["--config", "{tmp}/bad.yaml"], "{tmp}/bad.yaml:2: not valid YAML"),
+    (["--config", "{tmp}/unknown.yaml"], "{tmp}/unknown.yaml: unknown field(s) lrr"),
+    (["--model", "{tmp}/no/model"], "--model {tmp}/no/model: no such directory"),
+    (["--bogus_flag", "1"], "unknown arguments: --bogus_flag"),
+])
+def test_bad_arguments_fail_fast_with_one_named_line(setup, tmp_path, extra, message):
+    """Refused before distributed init and the model load: exit code 2, one line on
+    stderr naming the file or argument, no traceback."""
     root, paths, model = setup
-    proc = run_train(model, dict(paths, train=str(tmp_path / "nope.jsonl")), tmp_path / "out", "--max_steps", 1)
-    assert proc.returncode != 0 and "train file not found: " + str(tmp_path / "nope.jsonl") in proc.stderr
+    (tmp_path / "bad.yaml").write_text("lr: 1\nwarmup_steps: a: b\n")
+    (tmp_path / "unknown.yaml").write_text("lrr: 1\n")
+    extra = [a.format(tmp=tmp_path) for a in extra]
+    proc = run_train(model, paths, tmp_path / "out", "--max_steps", 1, *extra)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "train.py: error: " + message.format(tmp=tmp_path) in proc.stderr, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "deepspeed.init_distributed" not in proc.stderr
 
 
 # ---- pure parts ------------------------------------------------------------------------
