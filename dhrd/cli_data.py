@@ -9,21 +9,26 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     from .backbones import load_backbone, load_tokenizer, resolve_model_path
-    from .config import parse_args
+    from .config import apply_method, explicit_fields, parse_args
     from .data.errors import DataError
     from .data.packing import best_fit_decreasing, packing_efficiency
     from .data.pipeline import build_training_set
     from .data.tasks import get_task
     from .model import add_reasoning_tokens
 
-    model_args, data_args, loss_args, _train_args, rest = parse_args(argv)
-    if rest:
-        print(f"dhrd data: unknown arguments {' '.join(rest)}", file=sys.stderr)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        model_args, data_args, loss_args, _train_args, rest = parse_args(argv)
+        if rest:
+            raise ValueError(f"unknown arguments {' '.join(rest)}")
+        # the method preset, as training applies it: pooled reads no rationales
+        apply_method(loss_args, data_args, explicit_fields(argv))
+        if not data_args.train_file:
+            raise ValueError("--train_file is required")
+        task = get_task(data_args.task)
+    except ValueError as e:
+        print(f"dhrd data: error: {e}", file=sys.stderr)
         return 2
-    if not data_args.train_file:
-        print("dhrd data: --train_file is required", file=sys.stderr)
-        return 2
-    task = get_task(data_args.task)
     path = resolve_model_path(model_args.model or "smollm2")
     tokenizer = load_tokenizer(path, model_args.gguf_file)
     special = add_reasoning_tokens(tokenizer, load_backbone(path, gguf_file=model_args.gguf_file))
@@ -31,9 +36,9 @@ def main(argv: list[str] | None = None) -> int:
         examples = task.read(data_args.train_file)
         ds, report = build_training_set(task, examples, tokenizer, special, data_args,
                                         with_reasoning=loss_args.alpha > 0, cache_dir=data_args.cache_dir)
-    except DataError as e:
-        print(f"dhrd data: {e}", file=sys.stderr)
-        return 1
+    except (DataError, OSError) as e:
+        print(f"dhrd data: error: {e}", file=sys.stderr)
+        return 2
     lengths = ds["length"]
     bins = best_fit_decreasing(lengths, data_args.pack_tokens)
     print(report.format())

@@ -34,6 +34,23 @@ def test_data_dry_run_names_bad_line(tmp_path, tiny_model_dir, capsys):
     train.write_text('{"premise": "p", "hypothesis": "h", "label": "entailment", "idx": 0}\n'
                      '{"premise": "p", "hypothesis": "h", "label": "maybe", "idx": 1}\n')
     code = main(["data", "--task", "rte", "--model", str(tiny_model_dir), "--train_file", str(train)])
-    assert code == 1
+    assert code == 2
     err = capsys.readouterr().err
     assert "rte.jsonl:2" in err and "field 'label'" in err and "maybe" in err
+
+
+def test_data_dry_run_applies_the_method_preset(tmp_path, tiny_model_dir, capsys):
+    """--method pooled reads no rationales (as training), so a missing rationale file is
+    no error and nothing is counted for them; dhrd reads it and names the missing file."""
+    train = tmp_path / "rte.jsonl"
+    train.write_text("".join(json.dumps({"premise": f"p {i}", "hypothesis": "h", "idx": i, "label": "entailment"})
+                             + "\n" for i in range(4)))
+    args = ["data", "--task", "rte", "--model", str(tiny_model_dir), "--train_file", str(train),
+            "--rationale_file", str(tmp_path / "missing.jsonl"), "--max_seq_len", "128", "--pack_tokens", "256"]
+    assert main(args + ["--method", "pooled"]) == 0
+    out = capsys.readouterr().out
+    assert "rationales_read" not in out and "examples_used" in out
+    assert main(args + ["--method", "dhrd"]) == 2
+    assert "missing.jsonl" in capsys.readouterr().err
+    assert main(args + ["--method", "bogus"]) == 2
+    assert "method='bogus'" in capsys.readouterr().err
