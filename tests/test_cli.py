@@ -54,3 +54,18 @@ def test_data_dry_run_applies_the_method_preset(tmp_path, tiny_model_dir, capsys
     assert "missing.jsonl" in capsys.readouterr().err
     assert main(args + ["--method", "bogus"]) == 2
     assert "method='bogus'" in capsys.readouterr().err
+
+
+def test_rationales_commands_report_errors_as_one_line(tmp_path, capsys):
+    rows = tmp_path / "rte.jsonl"
+    rows.write_text(json.dumps({"premise": "p", "hypothesis": "h", "idx": 0, "label": "entailment"}) + "\n")
+    bad = tmp_path / "r.jsonl"
+    bad.write_text(json.dumps({"id": "0", "rationale": "fine"}) + "\n" + json.dumps({"id": "1", "rationale": 5}) + "\n")
+    assert main(["rationales", "check", "--task", "rte", "--input", str(rows), "--rationales", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [f"dhrd rationales check: error: {bad}:2: field 'rationale': "
+                                        "missing or not a string"]
+    assert main(["rationales", "import", "--task", "esnli", "--root", str(tmp_path / "none"), "--split", "valid",
+                 "--out", str(tmp_path / "o.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert "dhrd rationales import: error:" in err and "esnli_valid.json" in err and "Traceback" not in err
