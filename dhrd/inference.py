@@ -131,13 +131,14 @@ class LeanClassifier:
 def read_examples(task_name: str, path: str):
     """The task's own reader and checks (labels optional); ``-`` is stdin, named
     ``<stdin>`` in errors. Bad rows raise DataError with file, line and field."""
-    from .data.tasks import _json, get_task
+    from .data.jsonl import iter_lines
+    from .data.tasks import get_task
 
     task = get_task(task_name)
     if path != "-":
         return task.read(path, require_labels=False)
-    rows = ((n, _json(line, "<stdin>", n)) for n, line in enumerate(sys.stdin, 1) if line.strip())
-    return task._examples(rows, "<stdin>", False, adapt=None)
+    stream = getattr(sys.stdin, "buffer", sys.stdin)  # bytes: a bad byte is reported at its line
+    return task._examples(iter_lines(stream, "<stdin>"), "<stdin>", False, adapt=None)
 
 
 def metrics_of(task_name: str, examples, preds) -> dict | None:

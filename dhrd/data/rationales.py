@@ -5,12 +5,12 @@ in the DataReport."""
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from dataclasses import dataclass
 
 from .errors import DataError
+from .jsonl import read_jsonl
 from .report import DataReport
 
 END_MARKER = "[END OF REASONING]"
@@ -49,45 +49,38 @@ def read_rationales(path, labels: tuple[str, ...] | None = None,
     report = report if report is not None else DataReport()
     out: dict[str, Rationale] = {}
     n_lines = 0
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            n_lines += 1
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"malformed JSON ({e.msg})", path=path, line=lineno) from None
-            if not isinstance(row, dict):
-                raise DataError(f"expected a JSON object, got {type(row).__name__}", path=path, line=lineno)
-            for key in ("id", "rationale"):
-                if key not in row:
-                    raise DataError("missing", path=path, line=lineno, field=key)
-            rid, text = row["id"], row["rationale"]
-            if isinstance(rid, int) and not isinstance(rid, bool):
-                rid = str(rid)
-            if not isinstance(rid, str):
-                raise DataError(f"expected a string, got {type(rid).__name__}", path=path, line=lineno, field="id")
-            if not isinstance(text, str):
-                raise DataError(f"expected a string, got {type(text).__name__}", path=path, line=lineno,
-                                field="rationale")
-            teacher_label = row.get("teacher_label")
-            if teacher_label is not None:
-                if not isinstance(teacher_label, str):
-                    raise DataError(f"expected a label name, got {teacher_label!r}", path=path, line=lineno,
-                                    field="teacher_label")
-                if labels is not None and teacher_label not in labels:
-                    raise DataError(f"unknown label {teacher_label!r}; expected one of {', '.join(labels)}",
-                                    path=path, line=lineno, field="teacher_label")
-            if rid in out:
-                raise DataError(f"duplicate id {rid!r} (first at {out[rid].where})", path=path, line=lineno,
-                                field="id")
-            where = f"{path}:{lineno}"
-            text = clean_rationale(text)
-            if not text:
-                report.skip("rationale_empty", where)
-                continue
-            out[rid] = Rationale(rid, text, teacher_label, where)
+    for lineno, row in read_jsonl(path):
+        n_lines += 1
+        if not isinstance(row, dict):
+            raise DataError(f"expected a JSON object, got {type(row).__name__}", path=path, line=lineno)
+        for key in ("id", "rationale"):
+            if key not in row:
+                raise DataError("missing", path=path, line=lineno, field=key)
+        rid, text = row["id"], row["rationale"]
+        if isinstance(rid, int) and not isinstance(rid, bool):
+            rid = str(rid)
+        if not isinstance(rid, str):
+            raise DataError(f"expected a string, got {type(rid).__name__}", path=path, line=lineno, field="id")
+        if not isinstance(text, str):
+            raise DataError(f"expected a string, got {type(text).__name__}", path=path, line=lineno,
+                            field="rationale")
+        teacher_label = row.get("teacher_label")
+        if teacher_label is not None:
+            if not isinstance(teacher_label, str):
+                raise DataError(f"expected a label name, got {teacher_label!r}", path=path, line=lineno,
+                                field="teacher_label")
+            if labels is not None and teacher_label not in labels:
+                raise DataError(f"unknown label {teacher_label!r}; expected one of {', '.join(labels)}",
+                                path=path, line=lineno, field="teacher_label")
+        if rid in out:
+            raise DataError(f"duplicate id {rid!r} (first at {out[rid].where})", path=path, line=lineno,
+                            field="id")
+        where = f"{path}:{lineno}"
+        text = clean_rationale(text)
+        if not text:
+            report.skip("rationale_empty", where)
+            continue
+        out[rid] = Rationale(rid, text, teacher_label, where)
     if n_lines == 0:
         raise DataError("no rationales (empty file)", path=path)
     report.count("rationales_read", len(out))

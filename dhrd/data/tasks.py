@@ -18,6 +18,7 @@ from typing import Any
 
 from .. import metrics
 from .errors import DataError
+from .jsonl import read_jsonl
 
 
 @dataclass(frozen=True)
@@ -115,9 +116,7 @@ class Task:
 
     def read(self, path: str | os.PathLike, *, require_labels: bool = True) -> list[Example]:
         """Read a local JSON Lines file, streaming it; blank lines are skipped."""
-        with open(path, encoding="utf-8") as f:
-            return self._examples(((n, _json(line, path, n)) for n, line in enumerate(f, 1) if line.strip()),
-                                  path, require_labels, adapt=None)
+        return self._examples(read_jsonl(path), path, require_labels, adapt=None)
 
     def load_hub(self, split: str, *, require_labels: bool = True) -> list[Example]:
         """Load a split with ``datasets.load_dataset``; rows are adapted to the local format,
@@ -174,13 +173,6 @@ class Task:
             yield str(ex_id), None, row, ""
         else:
             yield str(need(row, self.id_key, (int, str))), None, row, ""
-
-
-def _json(line: str, path, lineno: int) -> Any:
-    try:
-        return json.loads(line)
-    except json.JSONDecodeError as e:
-        raise DataError(f"malformed JSON ({e.msg} at column {e.colno})", path=path, line=lineno) from None
 
 
 def _hub_label(row: Row, values: Sequence) -> Row:
@@ -386,7 +378,7 @@ register(Task("cqa", LETTERS, LETTERS, "Answer a commonsense question by picking
 # A generated arithmetic task (python -m dhrd.demo --task sum4): its rationale writes the
 # sum out and compares it with 20, so it carries everything the label needs. No hub data.
 register(Task("sum4", ("no", "yes"), ("no", "yes"), "Decide whether a sum of four digits is more than 20.",
-              ("accuracy",), None, lambda r: need_text(r, "question"), ("no", "yes")))
+              ("accuracy",), None, lambda r: f"{need_text(r, 'question')}\nAnswer yes or no.", ("no", "yes")))
 
 
 def get_task(name: str) -> Task:

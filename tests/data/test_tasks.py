@@ -74,6 +74,9 @@ FIXTURES = {
                 "explanation_1": "a", "explanation_2": "b", "explanation_3": "c"}],
               ["0", "1", "2"], ["entailment", "contradiction", "neutral"],
               [["Two women embrace.", "Two women hug."], ["A dog sleeps."], ["A man sings well."]]),
+    "sum4": ([{"idx": 0, "question": "Is 9 + 8 + 7 + 5 more than 20?", "label": "yes"},
+              {"idx": 1, "question": "Is 1 + 2 + 3 + 4 more than 20?", "label": "no"}],
+             ["0", "1"], ["yes", "no"], [["9 + 8 + 7 + 5"], ["1 + 2 + 3 + 4"]]),
     "anli1": ([{"uid": "bf62-a", "premise": "Linguistics studies language.", "hypothesis": "It studies form only.",
                 "label": 2, "reason": "Context too."},
                {"uid": "e66a-b", "premise": "He was a senator.", "hypothesis": "He had a political career",
@@ -93,14 +96,15 @@ FIXTURES = {
 
 def test_registry():
     assert set(TASKS) == set(FIXTURES) == {"boolq", "cb", "copa", "multirc", "rte", "wic", "wsc", "esnli",
-                                           "anli1", "cqa"}
+                                           "anli1", "cqa", "sum4"}
     assert get_task("RTE") is TASKS["rte"]
     with pytest.raises(ValueError, match="unknown task 'mnli'.*boolq.*cqa"):
         get_task("mnli")
     for task in TASKS.values():
         assert len(task.verbalizers) == len(task.labels) == len(set(task.labels))
         assert all(v and " " not in v for v in task.verbalizers)
-        assert task.description and "\n" not in task.description and task.hub is not None
+        assert task.description and "\n" not in task.description
+        assert (task.hub is None) == (task.name == "sum4")  # the generated fixture task has no hub data
     assert TASKS["cb"].metrics == ("macro_f1", "accuracy") and TASKS["multirc"].metrics == ("f1a", "em")
 
 
