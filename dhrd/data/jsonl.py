@@ -11,6 +11,20 @@ from typing import Any
 from .errors import DataError
 
 
+class DuplicateKey(ValueError):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen = set()
+        raise DuplicateKey(next(k for k, _ in pairs if k in seen or seen.add(k)))
+    return out
+
+
 def parse_line(line: str | bytes, path, lineno: int) -> Any:
     """One JSON value from one line; DataError with ``path:lineno`` on anything wrong."""
     if isinstance(line, bytes):
@@ -22,7 +36,10 @@ def parse_line(line: str | bytes, path, lineno: int) -> Any:
     if line.startswith("\ufeff"):
         line = line[1:]  # a byte-order mark (first line of files written by some editors)
     try:
-        value = json.loads(line)
+        value = json.loads(line, object_pairs_hook=_unique_keys)
+    except DuplicateKey as e:
+        raise DataError(f"duplicate key {e.key!r} in one object (which one is meant?)", path=path,
+                        line=lineno) from None
     except json.JSONDecodeError as e:
         raise DataError(f"malformed JSON ({e.msg} at column {e.colno})", path=path, line=lineno) from None
     except RecursionError:

@@ -63,8 +63,12 @@ def need(obj: Mapping, key: str, types: type | tuple[type, ...] = str, at: str =
 
 
 def need_text(obj: Mapping, key: str, at: str = "") -> str:
-    """A required string field, stripped (x must not carry stray whitespace)."""
-    return need(obj, key, str, at).strip()
+    """A required string field, stripped (x must not carry stray whitespace); empty after
+    stripping is an error: the classifier would pool over a template with a hole."""
+    text = need(obj, key, str, at).strip()
+    if not text:
+        raise DataError("empty (only whitespace)", field=_join(at, key))
+    return text
 
 
 # ---------------------------------------------------------------------------------------

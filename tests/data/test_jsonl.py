@@ -53,3 +53,15 @@ def test_predict_stdin_bytes_name_the_line(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "stdin", raw)
     with pytest.raises(DataError, match=r"<stdin>:2: not valid UTF-8"):
         read_examples("rte", "-")
+
+
+@pytest.mark.parametrize("row,message", [
+    (b'{"premise": "p", "premise": "q", "hypothesis": "h", "idx": 1, "label": "entailment"}\n',
+     "duplicate key 'premise'"),
+    (b'{"premise": "   ", "hypothesis": "h", "idx": 1, "label": "entailment"}\n', "field 'premise': empty"),
+])
+def test_duplicate_keys_and_empty_text_are_refused(tmp_path, row, message):
+    path = tmp_path / "rte.jsonl"
+    path.write_bytes(GOOD + row)
+    with pytest.raises(DataError, match=rf"rte.jsonl:2: .*{message}"):
+        get_task("rte").read(path)
