@@ -62,13 +62,26 @@ class LeanClassifier:
                                        SequenceSpec(max_seq_len=n, max_input_len=n, with_reasoning=False))
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
 
+    @staticmethod
+    def _load_decoder(path: str, stored_int8: bool, int8: bool, torch_dtype, attn_implementation: str):
+        from safetensors.torch import load_file
+        from transformers import AutoConfig, AutoModel
+
+        if stored_int8:
+            decoder = AutoModel.from_config(AutoConfig.from_pretrained(path, **NO_REMOTE_CODE), dtype=torch.float32,
+                                            attn_implementation=attn_implementation)
+            return load_int8(decoder, load_file(os.path.join(path, WEIGHTS)), os.path.join(path, WEIGHTS))
+        decoder = AutoModel.from_pretrained(path, dtype=torch_dtype, attn_implementation=attn_implementation,
+                                            **NO_REMOTE_CODE)
+        return quantize_int8(decoder) if int8 else decoder
+
     @classmethod
     def load(cls, path: str, device: str = "cpu", dtype: str | None = None, int8: bool | None = None,
              attn_implementation: str = "sdpa") -> "LeanClassifier":
         """``dtype``/``int8`` default to what the directory says; ``int8=True`` on a float
         directory quantises at load time exactly as the export would have."""
         from safetensors.torch import load_file
-        from transformers import AutoConfig, AutoModel, AutoTokenizer
+        from transformers import AutoTokenizer
 
         path = str(path)
         cfg = LeanConfig.load(path)
@@ -80,19 +93,30 @@ class LeanClassifier:
         if int8 and torch.device(device).type != "cpu":
             raise ValueError("int8 dynamic quantisation runs on CPU only")
         torch_dtype = torch.float32 if int8 else getattr(torch, dtype or cfg.dtype)
-        if stored_int8:
-            decoder = AutoModel.from_config(AutoConfig.from_pretrained(path, **NO_REMOTE_CODE), dtype=torch.float32,
-                                            attn_implementation=attn_implementation)
-            decoder = load_int8(decoder, load_file(os.path.join(path, WEIGHTS)), os.path.join(path, WEIGHTS))
-        else:
-            decoder = AutoModel.from_pretrained(path, dtype=torch_dtype, attn_implementation=attn_implementation,
-                                                **NO_REMOTE_CODE)
-            if int8:
-                decoder = quantize_int8(decoder)
+        try:
+            decoder = cls._load_decoder(path, stored_int8, int8, torch_dtype, attn_implementation)
+        except OSError as e:
+            raise ValueError(f"{path}: the decoder weights or config cannot be read: {e}") from None
+        except Exception as e:  # safetensors' own errors (truncated, garbage) are not OSErrors
+            if type(e).__name__ in ("SafetensorError", "HeaderTooLarge", "InvalidHeaderDeserialization"):
+                raise ValueError(f"{os.path.join(path, WEIGHTS)}: not a readable safetensors file ({e})") from None
+            raise
         head = ClassificationHead(decoder.config.hidden_size, cfg.num_labels, cfg.head_inner_size)
-        head.load_state_dict(load_file(os.path.join(path, HEAD_FILE)))
+        head_path = os.path.join(path, HEAD_FILE)
+        try:
+            head.load_state_dict(load_file(head_path))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{head_path}: missing (the classifier head)") from None
+        except RuntimeError as e:  # shapes that disagree with lean_config.json or the decoder
+            raise ValueError(f"{head_path}: does not fit num_labels={cfg.num_labels}, head_inner_size="
+                             f"{cfg.head_inner_size}, hidden size {decoder.config.hidden_size}: "
+                             f"{str(e).splitlines()[-1].strip()}") from None
         head.to(device=device, dtype=torch_dtype)
-        return cls(decoder.to(device), head, AutoTokenizer.from_pretrained(path, **NO_REMOTE_CODE), cfg, device)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path, **NO_REMOTE_CODE)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{path}: the tokenizer cannot be loaded ({str(e).splitlines()[0][:200]})") from None
+        return cls(decoder.to(device), head, tokenizer, cfg, device)
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         return [self.builder.input_ids(t)[0] for t in texts]
@@ -172,6 +196,14 @@ def main(argv: list[str] | None = None) -> int:
     from .data.errors import DataError
 
     args = build_parser().parse_args(argv)
+    if args.batch_size < 1 or (args.max_batch_tokens is not None and args.max_batch_tokens < 1):
+        print("dhrd predict: error: --batch_size and --max_batch_tokens must be >= 1", file=sys.stderr)
+        return 2
+    if args.output != "-" and (os.path.isdir(args.output)
+                               or not os.path.isdir(os.path.dirname(os.path.abspath(args.output)))):
+        print(f"dhrd predict: error: --output {args.output}: not a writable file path (a directory, or its "
+              "folder does not exist)", file=sys.stderr)
+        return 2
     try:  # the input is checked before the (possibly large) model loads
         examples = read_examples(LeanConfig.load(args.model_dir).task, args.input)
         clf = LeanClassifier.load(args.model_dir, device=args.device, dtype=args.dtype,

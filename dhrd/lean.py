@@ -84,8 +84,13 @@ class LeanConfig:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{directory} is not a lean classifier directory: no {LEAN_CONFIG} "
                                     "(export one with tools/export_classifier.py)")
-        with open(path) as f:
-            raw = json.load(f)
+        try:
+            with open(path, encoding="utf-8") as f:
+                raw = json.load(f)
+        except (ValueError, UnicodeError) as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path}: expected a JSON object")
         if raw.get("format") != LEAN_FORMAT or raw.get("version", 0) > LEAN_VERSION:
             raise ValueError(f"{path}: format {raw.get('format')!r} version {raw.get('version')} "
                              f"is not {LEAN_FORMAT!r} <= {LEAN_VERSION}")
@@ -94,7 +99,20 @@ class LeanConfig:
         missing = [name for name in required if name not in raw]
         if missing:
             raise ValueError(f"{path}: missing field(s) {', '.join(missing)}")
-        return cls(**{k: v for k, v in raw.items() if k in known})
+        types = {"task": str, "labels": list, "verbalizers": list, "pooling": str, "max_input_len": int,
+                 "num_labels": int, "head_inner_size": int, "dtype": str, "quantize": str, "tied_embeddings": bool,
+                 "special_token_ids": dict, "training": dict}
+        for name, kind in types.items():
+            value = raw.get(name)
+            if name in raw and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
+                raise ValueError(f"{path}: field '{name}': expected {kind.__name__}, got {type(value).__name__}")
+        for name in ("labels", "verbalizers"):
+            if not all(isinstance(v, str) for v in raw[name]):
+                raise ValueError(f"{path}: field '{name}': expected a list of strings")
+        try:
+            return cls(**{k: v for k, v in raw.items() if k in known})
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
 
 
 # ---------------------------------------------------------------------------------------
