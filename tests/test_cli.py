@@ -64,8 +64,25 @@ def test_rationales_commands_report_errors_as_one_line(tmp_path, capsys):
     assert main(["rationales", "check", "--task", "rte", "--input", str(rows), "--rationales", str(bad)]) == 2
     err = capsys.readouterr().err
     assert err.strip().splitlines() == [f"dhrd rationales check: error: {bad}:2: field 'rationale': "
-                                        "missing or not a string"]
+                                        "expected a string, got int"]
     assert main(["rationales", "import", "--task", "esnli", "--root", str(tmp_path / "none"), "--split", "valid",
                  "--out", str(tmp_path / "o.jsonl")]) == 2
     err = capsys.readouterr().err
     assert "dhrd rationales import: error:" in err and "esnli_valid.json" in err and "Traceback" not in err
+
+
+def test_rationales_check_fails_where_training_would(tmp_path, capsys):
+    """check reads with the training reader first: a file training rejects is rejected."""
+    rows = tmp_path / "rte.jsonl"
+    rows.write_text(json.dumps({"premise": "p", "hypothesis": "h", "idx": 0, "label": "entailment"}) + "\n")
+    base = ["rationales", "check", "--task", "rte", "--input", str(rows), "--rationales"]
+    for name, content, message in [("t.jsonl", '{"id": "0", "rationale": "ok"}\n{"id": "1", "rati', "t.jsonl:2"),
+                                   ("s.jsonl", '{"id": "0", "rationale": "\\ud800"}\n', "s.jsonl:1")]:
+        (tmp_path / name).write_text(content)
+        assert main(base + [str(tmp_path / name)]) == 2
+        assert message in capsys.readouterr().err
+    good = tmp_path / "g.jsonl"
+    good.write_text('{"id": "0", "rationale": "ok"}\n')
+    assert main(base + [str(good), "--out", str(tmp_path)]) == 2  # a directory: refused before any work
+    assert "is a directory" in capsys.readouterr().err and not list(tmp_path.glob("*.tmp-*"))
+    assert main(base + [str(good), "--out", str(tmp_path / "kept.jsonl")]) == 0

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from ..data.errors import DataError
-from ..data.rationales import clean_rationale
+from ..data.rationales import clean_rationale, read_rationales
 from ..data.tasks import Task, get_task, read_examples
 from .generate import scan_jsonl
 
@@ -157,6 +157,8 @@ def regenerate_ids(report: ConsistencyReport, policy: str, include_missing: bool
 def _write_lines(path: str, lines: Iterable[str]) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
+    if os.path.isdir(path):
+        raise ValueError(f"{path}: is a directory (give a file path)")
     with open(tmp, "w", encoding="utf-8") as f:
         for line in lines:
             f.write(line + "\n")
@@ -176,6 +178,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report", help="write the report as JSON here")
     args = p.parse_args(argv)
     task = get_task(args.task)
+    for out in (args.out, args.regenerate_ids, args.report):
+        if out and os.path.isdir(out):
+            raise ValueError(f"{out}: is a directory (give a file path)")
+    # first, exactly what training will accept (its reader refuses what this tolerant one
+    # skips: a truncated last line, text that is not valid UTF-8): check must not pass a
+    # file that the training run then rejects
+    read_rationales(args.rationales, task.labels)
     report, kept = check(task, args.input, args.rationales, args.policy)
     print(report.format())
     if args.out:
