@@ -50,7 +50,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"dhrd {command}: not available in this version ({e.name} is missing)", file=sys.stderr)
             return 2
         raise
-    return module.main(rest) or 0
+    from .cli_errors import run_main
+
+    return run_main(f"dhrd {command}", module.main, rest)
 
 
 if __name__ == "__main__":

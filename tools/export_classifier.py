@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = export_lean(args.source, args.out_dir, tag=args.tag, dtype=args.dtype,
                              quantize="int8" if args.int8 else "none")
-    except (CheckpointError, ValueError) as e:
+    except (CheckpointError, ValueError, OSError) as e:
         print(f"export_classifier: error: {e}", file=sys.stderr)
         return 2
     print(report.format())

@@ -23,18 +23,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name:<{width}}  {help_}")
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     module, func, _ = COMMANDS[argv[0]]
-    import os
+    from ..cli_errors import run_main
 
-    from ..data.errors import DataError
-
-    try:
-        return getattr(importlib.import_module(module), func)(argv[1:]) or 0
-    except (DataError, ValueError, OSError, UnicodeError) as e:
-        # the project's own errors (file:line: field) as one line; DHRD_DEBUG=1 for the traceback
-        if os.environ.get("DHRD_DEBUG"):
-            raise
-        print(f"dhrd rationales {argv[0]}: error: {e}", file=sys.stderr)
-        return 2
+    return run_main(f"dhrd rationales {argv[0]}", getattr(importlib.import_module(module), func), argv[1:])
 
 
 if __name__ == "__main__":
