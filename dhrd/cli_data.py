@@ -29,11 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"dhrd data: error: {e}", file=sys.stderr)
         return 2
-    path = resolve_model_path(model_args.model or "smollm2")
-    tokenizer = load_tokenizer(path, model_args.gguf_file)
-    special = add_reasoning_tokens(tokenizer, load_backbone(path, gguf_file=model_args.gguf_file))
     try:
-        examples = task.read(data_args.train_file)
+        examples = task.read(data_args.train_file)  # bad rows are found before the model loads
+        path = resolve_model_path(model_args.model or "smollm2")
+        tokenizer = load_tokenizer(path, model_args.gguf_file)
+        special = add_reasoning_tokens(tokenizer, load_backbone(path, gguf_file=model_args.gguf_file))
         ds, report = build_training_set(task, examples, tokenizer, special, data_args,
                                         with_reasoning=loss_args.alpha > 0, cache_dir=data_args.cache_dir)
     except (DataError, OSError) as e:
