@@ -233,4 +233,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from dhrd.cli_errors import run_main
+
+    sys.exit(run_main("bench_loss.py", main))

@@ -78,4 +78,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from dhrd.cli_errors import run_main
+
+    sys.exit(run_main("bench_packing.py", main))

@@ -398,4 +398,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from dhrd.cli_errors import run_main
+
+    sys.exit(run_main("bench_train.py", main))

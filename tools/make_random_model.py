@@ -33,4 +33,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from dhrd.cli_errors import run_main
+
+    sys.exit(run_main("make_random_model.py", main))
