@@ -237,19 +237,19 @@ class MicroBatchStream:
         self.lengths, self.pack_tokens, self.rows, self.seed = list(lengths), pack_tokens, rows_per_batch, seed
         self.batch_size, self.per_step = batch_size, per_step
         self._plans: list[list] = []
+        self._steps: dict[int, list] = {}  # exact mode: planned once, sized (M) and flattened (plan)
 
     def exact_steps(self, epoch: int) -> list:
-        return plan_exact_steps(self.lengths, self.batch_size, self.pack_tokens, self.rows, seed=self.seed,
-                                epoch=epoch)
+        if epoch not in self._steps:
+            self._steps[epoch] = plan_exact_steps(self.lengths, self.batch_size, self.pack_tokens, self.rows,
+                                                  seed=self.seed, epoch=epoch)
+        return self._steps[epoch]
 
     def micro_batches_needed(self, epochs: int, world: int) -> int:
         """Exact mode: the M that holds the fullest step of the first ``epochs`` epochs, a
         multiple of the world size."""
         m = max(len(step) for e in range(max(1, epochs)) for step in self.exact_steps(e))
         return world * math.ceil(m / world)
-
-    def steps_per_epoch(self, m: int) -> int:
-        return len(self.plan(0)) // m if self.batch_size else math.ceil(len(self.plan(0)) / m)
 
     def plan(self, epoch: int) -> list:
         while len(self._plans) <= epoch:

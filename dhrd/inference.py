@@ -80,6 +80,7 @@ class LeanClassifier:
              attn_implementation: str = "sdpa") -> "LeanClassifier":
         """``dtype``/``int8`` default to what the directory says; ``int8=True`` on a float
         directory quantises at load time exactly as the export would have."""
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
         from transformers import AutoTokenizer
 
@@ -97,10 +98,8 @@ class LeanClassifier:
             decoder = cls._load_decoder(path, stored_int8, int8, torch_dtype, attn_implementation)
         except OSError as e:
             raise ValueError(f"{path}: the decoder weights or config cannot be read: {e}") from None
-        except Exception as e:  # safetensors' own errors (truncated, garbage) are not OSErrors
-            if type(e).__name__ in ("SafetensorError", "HeaderTooLarge", "InvalidHeaderDeserialization"):
-                raise ValueError(f"{os.path.join(path, WEIGHTS)}: not a readable safetensors file ({e})") from None
-            raise
+        except SafetensorError as e:  # truncated or garbage weights (not an OSError)
+            raise ValueError(f"{os.path.join(path, WEIGHTS)}: not a readable safetensors file ({e})") from None
         head = ClassificationHead(decoder.config.hidden_size, cfg.num_labels, cfg.head_inner_size)
         head_path = os.path.join(path, HEAD_FILE)
         try:

@@ -100,12 +100,12 @@ def step_batches(args: PlainArgs, lengths: list[int]) -> list[list[int]]:
     packing plan, micro-batches per step from ``batch_size``), to measure what the
     packed batch composition alone does."""
     if args.order == "packed":
-        from dhrd.engine import MicroBatchStream
+        from dhrd.config import DataArgs, TrainArgs
+        from dhrd.engine import data_order
 
-        stream = MicroBatchStream(lengths, args.pack_tokens, 1, args.seed)
-        per_micro = len(lengths) / max(len(stream.plan(0)), 1)
-        m = max(1, round(args.batch_size / per_micro))
-        total = max(1, math.ceil(args.epochs * len(stream.plan(0)) / m))
+        stream, m, total, _ = data_order(
+            TrainArgs(seed=args.seed, epochs=args.epochs, global_batch_size=args.batch_size, batching="packed"),
+            DataArgs(pack_tokens=args.pack_tokens, max_seq_len=args.pack_tokens), lengths, world=1)
         return [[i for j in range(k * m, (k + 1) * m) for row in stream[j] for i in row] for k in range(total)]
     if args.order != "random":
         raise ValueError(f"order={args.order!r}: random or packed")

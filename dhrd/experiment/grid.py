@@ -87,10 +87,10 @@ def _expand(value: str, base: str, is_file: bool = True) -> str:
     """${VAR} and ${VAR:-default} from the environment; relative paths against ``base``
     (a model value only where that names an existing path: else it is a name, 'smollm2')."""
     def sub(m):
-        name, _, default = m.group(1).partition(":-")
+        name, has_default, default = m.group(1).partition(":-")
         if name in os.environ:
             return os.environ[name]
-        if m.group(1).find(":-") >= 0:
+        if has_default:
             return default
         raise GridError(f"environment variable {name} is not set (used in the grid file)")
 
@@ -100,6 +100,14 @@ def _expand(value: str, base: str, is_file: bool = True) -> str:
         if is_file or os.path.exists(joined):
             return joined
     return value
+
+
+FILE_KEYS = ("train_file", "eval_file", "rationale_file")
+
+
+def _task_settings(spec: dict) -> dict:
+    """A task spec's own trainer arguments: everything but its files and prepare section."""
+    return {k: v for k, v in spec.items() if k not in (*FILE_KEYS, "prepare")}
 
 
 def _trainer_fields() -> dict[str, type]:
@@ -157,8 +165,7 @@ def load_grid(path: str) -> Grid:
             if key not in spec:
                 raise GridError(f"{path}: tasks.{name}: missing {key!r}")
         tasks[name] = {k: _expand(v, base) if k in PATH_KEYS and isinstance(v, str) else v for k, v in spec.items()}
-        own = {k: v for k, v in spec.items() if k not in ("train_file", "eval_file", "rationale_file", "prepare")}
-        _check_args(f"{path}: tasks.{name}", own)
+        _check_args(f"{path}: tasks.{name}", _task_settings(spec))
         if "prepare" in spec:
             prep = dict(spec["prepare"] or {})
             if isinstance(prep.get("source"), str):
@@ -193,10 +200,9 @@ def load_grid(path: str) -> Grid:
                 raise GridError(f"{where}: task {t!r} is not in the grid's tasks")
         keys = sorted(axes)
         for task, method, seed in itertools.product(block_tasks, block["methods"], block.get("seeds", seeds)):
-            files = tuple((k, v) for k, v in tasks[task].items() if k in ("train_file", "eval_file", "rationale_file"))
+            files = tuple((k, v) for k, v in tasks[task].items() if k in FILE_KEYS)
+            own = tuple(_task_settings(tasks[task]).items())
             for values in itertools.product(*(axes[k] for k in keys)):
-                own = tuple((k, v) for k, v in tasks[task].items()
-                            if k not in ("train_file", "eval_file", "rationale_file", "prepare"))
                 run = Run(task, method, seed, tuple(zip(keys, values)), files, own)
                 runs.setdefault(run.name, run)
     # seed by seed: the first seed of every comparison finishes first, so a grid that is

@@ -28,6 +28,13 @@ def _plt():
     return plt
 
 
+def _save(fig, path: str) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+    return path
+
+
 def bars(rows: list[dict], out_dir: str) -> list[str]:
     plt = _plt()
     files = []
@@ -42,11 +49,7 @@ def bars(rows: list[dict], out_dir: str) -> list[str]:
         ax.set_xticks(range(len(rs)), names, rotation=30, ha="right", fontsize=8)
         ax.set_ylabel("dev score (mean ± std over seeds)")
         ax.set_title(task)
-        fig.tight_layout()
-        path = os.path.join(out_dir, f"bars_{task}.png")
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        files.append(path)
+        files.append(_save(fig, os.path.join(out_dir, f"bars_{task}.png")))
     return files
 
 
@@ -92,10 +95,7 @@ def _curve(rows, axis: str, out_path: str, xlabel: str, default=None, logx=False
         ax.set_title(task)
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out_path, dpi=110)
-    plt.close(fig)
-    return out_path
+    return _save(fig, out_path)
 
 
 def _preset_alpha(row) -> float | None:
@@ -141,11 +141,7 @@ def loss_curves(grid: Grid, root: str, out_dir: str, tag: str = "train/loss_cls"
         ax.set_title(task)
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
-        fig.tight_layout()
-        path = os.path.join(out_dir, f"loss_{task}.png")
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        files.append(path)
+        files.append(_save(fig, os.path.join(out_dir, f"loss_{task}.png")))
     return files
 
 
