@@ -20,6 +20,8 @@ import shutil
 import numpy as np
 import torch
 
+from .fileio import atomic_open, atomic_write
+
 MARKER = "dhrd_complete.json"
 LATEST = "latest"
 TAG_RE = re.compile(r"^step_(\d+)$")
@@ -27,15 +29,6 @@ TAG_RE = re.compile(r"^step_(\d+)$")
 
 def tag_for(step: int) -> str:
     return f"step_{step:08d}"
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _barrier() -> None:
@@ -94,13 +87,13 @@ def save(engine, root: str, step: int, state: dict, *, rank: int, world: int, ke
     os.makedirs(root, exist_ok=True)
     engine.save_checkpoint(root, tag=tag, client_state={"dhrd": state}, save_latest=False)
     buf = os.path.join(root, tag, f"rng_rank{rank}.pt")
-    torch.save(rng_state(), buf + ".tmp")
-    os.replace(buf + ".tmp", buf)
+    with atomic_open(buf, "wb") as f:
+        torch.save(rng_state(), f)
     _barrier()  # every rank's DeepSpeed shards and RNG file are on disk
     if rank == 0:
-        _atomic_write(os.path.join(root, tag, MARKER),
+        atomic_write(os.path.join(root, tag, MARKER),
                       json.dumps({"tag": tag, "world_size": world, **state}).encode())
-        _atomic_write(os.path.join(root, LATEST), tag.encode())
+        atomic_write(os.path.join(root, LATEST), tag.encode())
         prune(root, keep, current=tag)
     _barrier()
     return tag

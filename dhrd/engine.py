@@ -26,7 +26,6 @@ import contextlib
 import json
 import math
 import os
-import socket
 import time
 from dataclasses import dataclass
 
@@ -39,6 +38,7 @@ from .config import resolved_config
 from .cot_eval import evaluate_cot, resolve_eval_mode
 from .data.packing import collate_packed, plan_exact_steps, plan_micro_batches
 from .data.sequences import SequenceBuilder, SequenceSpec
+from .fileio import atomic_write_json, atomic_write_jsonl, free_port, repair_jsonl_tail
 from .ds_config import fill_ds_config, load_ds_config, sanitize_cuda_arch_list, start_warmup_schedule, zero_stage
 from .flops import StepFlops, peak_tflops
 from .kernels import dual_head_loss
@@ -79,15 +79,21 @@ class Dist:
         return {k: v for p in parts for k, v in p.items()}
 
 
-def shutdown_distributed() -> None:
+def shutdown_distributed(synchronize: bool = False) -> int:
     """Destroy the process group before the interpreter exits: left to interpreter
     teardown, gloo's worker threads can abort the process ("terminate called without an
-    active exception", exit code 250) after a run that finished fine. Local, no
-    collective: safe on error paths too."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        rank = torch.distributed.get_rank()
-        torch.distributed.destroy_process_group()
-        unlink_deepspeed_shm(rank)
+    active exception", exit code 250) after a run that finished fine. ``synchronize``
+    (after a clean run only: a failed rank would never reach it) first waits for every
+    rank, so no rank tears down connections another is still using. Returns the world
+    size the group had (0: there was none)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return 0
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    if synchronize and world > 1:
+        torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+    unlink_deepspeed_shm(rank)
+    return world
 
 
 def deepspeed_shm_path(rank: int, environ=None) -> str:
@@ -107,19 +113,13 @@ def unlink_deepspeed_shm(rank: int) -> None:
         os.remove(deepspeed_shm_path(rank))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def init_distributed() -> Dist:
     """Works under ``deepspeed``, ``torchrun`` and plain ``python`` (world size 1: the
     rendezvous variables get defaults, so deepspeed.initialize runs the same way)."""
     if "RANK" not in os.environ:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 
@@ -411,14 +411,13 @@ def classifier_predictions(engine, eval_table: dict, pack_tokens: int, rows_per_
 def write_predictions(path: str, eval_table: dict, preds: dict) -> None:
     """One line per eval example (id, gold label, each head's prediction), so methods can be
     compared paired, example by example (the experiment harness reads these)."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        for i, ex_id in enumerate(eval_table["id"]):
-            row = {"id": ex_id, "label": eval_table["label"][i], **{k: v[i] for k, v in preds.items()}}
-            if eval_table["group"][i] is not None:
-                row["group"] = eval_table["group"][i]
-            f.write(json.dumps(row) + "\n")
-    os.replace(tmp, path)
+    rows = []
+    for i, ex_id in enumerate(eval_table["id"]):
+        row = {"id": ex_id, "label": eval_table["label"][i], **{k: v[i] for k, v in preds.items()}}
+        if eval_table["group"][i] is not None:
+            row["group"] = eval_table["group"][i]
+        rows.append(row)
+    atomic_write_jsonl(path, rows)
 
 
 def score(task, preds: list[int], eval_table: dict) -> dict:
@@ -551,7 +550,7 @@ def run(model_args, data_args, loss_args, train_args) -> dict:
         start_warmup_schedule(ds_cfg, engine.lr_scheduler)  # else the first two updates run at lr 0
 
     if dist.rank == 0:  # a requeued run appends to the same log; its marker is consumed
-        preemption.repair_jsonl_tail(os.path.join(out, "metrics.jsonl"))
+        repair_jsonl_tail(os.path.join(out, "metrics.jsonl"))
         preemption.clear_marker(out)
     monitor = Monitor(dist.rank, out, train_args.tensorboard_dir, total_steps, start_step, train_args.progress)
     if start_step == 0:
@@ -659,9 +658,9 @@ def run(model_args, data_args, loss_args, train_args) -> dict:
         if eval_table is not None:
             run_eval(total_steps)
             if dist.rank == 0:
-                with open(os.path.join(out, "eval_results.json"), "w") as f:
-                    json.dump({"task": task.name, "step": total_steps, "metrics": metrics,
-                               "history": eval_history}, f, indent=2)
+                atomic_write_json(os.path.join(out, "eval_results.json"),
+                                  {"task": task.name, "step": total_steps, "metrics": metrics,
+                                   "history": eval_history}, indent=2)
                 write_predictions(os.path.join(out, "eval_predictions.jsonl"), eval_table, last_preds)
         monitor.hparams({"alpha": loss_args.alpha, "beta": loss_args.beta, "task": task.name,
                          "backbone": model_args.model, "method": loss_args.method or "custom",

@@ -20,6 +20,8 @@ import os
 import signal
 import threading
 
+from .fileio import atomic_write_json
+
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again later"
 MARKER = "preempted.json"
 SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
@@ -76,20 +78,7 @@ def clear_marker(output_dir: str) -> None:
 
 def write_marker(output_dir: str, step: int, signum: int, checkpoint_tag: str) -> None:
     path = marker_path(output_dir)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump({"step": step, "signal": signal.Signals(signum).name, "checkpoint": checkpoint_tag,
-                   "slurm_job_id": os.environ.get("SLURM_JOB_ID")}, f)
-    os.replace(tmp, path)
+    atomic_write_json(path, {"step": step, "signal": signal.Signals(signum).name, "checkpoint": checkpoint_tag,
+                             "slurm_job_id": os.environ.get("SLURM_JOB_ID")}, indent=None)
 
 
-def repair_jsonl_tail(path: str) -> None:
-    """A process killed while appending may leave half a line at the end of a JSONL log;
-    cut it, so the lines the resumed run appends stay parseable."""
-    try:
-        with open(path, "rb+") as f:
-            data = f.read()
-            if data and not data.endswith(b"\n"):
-                f.truncate(data.rfind(b"\n") + 1)
-    except FileNotFoundError:
-        pass

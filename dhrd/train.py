@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -55,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     from dhrd.engine import TrainingDiverged, run, shutdown_distributed
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    finished = False
     try:
         model_args, data_args, loss_args, train_args, rest = parse_args(argv)
         # launchers pass --local_rank / --local-rank; anything else is a typo worth stopping for
@@ -66,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--model is required (an HF model directory, or 'smollm2')")
         preflight(model_args, data_args, loss_args, train_args)
         run(model_args, data_args, loss_args, train_args)
+        finished = True
     except TrainingDiverged as e:
         print(f"training stopped: {e}", file=sys.stderr)
         return 3
@@ -75,9 +78,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2
     finally:
-        shutdown_distributed()
+        _STATE["world"] = shutdown_distributed(synchronize=finished)
     return 0
 
 
+_STATE = {"world": 0}
+
+
+def exit_process(code: int) -> None:
+    """End a launched process. After a multi-process run the interpreter's own teardown is
+    skipped (everything is written, flushed and the process group destroyed by then):
+    there it would destroy DeepSpeed's leftover communication handles, whose gloo threads
+    can abort a finished run with SIGABRT (seen in CI: exit code 250 after the final
+    export of a 2-rank ZeRO-3 run)."""
+    if _STATE["world"] > 1:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

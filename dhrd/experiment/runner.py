@@ -23,6 +23,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+from ..fileio import atomic_write, atomic_write_json
 from .grid import Grid, Run
 from .prepare import prepare_task
 
@@ -57,10 +58,7 @@ def write_run_config(grid: Grid, root: str, run: Run) -> str:
     args.setdefault("eval_mode", "auto")
     args.setdefault("export_final", False)  # a grid compares dev scores; set it true to keep the weights
     args["resume"] = "auto"  # fresh when there is no checkpoint, continues otherwise
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        yaml.safe_dump(args, f, sort_keys=True)
-    os.replace(tmp, path)
+    atomic_write(path, yaml.safe_dump(args, sort_keys=True))
     return path
 
 
@@ -83,8 +81,7 @@ def finish(root: str, run: Run, returncode: int) -> bool:
     out = run_dir(root, run)
     ok = returncode == 0 and os.path.exists(os.path.join(out, "eval_predictions.jsonl"))
     if ok:
-        with open(os.path.join(out, DONE), "w") as f:
-            json.dump({"finished": time.time(), "run": run.name}, f)
+        atomic_write_json(os.path.join(out, DONE), {"finished": time.time(), "run": run.name})
         # the run is final: its checkpoints are only weight (resume needs them no more)
         shutil.rmtree(os.path.join(out, "checkpoints"), ignore_errors=True)
     return ok
@@ -158,13 +155,8 @@ def record_grid(grid: Grid, root: str) -> None:
             old = json.load(f)
         if old.get("name") != grid.name:
             raise ValueError(f"{root} holds grid {old.get('name')!r}, not {grid.name!r}: use another --root")
-    tmp = dst + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, dst)
-    with open(names + ".tmp", "w") as f:
-        json.dump({"name": grid.name, "runs": [r.name for r in grid.runs]}, f, indent=1)
-    os.replace(names + ".tmp", names)
+    atomic_write(dst, text)  # array tasks record the grid at the same time: each replaces it whole
+    atomic_write_json(names, {"name": grid.name, "runs": [r.name for r in grid.runs]})
 
 
 def slurm_command(grid: Grid, root: str, grid_path: str, *, parallel: int | None = None) -> list[str]:

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from ..data.errors import DataError
+from ..fileio import atomic_write_lines
 from ..data.rationales import clean_rationale, read_rationales
 from ..data.tasks import Task, get_task, read_examples
 from .generate import scan_jsonl
@@ -155,14 +156,9 @@ def regenerate_ids(report: ConsistencyReport, policy: str, include_missing: bool
 
 
 def _write_lines(path: str, lines: Iterable[str]) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
     if os.path.isdir(path):
         raise ValueError(f"{path}: is a directory (give a file path)")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for line in lines:
-            f.write(line + "\n")
-    os.replace(tmp, path)
+    atomic_write_lines(path, lines)
 
 
 def main(argv: list[str] | None = None) -> int:

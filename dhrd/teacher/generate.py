@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..data.errors import DataError
+from ..fileio import atomic_write_jsonl, repair_jsonl_tail
 from ..data.rationales import END_MARKER, clean_rationale
 from ..data.tasks import Example, Task, get_task, read_examples
 from . import Completion, Teacher
@@ -55,16 +56,16 @@ def scan_jsonl(path: str, *, repair: bool = False) -> list[tuple[int, dict[str, 
     is an error, since no interrupted append makes one."""
     if not os.path.exists(path):
         return []
+    if repair:
+        cut = repair_jsonl_tail(path)
+        if cut:
+            log.warning("%s: cut a truncated last line (%d bytes) left by an interrupted run", path, cut)
     with open(path, "rb") as f:
         data = f.read()
     if data and not data.endswith(b"\n"):
         keep = data.rfind(b"\n") + 1
-        log.warning("%s: %s a truncated last line (%d bytes) left by an interrupted run",
-                    path, "cutting" if repair else "ignoring", len(data) - keep)
-        if repair:
-            with open(path, "rb+") as f:
-                f.truncate(keep)
-                os.fsync(f.fileno())
+        log.warning("%s: ignoring a truncated last line (%d bytes) left by an interrupted run",
+                    path, len(data) - keep)
         data = data[:keep]
     rows = []
     for lineno, line in enumerate(data.split(b"\n")[:-1], 1):
@@ -487,13 +488,7 @@ def merge(inputs: Sequence[str], out: str, *, replace: bool = False,
         missing = [i for i in expected_ids if i not in merged]
         if missing:
             raise DataError(f"{len(missing)} id(s) missing from all inputs, e.g. {missing[:3]}", path=out)
-    tmp = f"{out}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in merged.values():
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, out)
+    atomic_write_jsonl(out, merged.values())
     return {"records": len(merged), "replaced": replaced, "inputs": len(inputs)}
 
 

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..data.errors import DataError
+from ..fileio import atomic_write_jsonl
 from ..data.report import DataReport
 from ..data.tasks import Task, get_task, read_examples
 from .prompts import match_label, split_answer
@@ -178,12 +179,7 @@ def import_human(task: Task | str, examples_path: str, field_name: str, teacher:
 def write_records(records: Sequence[dict], out: str) -> None:
     """Whole file at once (temporary file, then rename): an import is not resumable, it is
     just rerun."""
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    tmp = f"{out}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in records:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, out)
+    atomic_write_jsonl(out, records)
 
 
 def format_agreement(task: str, result: ImportResult) -> str:

@@ -79,12 +79,7 @@ def child_env() -> dict:
     return env
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from dhrd.fileio import free_port as _free_port  # noqa: E402  (the helpers' old name)
 
 
 def losses(out_dir, key: str = "train/loss_total") -> dict[int, float]:

@@ -29,6 +29,12 @@ slurm: {{gpus-per-node: 0, cpus-per-task: 1, wait: true, output: "{logs}/%x-%A_%
 """
 
 
+def _array_logs(folder) -> str:
+    """The tail of every array task's log (they append: a resubmission's tasks come last)."""
+    return "\n".join(f"--- {f}\n" + open(os.path.join(folder, f)).read()[-2000:]
+                     for f in sorted(os.listdir(folder)) if f.endswith(".out"))
+
+
 def test_grid_as_a_slurm_job_array(slurm_cluster, fixtures, tmp_path):
     paths = fixtures["rte"]
     grid = tmp_path / "grid.yaml"
@@ -37,8 +43,7 @@ def test_grid_as_a_slurm_job_array(slurm_cluster, fixtures, tmp_path):
     root = tmp_path / "root"
     cmd = [sys.executable, "-m", "dhrd.cli", "experiment", "run", str(grid), "--root", str(root), "--slurm"]
     proc = subprocess.run(cmd, cwd=REPO, env=slurm_cluster, capture_output=True, text=True, timeout=600)
-    logs = "\n".join(open(os.path.join(tmp_path, f)).read()[-2000:] for f in os.listdir(tmp_path)
-                     if f.endswith(".out"))
+    logs = _array_logs(tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr + logs
     assert "--array=0-1" in proc.stdout
     for name in ("rte-pooled-s0", "rte-dhrd-s0"):
@@ -51,5 +56,5 @@ def test_grid_as_a_slurm_job_array(slurm_cluster, fixtures, tmp_path):
     assert res["gaps"][0]["variant"] == "rte-dhrd" and res["gaps"][0]["baseline"] == "rte-pooled"
     stamp = (root / "runs" / "rte-dhrd-s0" / "DONE").stat().st_mtime
     again = subprocess.run(cmd, cwd=REPO, env=slurm_cluster, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0, again.stderr
+    assert again.returncode == 0, again.stdout + again.stderr + _array_logs(tmp_path)
     assert (root / "runs" / "rte-dhrd-s0" / "DONE").stat().st_mtime == stamp  # array task skipped the done run

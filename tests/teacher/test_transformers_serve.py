@@ -6,7 +6,6 @@ fastapi, uvicorn)."""
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -27,10 +26,7 @@ CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{%
 SERVE = "import sys; from transformers.cli.transformers import main; sys.argv[0] = 'transformers'; sys.exit(main())"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from dhrd.fileio import free_port  # noqa: E402
 
 
 @pytest.fixture(scope="module")
