@@ -38,6 +38,9 @@ class ModelArgs:
     pooling: str = field(default="last", metadata={"help": "last (paper) or mean over the task input"})
     head_inner_size: int | None = field(default=None, metadata={"help": "MLP width; default hidden size"})
     head_dropout: float = 0.0
+    head: str = field(default="mlp", metadata={
+        "help": "mlp (the paper's 2-layer head) or linear (one bias-free projection: exports as a standard "
+                "HF <Arch>ForSequenceClassification, tools/export_classifier.py --format hf)"})
     lora: bool = field(default=False, metadata={"help": "train LoRA adapters + head instead of all weights"})
     lora_r: int = 16
     lora_alpha: int = 32
@@ -47,6 +50,7 @@ class ModelArgs:
     def __post_init__(self):
         _check_choice("dtype", self.dtype, ("auto", "float32", "bfloat16", "float16"))
         _check_choice("pooling", self.pooling, ("last", "mean"))
+        _check_choice("head", self.head, ("mlp", "linear"))
 
 
 @dataclass

@@ -174,7 +174,8 @@ def build_model(model_args, num_labels: int, ds_cfg: dict):
         backbone = apply_lora(backbone, model_args)
     with init_ctx:
         model = DualHeadModel(backbone, num_labels, pooling=model_args.pooling,
-                              head_inner_size=model_args.head_inner_size, head_dropout=model_args.head_dropout)
+                              head_inner_size=model_args.head_inner_size, head_dropout=model_args.head_dropout,
+                              head=model_args.head)
     return model, tokenizer, special, hf_ds
 
 

@@ -8,11 +8,13 @@ bf16 where bf16 trains); rank 0 then loads them into a fresh, unpartitioned mode
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 
 import torch
+
+from .fileio import atomic_write_json
+from .model import head_inner_size, head_kind
 
 CONSOLIDATED = "dual_head_consolidated.pt"
 HEAD_FILE = "classifier_head.safetensors"
@@ -52,8 +54,8 @@ def dual_head_from_config(config, num_labels: int, model_args, pooling: str, tok
         add_reasoning_tokens(tokenizer, backbone)
     if model_args.lora:
         backbone = apply_lora(backbone, model_args)
-    return DualHeadModel(backbone, num_labels, pooling=pooling,
-                         head_inner_size=model_args.head_inner_size, head_dropout=model_args.head_dropout)
+    return DualHeadModel(backbone, num_labels, pooling=pooling, head_inner_size=model_args.head_inner_size,
+                         head_dropout=model_args.head_dropout, head=getattr(model_args, "head", "mlp"))
 
 
 def load_trained_state(fresh, state: dict) -> None:
@@ -94,10 +96,9 @@ def _write_final(state, model, tokenizer, special, task, model_args, data_args, 
     save_head(fresh.head, os.path.join(out_dir, HEAD_FILE))
     meta = {"task": task.name, "labels": list(task.labels), "verbalizers": list(task.verbalizers),
             "pooling": fresh.pooling, "num_labels": fresh.num_labels,
-            "head_inner_size": fresh.head.dense.out_features, "head_file": HEAD_FILE,
+            "head": head_kind(fresh.head), "head_inner_size": head_inner_size(fresh.head), "head_file": HEAD_FILE,
             "special_token_ids": {"reason": special[0], "answer": special[1]},
             "alpha": loss_args.alpha, "beta": loss_args.beta, "method": loss_args.method,
             "rationale_mode": data_args.rationale_mode, "lora_merged": bool(model_args.lora),
             "dtype": str(dtype).replace("torch.", ""), "max_input_len": data_args.max_input_len}
-    with open(os.path.join(out_dir, "dhrd_config.json"), "w") as f:
-        json.dump(meta, f, indent=2)
+    atomic_write_json(os.path.join(out_dir, "dhrd_config.json"), meta, indent=2)

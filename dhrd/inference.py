@@ -28,7 +28,7 @@ from torch import nn
 from .backbones import NO_REMOTE_CODE, refuse_remote_code
 from .data.sequences import SequenceBuilder, SequenceSpec
 from .lean import HEAD_FILE, WEIGHTS, LeanConfig, load_int8, quantize_int8
-from .model import ClassificationHead, pool_hidden
+from .model import make_head, pool_hidden
 
 
 def length_buckets(lengths: Sequence[int], batch_size: int, max_batch_tokens: int | None = None) -> list[list[int]]:
@@ -51,7 +51,7 @@ def length_buckets(lengths: Sequence[int], batch_size: int, max_batch_tokens: in
 class LeanClassifier:
     """Decoder body + pooled head + the training tokenisation of x."""
 
-    def __init__(self, decoder: nn.Module, head: ClassificationHead, tokenizer, config: LeanConfig,
+    def __init__(self, decoder: nn.Module, head: nn.Module, tokenizer, config: LeanConfig,
                  device: torch.device | str = "cpu"):
         self.decoder, self.head, self.tokenizer, self.config = decoder.eval(), head.eval(), tokenizer, config
         self.device = torch.device(device)
@@ -100,7 +100,7 @@ class LeanClassifier:
             raise ValueError(f"{path}: the decoder weights or config cannot be read: {e}") from None
         except SafetensorError as e:  # truncated or garbage weights (not an OSError)
             raise ValueError(f"{os.path.join(path, WEIGHTS)}: not a readable safetensors file ({e})") from None
-        head = ClassificationHead(decoder.config.hidden_size, cfg.num_labels, cfg.head_inner_size)
+        head = make_head(cfg.head, decoder.config.hidden_size, cfg.num_labels, cfg.head_inner_size or None)
         head_path = os.path.join(path, HEAD_FILE)
         try:
             head.load_state_dict(load_file(head_path))

@@ -34,6 +34,8 @@ from torch import nn
 from . import checkpoint
 from .backbones import NO_REMOTE_CODE, refuse_remote_code
 from .export import HEAD_FILE
+from .fileio import atomic_write_json
+from .model import HEADS, head_inner_size, head_kind
 
 LEAN_FORMAT = "dhrd-lean-classifier"
 LEAN_VERSION = 1
@@ -55,11 +57,12 @@ class LeanConfig:
     pooling: str
     max_input_len: int
     num_labels: int
-    head_inner_size: int
+    head_inner_size: int               # the MLP's inner width; 0 for the linear head
     dtype: str = "float32"
     quantize: str = "none"            # "int8": the decoder's Linear weights are stored int8
     tied_embeddings: bool = False     # the (dropped) LM head shared the input embeddings
     special_token_ids: dict = field(default_factory=dict)  # {"reason": id, "answer": id}
+    head: str = "mlp"                 # "mlp" (the paper's) or "linear" (written before v1.1: mlp)
     training: dict = field(default_factory=dict)  # alpha, beta, method, lora_merged, source, step, eval
     format: str = LEAN_FORMAT
     version: int = LEAN_VERSION
@@ -71,12 +74,13 @@ class LeanConfig:
             raise ValueError(f"quantize={self.quantize!r} is not one of {', '.join(QUANTIZE)}")
         if self.quantize == "int8" and self.dtype != "float32":
             raise ValueError("int8 dynamic quantisation starts from float32 weights: use dtype float32")
+        if self.head not in HEADS:
+            raise ValueError(f"head={self.head!r} is not one of {', '.join(HEADS)}")
         if len(self.labels) != self.num_labels or len(self.verbalizers) != self.num_labels:
             raise ValueError(f"{self.num_labels} labels but labels={self.labels}, verbalizers={self.verbalizers}")
 
     def save(self, directory: str) -> None:
-        with open(os.path.join(directory, LEAN_CONFIG), "w") as f:
-            json.dump(asdict(self), f, indent=2)
+        atomic_write_json(os.path.join(directory, LEAN_CONFIG), asdict(self), indent=2)
 
     @classmethod
     def load(cls, directory: str) -> "LeanConfig":
@@ -101,7 +105,7 @@ class LeanConfig:
             raise ValueError(f"{path}: missing field(s) {', '.join(missing)}")
         types = {"task": str, "labels": list, "verbalizers": list, "pooling": str, "max_input_len": int,
                  "num_labels": int, "head_inner_size": int, "dtype": str, "quantize": str, "tied_embeddings": bool,
-                 "special_token_ids": dict, "training": dict}
+                 "special_token_ids": dict, "training": dict, "head": str}
         for name, kind in types.items():
             value = raw.get(name)
             if name in raw and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
@@ -202,16 +206,21 @@ def check_zero_checkpoint(tag_dir: str) -> int:
     world = int(_read_json(marker, "checkpoint marker").get("world_size", 0))
     names = os.listdir(tag_dir)
     problems = []
-    for rank in range(world):
-        for kind in ("model", "optim"):
-            suffix = f"zero_pp_rank_{rank}_mp_rank_00_{kind}_states.pt"
-            found = [n for n in names if n.endswith(suffix)]
-            if not found:
-                problems.append(f"missing {suffix} (rank {rank} of {world})")
-                continue
-            why = _torch_archive_problem(os.path.join(tag_dir, found[0]))
-            if why:
-                problems.append(f"{found[0]}: {why}")
+    # ZeRO-3 writes a model-state file per rank; ZeRO-1/2 one (rank 0's); both one optimizer shard per rank
+    per_rank = ("model", "optim") if any("zero_pp_rank_" in n and n.endswith("_model_states.pt") for n in names) \
+        else ("optim",)
+    wanted = [(f"zero_pp_rank_{rank}_mp_rank_00_{kind}_states.pt", f" (rank {rank} of {world})")
+              for rank in range(world) for kind in per_rank]
+    if per_rank == ("optim",):
+        wanted.insert(0, ("mp_rank_00_model_states.pt", " (the model states)"))
+    for suffix, who in wanted:
+        found = [n for n in names if n.endswith(suffix)]
+        if not found:
+            problems.append(f"missing {suffix}{who}")
+            continue
+        why = _torch_archive_problem(os.path.join(tag_dir, found[0]))
+        if why:
+            problems.append(f"{found[0]}: {why}")
     if problems:
         raise CheckpointError(f"checkpoint {tag_dir} is damaged: " + "; ".join(problems))
     return world
@@ -284,7 +293,7 @@ def dual_head_from_final(source: Source):
     backbone = AutoModelForCausalLM.from_pretrained(source.path, dtype=getattr(torch, meta["dtype"]),
                                                     **NO_REMOTE_CODE)
     model = DualHeadModel(backbone, meta["num_labels"], pooling=meta["pooling"],
-                          head_inner_size=meta["head_inner_size"])
+                          head_inner_size=meta["head_inner_size"] or None, head=meta.get("head", "mlp"))
     head_path = os.path.join(source.path, meta.get("head_file", HEAD_FILE))
     if not os.path.isfile(head_path):
         raise CheckpointError(f"classifier head not found: {head_path}")
@@ -292,7 +301,7 @@ def dual_head_from_final(source: Source):
     return model.eval(), AutoTokenizer.from_pretrained(source.path, **NO_REMOTE_CODE)
 
 
-def _training_meta(source: Source) -> dict:
+def training_meta(source: Source) -> dict:
     """alpha/beta/method from the training config (or final/'s metadata), and the eval
     metrics of the exported step when eval_results.json has them."""
     cfg = source.train_config or {}
@@ -456,9 +465,29 @@ def write_lean(model, tokenizer, cfg: LeanConfig, out_dir: str, lora: bool = Fal
     cfg.save(out_dir)
 
 
-def export_lean(path: str, out_dir: str, *, tag: str | None = None, dtype: str = "float32",
-                quantize: str = "none") -> ExportReport:
-    """A training output (ZeRO checkpoint or final/) -> a lean classifier directory."""
+@dataclass
+class Trained:
+    """A trained classifier rebuilt from a training output, with what an export records."""
+
+    source: Source
+    model: nn.Module        # DualHeadModel (LoRA unmerged when trained with it)
+    tokenizer: object
+    task: object            # dhrd.data.tasks.Task
+    max_input_len: int
+    special: dict           # {"reason": id, "answer": id}
+    lora: bool
+
+    @property
+    def tied(self) -> bool:
+        return self.model.lm_weight is self.model.backbone.get_input_embeddings().weight
+
+    def dual_head_bytes(self, dtype: str) -> int:
+        itemsize = torch.empty((), dtype=getattr(torch, dtype)).element_size()
+        return sum(p.numel() for n, p in self.model.named_parameters() if "lora_" not in n) * itemsize
+
+
+def load_trained(path: str, tag: str | None = None) -> Trained:
+    """A training output (ZeRO checkpoint or final/, see :func:`resolve_source`) rebuilt."""
     from .data.tasks import get_task
 
     source = resolve_source(path, tag)
@@ -474,12 +503,18 @@ def export_lean(path: str, out_dir: str, *, tag: str | None = None, dtype: str =
         task = get_task(meta["task"])
         max_input_len, special = meta["max_input_len"], meta["special_token_ids"]
     lora = source.kind == "zero" and model_args_of(source.train_config).lora
-    tied = model.lm_weight is model.backbone.get_input_embeddings().weight
+    return Trained(source, model, tokenizer, task, max_input_len, special, bool(lora))
+
+
+def export_lean(path: str, out_dir: str, *, tag: str | None = None, dtype: str = "float32",
+                quantize: str = "none") -> ExportReport:
+    """A training output (ZeRO checkpoint or final/) -> a lean classifier directory."""
+    t = load_trained(path, tag)
+    model, task = t.model, t.task
     lean_cfg = LeanConfig(task=task.name, labels=list(task.labels), verbalizers=list(task.verbalizers),
-                          pooling=model.pooling, max_input_len=max_input_len, num_labels=model.num_labels,
-                          head_inner_size=model.head.dense.out_features, dtype=dtype, quantize=quantize,
-                          tied_embeddings=tied, special_token_ids=special, training=_training_meta(source))
-    itemsize = torch.empty((), dtype=getattr(torch, dtype)).element_size()
-    full = sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n) * itemsize
-    write_lean(model, tokenizer, lean_cfg, out_dir, lora=lora)
-    return ExportReport(source.path, out_dir, dir_bytes(source.path), full, dir_bytes(out_dir))
+                          pooling=model.pooling, max_input_len=t.max_input_len, num_labels=model.num_labels,
+                          head_inner_size=head_inner_size(model.head), head=head_kind(model.head),
+                          dtype=dtype, quantize=quantize,
+                          tied_embeddings=t.tied, special_token_ids=t.special, training=training_meta(t.source))
+    write_lean(model, t.tokenizer, lean_cfg, out_dir, lora=t.lora)
+    return ExportReport(t.source.path, out_dir, dir_bytes(t.source.path), t.dual_head_bytes(dtype), dir_bytes(out_dir))

@@ -22,6 +22,7 @@ segment_attention.register()  # attn_implementation="dhrd_segments" (packed rows
 REASON_TOKEN = "<REASON>"
 ANSWER_TOKEN = "<ANS>"
 POOLINGS = ("last", "mean")
+HEADS = ("mlp", "linear")
 
 
 @dataclass
@@ -46,6 +47,39 @@ class ClassificationHead(nn.Module):
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.out(self.dropout(self.act(self.dense(pooled))))
+
+
+class LinearHead(nn.Module):
+    """One projection of the pooled state, no bias: exactly the ``score`` layer of a
+    Hugging Face ``<Arch>ForSequenceClassification``, so the classifier exports to that
+    standard class (tools/export_classifier.py --format hf)."""
+
+    def __init__(self, hidden_size: int, num_labels: int, dropout: float = 0.0):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.out = nn.Linear(hidden_size, num_labels, bias=False)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.out(self.dropout(pooled))
+
+
+def make_head(kind: str, hidden_size: int, num_labels: int, inner_size: int | None = None,
+              dropout: float = 0.0) -> nn.Module:
+    """The classification head by name: ``mlp`` (the paper's) or ``linear``."""
+    if kind == "mlp":
+        return ClassificationHead(hidden_size, num_labels, inner_size, dropout)
+    if kind == "linear":
+        return LinearHead(hidden_size, num_labels, dropout)
+    raise ValueError(f"unknown head {kind!r}; expected one of {HEADS}")
+
+
+def head_kind(head: nn.Module) -> str:
+    return "linear" if isinstance(head, LinearHead) else "mlp"
+
+
+def head_inner_size(head: nn.Module) -> int:
+    """The MLP's inner width (0 for the linear head), as export metadata records it."""
+    return head.dense.out_features if isinstance(head, ClassificationHead) else 0
 
 
 def pool_hidden(hidden: torch.Tensor, cls_index: torch.Tensor, cls_start: torch.Tensor | None,
@@ -75,7 +109,7 @@ class DualHeadModel(nn.Module):
     accepts ``position_ids`` (packed segments are isolated by restarting position ids)."""
 
     def __init__(self, backbone: nn.Module, num_labels: int, pooling: str = "last",
-                 head_inner_size: int | None = None, head_dropout: float = 0.0):
+                 head_inner_size: int | None = None, head_dropout: float = 0.0, head: str = "mlp"):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {pooling!r}; expected one of {POOLINGS}")
@@ -85,7 +119,7 @@ class DualHeadModel(nn.Module):
         self.pooling = pooling
         cfg = self.config
         hidden_size = getattr(cfg, "hidden_size", None) or cfg.n_embd
-        self.head = ClassificationHead(hidden_size, num_labels, head_inner_size, head_dropout)
+        self.head = make_head(head, hidden_size, num_labels, head_inner_size, head_dropout)
         dtype = next(backbone.parameters()).dtype
         if dtype.is_floating_point:
             self.head.to(dtype)
@@ -184,6 +218,6 @@ def build_dual_head_model(args, num_labels: int, device=None):
     backbone = load_backbone(path, dtype=resolve_dtype(args.dtype, device),
                              attn_implementation=args.attn_implementation, gguf_file=args.gguf_file)
     special = add_reasoning_tokens(tokenizer, backbone)
-    model = DualHeadModel(backbone, num_labels, pooling=args.pooling,
-                          head_inner_size=args.head_inner_size, head_dropout=args.head_dropout)
+    model = DualHeadModel(backbone, num_labels, pooling=args.pooling, head_inner_size=args.head_inner_size,
+                          head_dropout=args.head_dropout, head=args.head)
     return model, tokenizer, special

@@ -22,14 +22,14 @@ TEXTS = ["Premise: the cat is true\nHypothesis: the cat holds\nAnswer yes or no.
          "short", "a b c d e f g h " * 12]  # the last is left-truncated to MAX_INPUT_LEN
 
 
-def make_dual_head(tied: bool = False, pooling: str = "last", seed: int = 0, arch: str = "llama"):
+def make_dual_head(tied: bool = False, pooling: str = "last", seed: int = 0, arch: str = "llama", head: str = "mlp"):
     from dhrd.model import DualHeadModel, add_reasoning_tokens
 
     tok = make_tiny_tokenizer()
     backbone = tiny_backbone(arch, seed=seed, tie_word_embeddings=tied)
     special = add_reasoning_tokens(tok, backbone)
     torch.manual_seed(seed + 1)
-    model = DualHeadModel(backbone, 2, pooling=pooling).eval()
+    model = DualHeadModel(backbone, 2, pooling=pooling, head=head).eval()
     return model, tok, special
 
 
@@ -38,10 +38,11 @@ def make_training_output(root, model, tok, special, *, eval_metrics=None) -> str
     from dhrd.config import DataArgs, LossArgs, ModelArgs, TrainArgs, resolved_config
     from dhrd.data.tasks import get_task
     from dhrd.export import _write_final
+    from dhrd.model import head_kind
 
     out = os.path.join(root, "run")
     os.makedirs(out, exist_ok=True)
-    margs = ModelArgs(model=os.path.join(root, "base"), pooling=model.pooling)
+    margs = ModelArgs(model=os.path.join(root, "base"), pooling=model.pooling, head=head_kind(model.head))
     dargs, largs = DataArgs(task="rte", max_seq_len=64, max_input_len=MAX_INPUT_LEN, pack_tokens=64), LossArgs(alpha=0.5)
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump({**resolved_config(margs, dargs, largs, TrainArgs(output_dir=out)),

@@ -1,10 +1,15 @@
-"""Export a lean classifier (decoder body + classifier head, no reasoning head) from a
+"""Export the classifier (decoder body + classifier head, no reasoning head) from a
 training output: a ZeRO checkpoint of any step, or final/. Runs on CPU, no distributed job.
 
-    python tools/export_classifier.py OUTPUT_DIR LEAN_DIR [--tag step_00000200|latest|final]
+    python tools/export_classifier.py OUTPUT_DIR OUT_DIR [--format lean|hf] [--tag step_00000200|latest|final]
         [--dtype float32|bfloat16|float16] [--int8]
 
-OUTPUT_DIR may also be a checkpoints/<tag> or a final/ directory. The library is dhrd.lean.
+--format lean (default): the lean directory that ``dhrd predict`` and ``dhrd serve`` load
+(any head, int8 option; dhrd.lean). --format hf: a standard Hugging Face
+``<Arch>ForSequenceClassification`` directory with a model card, for transformers
+pipelines, vLLM (``--runner pooling``) and SGLang, no project code needed; it needs a
+model trained with ``--head linear --pooling last`` (dhrd.hf_export).
+OUTPUT_DIR may also be a checkpoints/<tag> or a final/ directory.
 """
 
 from __future__ import annotations
@@ -15,27 +20,42 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dhrd.lean import DTYPES, CheckpointError, export_lean  # noqa: E402
+from dhrd.cli_errors import run_main  # noqa: E402
+from dhrd.lean import DTYPES, export_lean  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("source", help="training output dir, checkpoints/<tag> dir, or final/ dir")
-    p.add_argument("out_dir", help="the lean classifier directory to write")
+    p.add_argument("out_dir", help="the directory to write")
+    p.add_argument("--format", default="lean", choices=("lean", "hf"),
+                   help="lean: dhrd's lean classifier (any head); hf: a standard <Arch>ForSequenceClassification "
+                        "directory with a model card (needs --head linear --pooling last at training)")
     p.add_argument("--tag", default=None, help="step_N, latest or final (default: final/ if present, else latest)")
     p.add_argument("--dtype", default="float32", choices=DTYPES)
     p.add_argument("--int8", action="store_true",
-                   help="flag the directory for dynamic int8 Linear layers at load time (CPU serving; fp32 weights)")
+                   help="lean only: dynamic int8 Linear layers at load time (CPU serving)")
     args = p.parse_args(argv)
-    try:
+    if args.format == "hf":
+        if args.int8:
+            p.error("--int8 is a lean-format option (HF directories hold float weights)")
+        from dhrd.hf_export import export_hf
+
+        report = export_hf(args.source, args.out_dir, tag=args.tag, dtype=args.dtype)
+    else:
         report = export_lean(args.source, args.out_dir, tag=args.tag, dtype=args.dtype,
                              quantize="int8" if args.int8 else "none")
-    except (CheckpointError, ValueError, OSError) as e:
-        print(f"export_classifier: error: {e}", file=sys.stderr)
-        return 2
     print(report.format())
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from dhrd.lean import CheckpointError
+
+    def _main(argv):
+        try:
+            return main(argv)
+        except CheckpointError as e:  # a RuntimeError: named here, not a bug
+            raise ValueError(str(e)) from None
+
+    sys.exit(run_main("export_classifier", _main))
