@@ -53,14 +53,17 @@ def bars(rows: list[dict], out_dir: str) -> list[str]:
     return files
 
 
-def _curve(rows, axis: str, out_path: str, xlabel: str, default=None, logx=False) -> str | None:
+def _curve(rows, axis: str, out_path: str, xlabel: str, default=None, logx=False,
+           companions: tuple[str, ...] = ()) -> str | None:
     """A line per (task, method and the other axes), x = the axis value. ``default(row)``
     gives x for a row without the axis (alpha: the method's preset, pooled = 0), and such
-    rows join every line of their task with the same other axes."""
+    rows join every line of their task with the same other axes. ``companions`` are axes
+    that move with the x axis and do not split lines (epochs with the training-set size,
+    where a grid keeps the number of steps equal across sizes)."""
     lines: dict[tuple, dict[float, tuple[float, float]]] = {}
     loose = []
     for r in rows:
-        axes = dict(r["axes"])
+        axes = {k: v for k, v in dict(r["axes"]).items() if k not in companions}
         if axis in axes:
             x = axes.pop(axis)
         elif default is not None and default(r) is not None:
@@ -149,10 +152,10 @@ def write_plots(grid: Grid, root: str, rows: list[dict]) -> list[str]:
     out_dir = os.path.join(root, "plots")
     os.makedirs(out_dir, exist_ok=True)
     files = bars(rows, out_dir)
-    for axis, name, label, default, logx in (
-            ("max_train_examples", "learning_curve.png", "training examples", None, True),
-            ("alpha", "alpha.png", "alpha (pooled = 0)", _preset_alpha, False)):
-        path = _curve(rows, axis, os.path.join(out_dir, name), label, default, logx)
+    for axis, name, label, default, logx, companions in (
+            ("max_train_examples", "learning_curve.png", "training examples", None, True, ("epochs",)),
+            ("alpha", "alpha.png", "alpha (pooled = 0)", _preset_alpha, False, ())):
+        path = _curve(rows, axis, os.path.join(out_dir, name), label, default, logx, companions)
         if path:
             files.append(path)
     files += loss_curves(grid, root, out_dir)

@@ -206,3 +206,16 @@ def test_the_shipped_grids_load_and_dry_run(capsys):
     assert {r.task for r in cpu.runs} == {"esnli", "cqa", "anli1"} and all(len(r.seed.__str__()) for r in cpu.runs)
     sizes = {dict(r.overrides).get("max_train_examples") for r in cpu.runs if r.method in ("pooled", "dhrd")}
     assert len(sizes) >= 2
+
+
+def test_learning_curve_joins_sizes_trained_for_equal_steps(tmp_path):
+    """A grid that trains a small set for more epochs (equal steps) still draws one line
+    per method across sizes; without the companion rule each size was a line alone."""
+    from dhrd.experiment.plots import _curve
+
+    rows = [{"task": "esnli", "method": m, "axes": axes, "mean": 0.5 + 0.1 * i, "std": 0.01}
+            for m in ("pooled", "dhrd")
+            for i, axes in enumerate([{"max_train_examples": 250, "epochs": 4}, {"max_train_examples": 1000}])]
+    args = ("max_train_examples", str(tmp_path / "lc.png"), "training examples", None, True)
+    assert _curve(rows, *args) is None
+    assert _curve(rows, *args, companions=("epochs",)) == str(tmp_path / "lc.png")
