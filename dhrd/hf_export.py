@@ -33,6 +33,17 @@ from .model import head_kind
 
 PAD_TOKEN = "<PAD>"
 HF_FORMAT_VERSION = 1
+# architectures whose sequence classifier vLLM may run through its Transformers fallback
+# backend, where last-token pooling of this export was not verified
+VLLM_UNVERIFIED = ("gemma3", "gemma3_text")
+
+
+def serving_notes(model_type: str) -> list[str]:
+    if model_type in VLLM_UNVERIFIED:
+        return [f"vLLM: {model_type} sequence classifiers may run on vLLM's Transformers fallback backend, whose "
+                "pooling of this export is unverified: compare a few vLLM predictions with `dhrd predict` or the "
+                "transformers pipeline before serving"]
+    return []
 
 
 @dataclass
@@ -43,11 +54,12 @@ class HFExportReport:
     pad_token: str
     pad_added: bool
     out_bytes: int
+    notes: list[str]
 
     def format(self) -> str:
-        return (f"source {self.source}\nHugging Face classifier {self.out_dir}: {self.architecture}, "
-                f"pad token {self.pad_token!r}{' (added)' if self.pad_added else ''}, "
-                f"{self.out_bytes / 2**20:.2f} MiB")
+        return "\n".join([f"source {self.source}\nHugging Face classifier {self.out_dir}: {self.architecture}, "
+                          f"pad token {self.pad_token!r}{' (added)' if self.pad_added else ''}, "
+                          f"{self.out_bytes / 2**20:.2f} MiB"] + [f"note: {n}" for n in self.notes])
 
 
 def refuse_unexportable(trained: Trained) -> None:
@@ -138,7 +150,7 @@ def export_hf(path: str, out_dir: str, *, tag: str | None = None, dtype: str = "
     tokenizer.save_pretrained(out_dir)
     atomic_write(os.path.join(out_dir, "README.md"), model_card(trained, meta, seq, tokenizer, template))
     return HFExportReport(trained.source.path, out_dir, type(seq).__name__, tokenizer.pad_token, added,
-                          dir_bytes(out_dir))
+                          dir_bytes(out_dir), serving_notes(seq.config.model_type))
 
 
 def _example_row(task_name: str, fields) -> dict:
@@ -211,6 +223,7 @@ def model_card(trained: Trained, meta: dict, seq, tokenizer, template: str) -> s
         "last ones kept); pass such inputs truncated the same way, or expect lower accuracy.",
         f"- Padding must stay on the right with pad token `{tokenizer.pad_token}` (as saved): the model pools the "
         "last token that is not padding.",
+        *[f"- {n}" for n in serving_notes(seq.config.model_type)],
         "- The model answers only with its labels; it writes no rationale (the reasoning head was used in "
         "training only). Its accuracy holds for inputs like its training data.",
         ""]
