@@ -7,6 +7,8 @@ falls more than ``--tolerance`` points below the plain loop's for any method.
         --eval_file dev.jsonl --rationale_file r.jsonl --seeds 0,1,2 --out runs/parity
 
 Runs go two at a time (one thread each) and are kept: rerun to fill in what is missing.
+``--run plain`` trains only the plain loop and takes the engine's runs from ``--out`` as
+they are (e.g. links to an experiment grid's runs of the same recipe: ``engine-M-sS``).
 Same examples seen by both: one epoch of the train file, about ``--batch_size`` examples a
 step (the engine packs whole micro-batches, so its step holds that many on average).
 """
@@ -91,6 +93,7 @@ def main(argv=None) -> int:
     p.add_argument("--tolerance", type=float, default=1.5, help="points the engine may fall below the plain loop")
     p.add_argument("--parallel", type=int, default=2)
     p.add_argument("--out", default="outputs/parity")
+    p.add_argument("--run", default="engine,plain", help="which trainers to run; the table uses whatever is there")
     a = p.parse_args(argv)
     methods, seeds = a.methods.split(","), [int(s) for s in a.seeds.split(",")]
     out = lambda kind, m, s: os.path.join(a.out, f"{kind}-{m}-s{s}")  # noqa: E731
@@ -99,7 +102,7 @@ def main(argv=None) -> int:
         for m in methods:
             jobs += [("engine", engine_cmd(a, m, s, out("engine", m, s)), out("engine", m, s)),
                      ("plain", plain_cmd(a, m, s, out("plain", m, s)), out("plain", m, s))]
-    run_all(a, jobs)
+    run_all(a, [j for j in jobs if j[0] in a.run.split(",")])
     task = get_task(a.task)
     lines = ["| method | engine (mean ± std) | plain loop | engine - plain per seed | mean | 95% paired bootstrap |",
              "|---|---|---|---|---|---|"]
