@@ -12,7 +12,7 @@ def main(argv: list[str] | None = None) -> int:
     from .config import apply_method, explicit_fields, parse_args
     from .data.errors import DataError
     from .data.packing import best_fit_decreasing, packing_efficiency
-    from .data.pipeline import build_training_set
+    from .data.pipeline import build_training_set, load_examples
     from .data.tasks import get_task
     from .model import add_reasoning_tokens
 
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dhrd data: error: {e}", file=sys.stderr)
         return 2
     try:
-        examples = task.read(data_args.train_file)  # bad rows are found before the model loads
+        examples = load_examples(task, data_args.train_file)  # bad rows are found before the model loads
         path = resolve_model_path(model_args.model or "smollm2")
         tokenizer = load_tokenizer(path, model_args.gguf_file)
         special = add_reasoning_tokens(tokenizer, load_backbone(path, gguf_file=model_args.gguf_file))

@@ -430,14 +430,14 @@ def score(task, preds: list[int], eval_table: dict) -> dict:
 
 def _load_split(task, path, what, tokenizer, special, data_args, *, with_reasoning, seed, cache_dir, dist,
                 limit: int = 0):
-    from .data.pipeline import build_training_set
+    from .data.pipeline import HUB_PREFIX, build_training_set, load_examples
     from .data.report import DataReport
 
     if not path:
         raise ValueError(f"--{what} is required")
-    if not os.path.exists(path):
+    if not path.startswith(HUB_PREFIX) and not os.path.exists(path):
         raise FileNotFoundError(f"{what.replace('_', ' ')} not found: {path}")
-    examples = task.read(path)
+    examples = load_examples(task, path)
     report = DataReport()
     if limit:
         if limit > len(examples):

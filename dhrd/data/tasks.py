@@ -131,8 +131,14 @@ class Task:
 
         name, config = self.hub
         split = self.hub_split(split)
-        rows = datasets.load_dataset(name, config, split=split)
         source = f"{name}{'/' + config if config else ''}[{split}]"
+        try:
+            rows = datasets.load_dataset(name, config, split=split)
+        except Exception as e:  # noqa: BLE001 - offline, unknown split, hub errors: all end the same way
+            first = (str(e).strip().splitlines() or [""])[0][:300]
+            raise ValueError(f"hub dataset {source} could not be loaded ({type(e).__name__}: {first}); "
+                             f"without network or hub cache, give a local JSONL file of the task "
+                             f"instead of hub:{split}") from None
         return self._examples(enumerate(map(dict, rows), 1), source, require_labels,
                               adapt=self.from_hub or (lambda row: _hub_label(row, self.label_values)))
 

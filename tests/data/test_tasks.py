@@ -1,4 +1,5 @@
 import json
+import os
 
 import datasets
 import pytest
@@ -362,3 +363,56 @@ def test_load_examples_routes_paths_and_hub_splits(tmp_path, monkeypatch):
     monkeypatch.setattr(type(task), "load_hub", lambda self, split, require_labels=True: seen.setdefault("split", split))
     pipeline.load_examples(task, "hub:validation")
     assert seen["split"] == "validation"
+
+
+def test_unreachable_hub_names_the_dataset_and_the_way_out(monkeypatch):
+    def offline(name, config=None, *, split):
+        raise ConnectionError("Couldn't reach 'aps/super_glue' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(ValueError, match=r"hub dataset aps/super_glue/rte\[train\] could not be loaded "
+                                         r"\(ConnectionError: .*\); .*local JSONL file .* instead of hub:train"):
+        get_task("rte").load_hub("train")
+
+
+SITECUSTOMIZE = """
+import json, os
+import datasets
+
+def load_dataset(name, config=None, *, split):  # the hub, served from a local file (no network)
+    assert (name, config) == ("aps/super_glue", "rte"), (name, config)
+    with open(os.path.join(os.environ["FAKE_HUB"], split + ".jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+datasets.load_dataset = load_dataset
+"""
+
+
+def test_training_reads_hub_splits(tmp_path):
+    """``--train_file hub:train --eval_file hub:validation`` (documented, and once stopped at
+    'train file not found: hub:train') trains through the one data path."""
+    import subprocess
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "distributed"))
+    from train_helpers import REPO, child_env, write_model
+
+    hub_dir = tmp_path / "hub"
+    hub_dir.mkdir()
+    for split, n in (("train", 24), ("validation", 8)):
+        rows = [{"premise": f"the sky is {'blue' if i % 2 else 'green'}", "hypothesis": "the sky is blue",
+                 "idx": i, "label": 0 if i % 2 else 1} for i in range(n)]
+        (hub_dir / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    env = child_env()
+    env["PYTHONPATH"] = str(tmp_path / "site") + os.pathsep + env["PYTHONPATH"]
+    env["FAKE_HUB"] = str(hub_dir)
+    cmd = [sys.executable, os.path.join(REPO, "dhrd", "train.py"), "--model", write_model(tmp_path / "m"),
+           "--task", "rte", "--train_file", "hub:train", "--eval_file", "hub:validation", "--method", "pooled",
+           "--max_steps", "2", "--global_batch_size", "4", "--pack_tokens", "128", "--max_seq_len", "128",
+           "--output_dir", str(tmp_path / "out"), "--progress", "false", "--export_final", "false"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "out" / "data_report.json").read_text())["counts"]["examples_read"] == 24
+    assert len((tmp_path / "out" / "eval_predictions.jsonl").read_text().splitlines()) == 8
