@@ -459,223 +459,332 @@ def _load_split(task, path, what, tokenizer, special, data_args, *, with_reasoni
     return table, report
 
 
+class Evaluator:
+    """Scores the classifier head (and, by --eval_mode, CoT decoding) on the eval split,
+    every ``eval_every`` steps and at the end; keeps the history and the last predictions."""
+
+    def __init__(self, trainer: "Trainer"):
+        t = trainer
+        self.t, self.table = t, t.eval_table
+        self.mode = resolve_eval_mode(t.train_args.eval_mode, t.loss_args.beta)
+        self.history: list[dict] = []
+        self.metrics: dict = {}
+        self.preds: dict = {}
+        self.answers = SequenceBuilder(t.tokenizer, *t.special, t.task.verbalizers, SequenceSpec()).answers
+        if self.table is not None and t.dist.rank == 0 and self.mode == "classifier" and t.loss_args.beta == 0:
+            log(0, "warning: --eval_mode classifier with beta 0: the classifier head is never trained")
+
+    def should_evaluate(self, step: int) -> bool:
+        every = self.t.train_args.eval_every
+        return self.table is not None and bool(every) and step % every == 0 and step < self.t.total_steps
+
+    def evaluate(self, step: int) -> dict:
+        t = self.t
+        metrics, head, preds = {}, None, {}
+        t.engine.eval()  # no dropout
+        if self.mode in ("classifier", "both"):
+            head = classifier_predictions(t.engine, self.table, t.data_args.pack_tokens, t.data_args.rows_per_batch,
+                                          t.pad_id, t.dist)
+            metrics.update(score(t.task, head, self.table))
+            preds["pred"] = head
+        if self.mode in ("cot", "both"):
+            metrics.update(self._cot(step, head, preds))
+        t.engine.train()
+        self.metrics, self.preds = metrics, preds
+        t.monitor.scalars(step, {f"eval/{k}": v for k, v in metrics.items()}, kind="eval")
+        self.history.append({"step": step, **metrics})
+        log(t.dist.rank, f"eval step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        return metrics
+
+    def _cot(self, step: int, head, preds: dict) -> dict:
+        """The LM head writes a rationale, then each verbalizer is scored after <ANS>."""
+        t = self.t
+        cot, results = evaluate_cot(
+            t.model.backbone, self.table, answers=self.answers, reason_id=t.special[0], ans_id=t.special[1],
+            pad_id=t.pad_id, eos_id=t.tokenizer.eos_token_id, dist=t.dist,
+            max_new_tokens=t.train_args.cot_max_new_tokens, batch_size=t.train_args.cot_batch_size,
+            synced_gpus=t.dist.world > 1 and zero_stage(t.ds_cfg) == 3)
+        metrics = {f"cot_{k}": v for k, v in score(t.task, cot, self.table).items()}
+        preds["cot_pred"] = cot
+        fin = t.dist.all_reduce(torch.tensor([float(sum(sum(r.finished) for r in results)),
+                                              float(sum(len(r.finished) for r in results))], device=t.dist.device))
+        metrics["cot_finished"] = fin[0].item() / max(1.0, fin[1].item())  # rationales that reached <ANS>
+        if head is not None:
+            metrics["cot_agreement"] = sum(a == b for a, b in zip(head, cot)) / max(1, len(cot))
+        if results:
+            samples = [t.tokenizer.decode(r) for r in results[0].rationales[:2]]
+            t.monitor.text("eval/cot_rationales", "\n\n".join(samples), step)
+        return metrics
+
+    def write(self, out: str, step: int) -> None:
+        """eval_results.json (metrics + history) and eval_predictions.jsonl (rank 0)."""
+        if self.t.dist.rank == 0:
+            atomic_write_json(os.path.join(out, "eval_results.json"),
+                              {"task": self.t.task.name, "step": step, "metrics": self.metrics,
+                               "history": self.history}, indent=2)
+            write_predictions(os.path.join(out, "eval_predictions.jsonl"), self.table, self.preds)
+
+
+class Checkpointer:
+    """When to save (``--save_every``, and on a preemption signal), what a checkpoint
+    records (the step and data position, the non-finite counters), and resuming."""
+
+    def __init__(self, trainer: "Trainer"):
+        self.t = trainer
+        self.root = os.path.join(trainer.out, "checkpoints")
+
+    def should_save(self, step: int) -> bool:
+        every = self.t.train_args.save_every
+        return bool(every) and step % every == 0 and step < self.t.total_steps
+
+    def save(self, step: int) -> str:
+        t = self.t
+        epoch, index = t.stream.locate(step * t.M)
+        return checkpoint.save(t.engine, self.root, step,
+                               {"step": step, "epoch": epoch, "micro_index": index,
+                                "nonfinite_steps": t.guard.total, "nonfinite_in_row": t.guard.in_row},
+                               rank=t.dist.rank, world=t.dist.world, keep=t.train_args.keep_checkpoints)
+
+    def resume(self, how: str) -> int:
+        """Load the checkpoint ``how`` names (``auto``: the newest complete one, if any);
+        returns the step to start from and restores the non-finite counters."""
+        t = self.t
+        if how == "none":
+            return 0
+        root, tag = (self.root, checkpoint.find_resumable(self.root)) if how == "auto" else \
+            os.path.split(os.path.normpath(how))
+        if tag is None:
+            if t.dist.rank == 0:
+                log(0, f"--resume auto: no complete checkpoint in {self.root}; starting fresh")
+            return 0
+        state = checkpoint.load(t.engine, root, tag, rank=t.dist.rank)
+        t.guard = NonFiniteGuard(t.train_args.nan_patience, state.get("nonfinite_steps", 0),
+                                 state.get("nonfinite_in_row", 0))
+        log(t.dist.rank, f"resumed from {os.path.join(root, tag)} at step {state['step']} "
+                         f"(epoch {state.get('epoch')}, micro-batch {state.get('micro_index')})")
+        return int(state["step"])
+
+
+class Trainer:
+    """One training run. Construction does processes, the output lock, model, data, the
+    DeepSpeed engine and resume; ``train()`` is the loop (``train_step`` per optimizer
+    step, evaluation and checkpoints as their objects decide); ``close()`` releases what
+    construction took. Collective: every rank builds one and calls the same methods."""
+
+    def __init__(self, model_args, data_args, loss_args, train_args):
+        import deepspeed
+
+        from .data.tasks import get_task
+
+        self.model_args, self.data_args, self.loss_args, self.train_args = model_args, data_args, loss_args, train_args
+        self.dist = init_distributed()
+        deepspeed.runtime.utils.set_random_seed(train_args.seed)
+        self.task = get_task(data_args.task)
+        self.out = train_args.output_dir
+        os.makedirs(self.out, exist_ok=True)
+        # preemption.py / locks.py: signals only set a flag, checked at each step boundary;
+        # one live run per output dir (a second job stops here with a clear message)
+        self.engine = self.monitor = self._hf_ds = self.out_lock = None
+        self.stop_flag = preemption.PreemptionFlag()
+        try:
+            self.out_lock = locks.lock_output_dir(self.out, self.dist.rank, self.reduce_max)
+            self._build()
+        except BaseException:
+            self.close()
+            raise
+
+    def reduce_max(self, t: torch.Tensor) -> torch.Tensor:
+        return self.dist.all_reduce(t.to(self.dist.device), torch.distributed.ReduceOp.MAX).cpu()
+
+    # -- construction ---------------------------------------------------------------
+
+    def _build(self) -> None:
+        self.base_cfg = load_ds_config(self.train_args.ds_config)
+        self._build_model()
+        self._load_data()
+        self._plan_steps()
+        self._init_engine()
+        self.guard = NonFiniteGuard(self.train_args.nan_patience)
+        self.checkpointer = Checkpointer(self)
+        self.start_step = self.checkpointer.resume(self.train_args.resume)
+        if self.start_step == 0:
+            start_warmup_schedule(self.ds_cfg, self.engine.lr_scheduler)  # else the first two updates run at lr 0
+        self._open_logs()
+        self.evaluator = Evaluator(self)
+
+    def _build_model(self) -> None:
+        a = self.train_args
+        # a provisional fill: zero.Init needs a valid config before the batch sizes are known
+        pre_cfg = fill_ds_config(self.base_cfg, micro_rows=self.data_args.rows_per_batch, gas=1,
+                                 world=self.dist.world, lr=a.lr, weight_decay=a.weight_decay, warmup_steps=1,
+                                 total_steps=2, max_grad_norm=a.max_grad_norm, device=self.dist.device)
+        self.model, self.tokenizer, self.special, self._hf_ds = build_model(self.model_args, len(self.task.labels),
+                                                                            pre_cfg)
+        self.pad_id = self.tokenizer.pad_token_id
+
+    def _load_data(self) -> None:
+        d, t = self.data_args, self.train_args
+        cache_dir = d.cache_dir or os.path.join(self.out, "cache")
+        with_reasoning = self.loss_args.alpha > 0
+        common = dict(tokenizer=self.tokenizer, special=self.special, data_args=d, seed=t.seed,
+                      cache_dir=cache_dir, dist=self.dist)
+        self.train_table, report = _load_split(self.task, d.train_file, "train_file", with_reasoning=with_reasoning,
+                                               limit=d.max_train_examples, **common)
+        self.eval_table = None
+        if d.eval_file:
+            self.eval_table, _ = _load_split(self.task, d.eval_file, "eval_file", with_reasoning=False, **common)
+        if self.dist.rank == 0:
+            log(0, report.format())
+            report.write(os.path.join(self.out, "data_report.json"))
+            if with_reasoning and d.rationale_mode != "none" and not d.rationale_file:
+                log(0, "warning: alpha > 0 but no --rationale_file: sequences are [x, <ANS>, y] (label-only)")
+
+    def _plan_steps(self) -> None:
+        """The data order, the DeepSpeed config that fits it, and config.json."""
+        a, dist = self.train_args, self.dist
+        n_train = len(self.train_table["length"])
+        self.stream, self.M, self.total_steps, why = data_order(a, self.data_args, self.train_table["length"],
+                                                                dist.world)
+        self.gas = self.M // dist.world
+        self.ds_cfg = fill_ds_config(self.base_cfg, micro_rows=self.data_args.rows_per_batch, gas=self.gas,
+                                     world=dist.world, lr=a.lr, weight_decay=a.weight_decay,
+                                     warmup_steps=a.warmup_steps, total_steps=self.total_steps,
+                                     max_grad_norm=a.max_grad_norm, device=dist.device,
+                                     hidden_size=getattr(self.model.config, "hidden_size", None))
+        derived = {"world_size": dist.world, "micro_batches_per_step": self.M, "gradient_accumulation_steps": self.gas,
+                   "total_steps": self.total_steps, "train_examples": n_train, "batching": why,
+                   "micro_batches_per_epoch": len(self.stream.plan(0)), "special_token_ids": list(self.special)}
+        if dist.rank == 0:
+            atomic_write_json(os.path.join(self.out, "config.json"),
+                              {**resolved_config(self.model_args, self.data_args, self.loss_args, a),
+                               "derived": derived, "deepspeed": self.ds_cfg}, indent=2)
+            log(0, f"world {dist.world}, device {dist.device}, ZeRO {zero_stage(self.ds_cfg)}, {self.M} "
+                   f"micro-batches/step ({self.gas} per rank), {self.total_steps} steps, {n_train} train examples; "
+                   f"batching {why}")
+
+    def _init_engine(self) -> None:
+        import deepspeed
+
+        ds_cfg, dist = self.ds_cfg, self.dist
+        self.step_flops = StepFlops.from_model(self.model.backbone)
+        dtype = torch.bfloat16 if ds_cfg.get("bf16", {}).get("enabled") else \
+            torch.float16 if ds_cfg.get("fp16", {}).get("enabled") else next(self.model.backbone.parameters()).dtype
+        self.peak = peak_tflops(dist.device, dtype, self.train_args.peak_tflops)
+        self.wrapper = DualHeadLoss(self.model, self.loss_args)
+        old_arch = sanitize_cuda_arch_list()
+        if old_arch and dist.rank == 0:
+            log(0, f"TORCH_CUDA_ARCH_LIST={old_arch!r} -> {os.environ['TORCH_CUDA_ARCH_LIST']!r} for DeepSpeed's "
+                   "op builder")
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=self.wrapper, model_parameters=param_groups(self.wrapper, self.train_args.weight_decay),
+            config=ds_cfg)
+
+    def _open_logs(self) -> None:
+        if self.dist.rank == 0:  # a requeued run appends to the same log; its marker is consumed
+            repair_jsonl_tail(os.path.join(self.out, "metrics.jsonl"))
+            preemption.clear_marker(self.out)
+        a = self.train_args
+        self.monitor = Monitor(self.dist.rank, self.out, a.tensorboard_dir, self.total_steps, self.start_step,
+                               a.progress)
+        if self.start_step == 0:
+            for i in range(min(a.log_sequences, len(self.train_table["length"]))):
+                self.monitor.text("train/sequences", self.tokenizer.decode(self.train_table["input_ids"][i]), i)
+
+    # -- the loop -------------------------------------------------------------------
+
+    def train_step(self, step: int) -> tuple[dict, bool]:
+        """Optimizer step ``step`` (0-based): its micro-batches of this rank, the global
+        counts, forward/backward/update. Returns the values to log and whether it was finite."""
+        t0 = time.time()
+        dist, table = self.dist, self.train_table
+        lr = self.engine.get_lr()[0]  # the rate this step's update uses
+        a = self.loss_args
+        self.wrapper.alpha = alpha_at(step, self.total_steps, a.alpha, a.alpha_schedule, a.alpha_floor,
+                                      a.alpha_switch_fraction)
+        first = step * self.M + dist.rank * self.gas
+        plans = [self.stream[first + j] for j in range(self.gas)]
+        batches = [collate(rows, table, self.pad_id) for rows in plans]
+        sum_sq = sum(table["length"][i] ** 2 for rows in plans for row in rows for i in row)
+        counts = torch.tensor([sum(b.n_lm_tokens for b in batches), sum(int((b.cls_labels != -100).sum()) for b in batches),
+                               sum(b.n_real_tokens for b in batches), sum(b.n_segments for b in batches),
+                               sum(b.budget for b in batches), sum_sq], dtype=torch.float64, device=dist.device)
+        n_lm, n_cls, n_real, n_seg, budget, sum_sq = dist.all_reduce(counts).tolist()
+        losses = optimizer_step(self.engine, batches, dist, n_lm, n_cls)
+        self.guard.update(losses is not None, step + 1)
+        dt = max(time.time() - t0, 1e-9)
+        tflops = self.step_flops(n_real, n_lm, sum_sq) / dt / 1e12 / dist.world  # per device
+        values = {"train/lr": lr, "train/alpha": self.wrapper.alpha, "perf/real_tokens_per_s": n_real / dt,
+                  "perf/samples_per_s": n_seg / dt, "perf/packing_efficiency": n_real / max(budget, 1),
+                  "train/nonfinite_steps": self.guard.total, "perf/model_tflops_per_device": tflops}
+        if self.peak:
+            values["perf/mfu"] = tflops / self.peak
+        if dist.device.type == "cuda":
+            values["perf/peak_mem_gib"] = torch.cuda.max_memory_allocated(dist.device) / 2**30
+        if losses is not None:
+            values.update(dict(zip(("train/loss_total", "train/loss_cls", "train/loss_lm"), losses)))
+        grad_norm = self.engine.get_global_grad_norm()
+        if grad_norm is not None and math.isfinite(float(grad_norm)):
+            values["train/grad_norm"] = float(grad_norm)
+        return values, losses is not None
+
+    def _after_step(self, done: int, values: dict, finite: bool) -> None:
+        """Logging, evaluation, checkpoints and the preemption check after step ``done``."""
+        if done % self.train_args.log_every == 0 or done == self.total_steps:
+            self.monitor.scalars(done, values)
+        self.monitor.advance(1, loss=values.get("train/loss_total", float("nan")))
+        if not finite:
+            log(self.dist.rank, f"step {done}: NaN/inf loss, step skipped (no update; {self.guard.in_row} in a "
+                                f"row, {self.guard.total} in all)")
+        if self.evaluator.should_evaluate(done):
+            self.evaluator.evaluate(done)
+        saved = self.checkpointer.should_save(done)
+        if saved:
+            self.checkpointer.save(done)
+        signum = self.stop_flag.agreed(self.reduce_max)  # every rank stops at the same step
+        if signum and done < self.total_steps:
+            tag = checkpoint.tag_for(done) if saved else self.checkpointer.save(done)
+            if self.dist.rank == 0:
+                preemption.write_marker(self.out, done, signum, tag)
+            log(self.dist.rank, f"signal {signum}: checkpoint {tag} written at step {done}; exiting "
+                                f"with code {preemption.EXIT_PREEMPTED}")
+            raise preemption.Preempted(done, signum)
+
+    def train(self) -> dict:
+        """Every remaining step, the final evaluation and the export; returns the final
+        eval metrics (empty without an eval file)."""
+        for step in range(self.start_step, self.total_steps):
+            values, finite = self.train_step(step)
+            self._after_step(step + 1, values, finite)
+        if self.eval_table is not None:
+            self.evaluator.evaluate(self.total_steps)
+            self.evaluator.write(self.out, self.total_steps)
+        m, lo, a = self.model_args, self.loss_args, self.train_args
+        self.monitor.hparams({"alpha": lo.alpha, "beta": lo.beta, "task": self.task.name, "backbone": m.model,
+                              "method": lo.method or "custom", "lora": m.lora, "lr": a.lr},
+                             {f"hparam/{k}": v for k, v in self.evaluator.metrics.items()} or {"hparam/none": 0.0})
+        if a.export_final:
+            from .export import export_final
+
+            export_final(self.engine, self.model, self.tokenizer, self.special, self.task, m, self.data_args, lo,
+                         os.path.join(self.out, "final"), self.dist)
+        return self.evaluator.metrics
+
+    def close(self) -> None:
+        if self.monitor is not None:
+            self.monitor.close()
+        self.stop_flag.restore()
+        if self.out_lock is not None:
+            self.out_lock.release()
+        if self.engine is not None:
+            self.engine.destroy()
+        self._hf_ds = None
+
+
 def run(model_args, data_args, loss_args, train_args) -> dict:
     """Train, evaluate and export; returns the final eval metrics (empty without an
     eval file). Collective: every rank calls it."""
-    import deepspeed
-
-    from .data.tasks import get_task
-
-    dist = init_distributed()
-    deepspeed.runtime.utils.set_random_seed(train_args.seed)
-    task = get_task(data_args.task)
-    out = train_args.output_dir
-    os.makedirs(out, exist_ok=True)
-
-    def reduce_max(t):
-        return dist.all_reduce(t.to(dist.device), torch.distributed.ReduceOp.MAX).cpu()
-
-    # preemption.py / locks.py: signals only set a flag, checked at each step boundary;
-    # one live run per output dir (a second job stops here with a clear message)
-    stop_flag = preemption.PreemptionFlag()
-    out_lock = locks.lock_output_dir(out, dist.rank, reduce_max)
-    base_cfg = load_ds_config(train_args.ds_config)
-    # a provisional fill: zero.Init needs a valid config before the batch sizes are known
-    pre_cfg = fill_ds_config(base_cfg, micro_rows=data_args.rows_per_batch, gas=1, world=dist.world,
-                             lr=train_args.lr, weight_decay=train_args.weight_decay, warmup_steps=1,
-                             total_steps=2, max_grad_norm=train_args.max_grad_norm, device=dist.device)
-    model, tokenizer, special, hf_ds = build_model(model_args, len(task.labels), pre_cfg)
-
-    cache_dir = data_args.cache_dir or os.path.join(out, "cache")
-    with_reasoning = loss_args.alpha > 0
-    train_table, report = _load_split(task, data_args.train_file, "train_file", tokenizer, special, data_args,
-                                      with_reasoning=with_reasoning, seed=train_args.seed,
-                                      cache_dir=cache_dir, dist=dist, limit=data_args.max_train_examples)
-    eval_table = None
-    if data_args.eval_file:
-        eval_table, _ = _load_split(task, data_args.eval_file, "eval_file", tokenizer, special, data_args,
-                                    with_reasoning=False, seed=train_args.seed, cache_dir=cache_dir, dist=dist)
-    if dist.rank == 0:
-        log(0, report.format())
-        report.write(os.path.join(out, "data_report.json"))
-        if with_reasoning and data_args.rationale_mode != "none" and not data_args.rationale_file:
-            log(0, "warning: alpha > 0 but no --rationale_file: sequences are [x, <ANS>, y] (label-only)")
-
-    n_train = len(train_table["length"])
-    stream, M, total_steps, order_why = data_order(train_args, data_args, train_table["length"], dist.world)
-    gas = M // dist.world
-    hidden = getattr(model.config, "hidden_size", None)
-    ds_cfg = fill_ds_config(base_cfg, micro_rows=data_args.rows_per_batch, gas=gas, world=dist.world,
-                            lr=train_args.lr, weight_decay=train_args.weight_decay,
-                            warmup_steps=train_args.warmup_steps, total_steps=total_steps,
-                            max_grad_norm=train_args.max_grad_norm, device=dist.device, hidden_size=hidden)
-    derived = {"world_size": dist.world, "micro_batches_per_step": M, "gradient_accumulation_steps": gas,
-               "total_steps": total_steps, "train_examples": n_train, "batching": order_why,
-               "micro_batches_per_epoch": len(stream.plan(0)), "special_token_ids": list(special)}
-    if dist.rank == 0:
-        with open(os.path.join(out, "config.json"), "w") as f:
-            json.dump({**resolved_config(model_args, data_args, loss_args, train_args),
-                       "derived": derived, "deepspeed": ds_cfg}, f, indent=2)
-        log(0, f"world {dist.world}, device {dist.device}, ZeRO {zero_stage(ds_cfg)}, {M} micro-batches/step "
-               f"({gas} per rank), {total_steps} steps, {n_train} train examples; batching {order_why}")
-
-    step_flops = StepFlops.from_model(model.backbone)
-    train_dtype = torch.bfloat16 if ds_cfg.get("bf16", {}).get("enabled") else \
-        torch.float16 if ds_cfg.get("fp16", {}).get("enabled") else next(model.backbone.parameters()).dtype
-    peak = peak_tflops(dist.device, train_dtype, train_args.peak_tflops)
-    wrapper = DualHeadLoss(model, loss_args)
-    old_arch = sanitize_cuda_arch_list()
-    if old_arch and dist.rank == 0:
-        log(0, f"TORCH_CUDA_ARCH_LIST={old_arch!r} -> {os.environ['TORCH_CUDA_ARCH_LIST']!r} for DeepSpeed's op builder")
-    engine, _, _, _ = deepspeed.initialize(model=wrapper, model_parameters=param_groups(wrapper, train_args.weight_decay),
-                                           config=ds_cfg)
-
-    ckpt_root = os.path.join(out, "checkpoints")
-    start_step, guard = 0, NonFiniteGuard(train_args.nan_patience)
-    if train_args.resume != "none":
-        root, tag = ckpt_root, None
-        if train_args.resume == "auto":
-            tag = checkpoint.find_resumable(ckpt_root)
-        else:
-            root, tag = os.path.split(os.path.normpath(train_args.resume))
-        if tag is not None:
-            state = checkpoint.load(engine, root, tag, rank=dist.rank)
-            start_step = int(state["step"])
-            guard = NonFiniteGuard(train_args.nan_patience, state.get("nonfinite_steps", 0),
-                                   state.get("nonfinite_in_row", 0))
-            log(dist.rank, f"resumed from {os.path.join(root, tag)} at step {start_step} "
-                           f"(epoch {state.get('epoch')}, micro-batch {state.get('micro_index')})")
-        elif dist.rank == 0:
-            log(0, f"--resume auto: no complete checkpoint in {ckpt_root}; starting fresh")
-    if start_step == 0:
-        start_warmup_schedule(ds_cfg, engine.lr_scheduler)  # else the first two updates run at lr 0
-
-    if dist.rank == 0:  # a requeued run appends to the same log; its marker is consumed
-        repair_jsonl_tail(os.path.join(out, "metrics.jsonl"))
-        preemption.clear_marker(out)
-    monitor = Monitor(dist.rank, out, train_args.tensorboard_dir, total_steps, start_step, train_args.progress)
-    if start_step == 0:
-        for i in range(min(train_args.log_sequences, n_train)):
-            monitor.text("train/sequences", tokenizer.decode(train_table["input_ids"][i]), i)
-    pad_id = tokenizer.pad_token_id
-    eval_history, metrics, last_preds = [], {}, {}
-
-    eval_mode = resolve_eval_mode(train_args.eval_mode, loss_args.beta)
-    if eval_table is not None and dist.rank == 0 and eval_mode == "classifier" and loss_args.beta == 0:
-        log(0, "warning: --eval_mode classifier with beta 0: the classifier head is never trained")
-    answers = SequenceBuilder(tokenizer, *special, task.verbalizers, SequenceSpec()).answers
-
-    def run_eval(step):
-        nonlocal metrics, last_preds
-        metrics, head, last_preds = {}, None, {}
-        engine.eval()  # no dropout
-        if eval_mode in ("classifier", "both"):
-            head = classifier_predictions(engine, eval_table, data_args.pack_tokens, data_args.rows_per_batch,
-                                          pad_id, dist)
-            metrics.update(score(task, head, eval_table))
-            last_preds["pred"] = head
-        if eval_mode in ("cot", "both"):
-            cot, results = evaluate_cot(
-                model.backbone, eval_table, answers=answers, reason_id=special[0], ans_id=special[1],
-                pad_id=pad_id, eos_id=tokenizer.eos_token_id, dist=dist, max_new_tokens=train_args.cot_max_new_tokens,
-                batch_size=train_args.cot_batch_size, synced_gpus=dist.world > 1 and zero_stage(ds_cfg) == 3)
-            metrics.update({f"cot_{k}": v for k, v in score(task, cot, eval_table).items()})
-            last_preds["cot_pred"] = cot
-            fin = dist.all_reduce(torch.tensor([float(sum(sum(r.finished) for r in results)),
-                                                float(sum(len(r.finished) for r in results))], device=dist.device))
-            metrics["cot_finished"] = fin[0].item() / max(1.0, fin[1].item())  # rationales that reached <ANS>
-            if head is not None:
-                metrics["cot_agreement"] = sum(a == b for a, b in zip(head, cot)) / max(1, len(cot))
-            if results:
-                samples = [tokenizer.decode(r) for r in results[0].rationales[:2]]
-                monitor.text("eval/cot_rationales", "\n\n".join(samples), step)
-        engine.train()
-        monitor.scalars(step, {f"eval/{k}": v for k, v in metrics.items()}, kind="eval")
-        eval_history.append({"step": step, **metrics})
-        log(dist.rank, f"eval step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-
-    def save(done):
-        epoch, index = stream.locate(done * M)
-        return checkpoint.save(engine, ckpt_root, done,
-                               {"step": done, "epoch": epoch, "micro_index": index,
-                                "nonfinite_steps": guard.total, "nonfinite_in_row": guard.in_row},
-                               rank=dist.rank, world=dist.world, keep=train_args.keep_checkpoints)
-
+    trainer = Trainer(model_args, data_args, loss_args, train_args)
     try:
-        for step in range(start_step, total_steps):
-            t0 = time.time()
-            lr = engine.get_lr()[0]  # the rate this step's update uses
-            wrapper.alpha = alpha_at(step, total_steps, loss_args.alpha, loss_args.alpha_schedule,
-                                     loss_args.alpha_floor, loss_args.alpha_switch_fraction)
-            first = step * M + dist.rank * gas
-            plans = [stream[first + j] for j in range(gas)]
-            batches = [collate(rows, train_table, pad_id) for rows in plans]
-            sum_sq = sum(train_table["length"][i] ** 2 for rows in plans for row in rows for i in row)
-            counts = torch.tensor([sum(b.n_lm_tokens for b in batches),
-                                   sum(int((b.cls_labels != -100).sum()) for b in batches),
-                                   sum(b.n_real_tokens for b in batches), sum(b.n_segments for b in batches),
-                                   sum(b.budget for b in batches), sum_sq], dtype=torch.float64, device=dist.device)
-            n_lm, n_cls, n_real, n_seg, budget, sum_sq = dist.all_reduce(counts).tolist()
-            step_losses = optimizer_step(engine, batches, dist, n_lm, n_cls)
-            step_finite = step_losses is not None
-            loss, loss_cls, loss_lm = step_losses or (float("nan"),) * 3
-            guard.update(step_finite, step + 1)
-            dt = max(time.time() - t0, 1e-9)
-            done = step + 1
-            grad_norm = engine.get_global_grad_norm()
-            values = {"train/lr": lr, "train/alpha": wrapper.alpha, "perf/real_tokens_per_s": n_real / dt,
-                      "perf/samples_per_s": n_seg / dt, "perf/packing_efficiency": n_real / max(budget, 1),
-                      "train/nonfinite_steps": guard.total}
-            tflops = step_flops(n_real, n_lm, sum_sq) / dt / 1e12 / dist.world  # per device
-            values["perf/model_tflops_per_device"] = tflops
-            if peak:
-                values["perf/mfu"] = tflops / peak
-            if dist.device.type == "cuda":
-                values["perf/peak_mem_gib"] = torch.cuda.max_memory_allocated(dist.device) / 2**30
-            if step_finite:
-                values.update({"train/loss_total": loss, "train/loss_cls": loss_cls, "train/loss_lm": loss_lm})
-            if grad_norm is not None and math.isfinite(float(grad_norm)):
-                values["train/grad_norm"] = float(grad_norm)
-            if done % train_args.log_every == 0 or done == total_steps:
-                monitor.scalars(done, values)
-            monitor.advance(1, loss=loss if step_finite else float("nan"))
-            if not step_finite:
-                log(dist.rank, f"step {done}: NaN/inf loss, step skipped (no update; {guard.in_row} in a row, "
-                               f"{guard.total} in all)")
-            if eval_table is not None and train_args.eval_every and done % train_args.eval_every == 0 \
-                    and done < total_steps:
-                run_eval(done)
-            saved = train_args.save_every and done % train_args.save_every == 0 and done < total_steps
-            if saved:
-                save(done)
-            signum = stop_flag.agreed(reduce_max)  # every rank stops at the same step
-            if signum and done < total_steps:
-                tag = checkpoint.tag_for(done) if saved else save(done)
-                if dist.rank == 0:
-                    preemption.write_marker(out, done, signum, tag)
-                log(dist.rank, f"signal {signum}: checkpoint {tag} written at step {done}; exiting "
-                               f"with code {preemption.EXIT_PREEMPTED}")
-                raise preemption.Preempted(done, signum)
-        if eval_table is not None:
-            run_eval(total_steps)
-            if dist.rank == 0:
-                atomic_write_json(os.path.join(out, "eval_results.json"),
-                                  {"task": task.name, "step": total_steps, "metrics": metrics,
-                                   "history": eval_history}, indent=2)
-                write_predictions(os.path.join(out, "eval_predictions.jsonl"), eval_table, last_preds)
-        monitor.hparams({"alpha": loss_args.alpha, "beta": loss_args.beta, "task": task.name,
-                         "backbone": model_args.model, "method": loss_args.method or "custom",
-                         "lora": model_args.lora, "lr": train_args.lr},
-                        {f"hparam/{k}": v for k, v in metrics.items()} or {"hparam/none": 0.0})
-        if train_args.export_final:
-            from .export import export_final
-
-            export_final(engine, model, tokenizer, special, task, model_args, data_args, loss_args,
-                         os.path.join(out, "final"), dist)
+        return trainer.train()
     finally:
-        monitor.close()
-        stop_flag.restore()
-        out_lock.release()
-        engine.destroy()
-    del hf_ds
-    return metrics
+        trainer.close()
