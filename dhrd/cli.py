@@ -14,6 +14,7 @@ DELEGATES = {
     "rationales": ("dhrd.teacher.cli", "generate / import / check teacher rationales"),
     "predict": ("dhrd.inference", "batched prediction with an exported lean classifier"),
     "experiment": ("dhrd.experiment.cli", "run a grid of methods x seeds x settings and compare them"),
+    "serve": ("dhrd.serve", "HTTP service for batch classification over an exported classifier"),
 }
 
 

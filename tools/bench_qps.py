@@ -5,7 +5,10 @@
    then the answer ("Let's think step by step, then answer yes or no."); the answer is
    the last verbalizer in the generated text;
 3. a plain HF pipeline: ``pipeline("text-classification")`` over
-   ``AutoModelForSequenceClassification`` sharing the same decoder module.
+   ``AutoModelForSequenceClassification`` sharing the same decoder module;
+4. with ``--serve``: ``dhrd serve`` over a lean directory written from the same decoder,
+   under ``--serve_clients`` concurrent HTTP clients each sending ``--serve_request_size``
+   texts per request; the table then adds requests/s and p50/p99 request latency.
 
 Prints a markdown table with QPS, ratios to the lean classifier, batch sizes and the
 achieved FLOP/s, counted as 2 x matmul parameters x tokens (decoder weights without the
@@ -25,11 +28,16 @@ comparable.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import http.client
 import json
 import os
 import random
 import statistics
+import subprocess
 import sys
+import tempfile
+import threading
 import time
 
 import torch
@@ -67,6 +75,10 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=3, help="timed runs per method (best taken)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--skip", default="", help="comma list of methods to skip: lean,cot,pipeline")
+    p.add_argument("--serve", action="store_true", help="also measure dhrd serve over HTTP on a lean directory")
+    p.add_argument("--serve_clients", type=int, default=8, help="concurrent HTTP clients")
+    p.add_argument("--serve_request_size", type=int, default=4, help="texts per request")
+    p.add_argument("--serve_timeout", type=float, default=600, help="seconds for the server to start")
     p.add_argument("--json_out", default=None)
     return p.parse_args(argv)
 
@@ -120,13 +132,19 @@ def timed(fn, device):
     return time.perf_counter() - t0, out
 
 
-def bench_lean(model, tok, texts, args):
-    """The lean classifier over the causal LM's own decoder module, random head."""
+def lean_classifier(model, tok, args) -> LeanClassifier:
+    """The causal LM's own decoder module with a random head, as a lean classifier."""
     task_labels = ["entailment", "not_entailment"]
     head = ClassificationHead(model.config.hidden_size, 2).to(device=args.device, dtype=model.dtype)
     cfg = LeanConfig(task=args.task, labels=task_labels, verbalizers=["yes", "no"], pooling="last",
-                     max_input_len=args.max_input_len, num_labels=2, head_inner_size=model.config.hidden_size)
-    clf = LeanClassifier(getattr(model, model.base_model_prefix), head, tok, cfg, args.device)
+                     max_input_len=args.max_input_len, num_labels=2, head_inner_size=model.config.hidden_size,
+                     dtype=args.dtype)
+    return LeanClassifier(getattr(model, model.base_model_prefix), head, tok, cfg, args.device)
+
+
+def bench_lean(model, tok, texts, args):
+    """The lean classifier over the causal LM's own decoder module, random head."""
+    clf = lean_classifier(model, tok, args)
     clf.predict(texts[: args.batch_size], args.batch_size)  # warm-up
     tokens = sum(map(len, clf.encode(texts)))
     return {"method": "lean DHRD classifier", "batch": args.batch_size, "tokens": tokens, "generated": 0}, \
@@ -151,6 +169,104 @@ def bench_pipeline(model, tok, texts, args):
     tokens = sum(len(tok(t)["input_ids"]) for t in texts)
     return {"method": "HF text-classification pipeline", "batch": args.batch_size, "tokens": tokens,
             "generated": 0}, lambda: pipe(texts)
+
+
+def start_server(lean_dir: str, args, cleanup: contextlib.ExitStack) -> int:
+    """``dhrd serve`` on ``lean_dir`` in a child process, ready; stopped by ``cleanup``."""
+    from dhrd.fileio import free_port
+
+    port = free_port()
+    log = cleanup.enter_context(tempfile.TemporaryFile("w+"))
+    env = dict(os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}))
+    cmd = [sys.executable, "-m", "dhrd.cli", "serve", lean_dir, "--port", str(port), "--device", args.device,
+           "--dtype", args.dtype, "--max_batch_size", str(args.batch_size),
+           "--max_items", str(args.serve_request_size)]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+    def stop():
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    cleanup.callback(stop)
+    deadline = time.monotonic() + args.serve_timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            log.seek(0)
+            raise ValueError(f"dhrd serve exited with {proc.returncode}: {log.read().strip()[-2000:]}")
+        with contextlib.suppress(OSError):
+            if post(http.client.HTTPConnection("127.0.0.1", port, timeout=5), "GET", "/health")[0] == 200:
+                return port
+        time.sleep(0.2)
+    raise ValueError(f"dhrd serve not ready after {args.serve_timeout} s")
+
+
+def post(conn: http.client.HTTPConnection, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+    conn.request(method, path, body=None if body is None else json.dumps(body).encode(),
+                 headers={"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    return resp.status, json.loads(resp.read())
+
+
+def load_test(port: int, requests: list[list[str]], clients: int) -> list[float]:
+    """Each request's latency (seconds), ``clients`` threads on keep-alive connections
+    taking the requests in turn; any answer but 200 with one prediction per text fails."""
+    todo, lock, latencies, errors = iter(requests), threading.Lock(), [], []
+
+    def client():
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+        try:
+            while not errors:
+                with lock:
+                    texts = next(todo, None)
+                if texts is None:
+                    return
+                t0 = time.perf_counter()
+                status, reply = post(conn, "POST", "/v1/classify", {"texts": texts})
+                if status != 200 or len(reply.get("predictions", ())) != len(texts):
+                    errors.append(f"HTTP {status}: {str(reply)[:300]}")
+                with lock:
+                    latencies.append(time.perf_counter() - t0)
+        except OSError as e:
+            errors.append(repr(e))
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise RuntimeError(f"dhrd serve load test failed: {errors[0]}")
+    return latencies
+
+
+def bench_serve(model, tok, texts, args, cleanup: contextlib.ExitStack):
+    """``dhrd serve`` on a lean directory written from the same decoder (random head)."""
+    from types import SimpleNamespace
+
+    from dhrd.lean import write_lean
+
+    clf = lean_classifier(model, tok, args)
+    lean_dir = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="bench-serve-"))
+    write_lean(SimpleNamespace(backbone=model, head=clf.head), tok, clf.config, lean_dir)
+    port = start_server(lean_dir, args, cleanup)
+    size = args.serve_request_size
+    requests = [texts[i:i + size] for i in range(0, len(texts), size)]
+    load_test(port, requests[: args.serve_clients], args.serve_clients)  # warm-up
+    row = {"method": f"dhrd serve, HTTP ({args.serve_clients} clients x {size} texts per request)",
+           "batch": args.batch_size, "tokens": sum(map(len, clf.encode(texts))), "generated": 0,
+           "requests": len(requests), "latencies": []}
+
+    def run():
+        row["latencies"] += load_test(port, requests, args.serve_clients)
+
+    return row, run
 
 
 def parse_answer(text: str, verbalizers) -> int | None:
@@ -201,11 +317,23 @@ def matmul_params(model) -> tuple[int, int]:
     return sum(p.numel() for p in decoder.parameters()) - emb, model.get_output_embeddings().weight.numel()
 
 
+def serve_cells(r) -> str:
+    """requests/s and p50/p99 latency (over every timed run's requests) of a served row."""
+    if "latencies" not in r:
+        return " - | - | - |"
+    lat = sorted(r["latencies"])
+    r["requests_per_s"] = r["requests"] / r["seconds"]
+    r["p50_ms"], r["p99_ms"] = (1000 * lat[min(len(lat) - 1, int(q * len(lat)))] for q in (0.5, 0.99))
+    return f" {r['requests_per_s']:.2f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} |"
+
+
 def table(rows, n, args, body, lm_head) -> str:
     lean = next((r for r in rows if r["method"].startswith("lean")), None)
     lines = ["| method | batch | examples | seconds | QPS | lean / method | TFLOP/s"
-             + (" | % of peak |" if args.peak_tflops else " |"),
-             "|---|---|---|---|---|---|---|" + ("---|" if args.peak_tflops else "")]
+             + (" | % of peak |" if args.peak_tflops else " |")
+             + (" requests/s | p50 ms | p99 ms |" if args.serve else ""),
+             "|---|---|---|---|---|---|---|" + ("---|" if args.peak_tflops else "")
+             + ("---|---|---|" if args.serve else "")]
     for r in rows:
         r["qps"] = n / r["seconds"]
         flops = 2 * body * (r["tokens"] + r["generated"]) + 2 * lm_head * r["generated"]
@@ -215,6 +343,8 @@ def table(rows, n, args, body, lm_head) -> str:
                 f"{r['tflops']:.4f} |")
         if args.peak_tflops:
             line += f" {100 * r['tflops'] / args.peak_tflops:.2f}% |"
+        if args.serve:
+            line += serve_cells(r)
         lines.append(line)
     return "\n".join(lines)
 
@@ -229,8 +359,10 @@ def main(argv=None) -> int:
     skip = set(filter(None, args.skip.split(",")))
     benches = [b for name, b in (("lean", bench_lean), ("pipeline", bench_pipeline), ("cot", bench_cot))
                if name not in skip]
-    with torch.inference_mode():
+    with torch.inference_mode(), contextlib.ExitStack() as cleanup:
         prepared = [bench(model, tok, texts, args) for bench in benches]
+        if args.serve:
+            prepared.append(bench_serve(model, tok, texts, args, cleanup))
         rows = [row for row, _ in prepared]
         # methods interleaved, best of --repeats: robust to other load on shared machines
         for _ in range(args.repeats):
