@@ -8,13 +8,13 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .backbones import load_backbone, load_tokenizer, resolve_model_path
     from .config import apply_method, explicit_fields, parse_args
     from .data.errors import DataError
     from .data.packing import best_fit_decreasing, packing_efficiency
     from .data.pipeline import build_training_set, load_examples
     from .data.tasks import get_task
-    from .model import add_reasoning_tokens
+    from .model.backbones import load_backbone, load_tokenizer, resolve_model_path
+    from .model.dual_head import add_reasoning_tokens
 
     argv = list(sys.argv[1:] if argv is None else argv)
     try:

@@ -31,7 +31,7 @@ def preflight(model_args, data_args, loss_args, train_args) -> None:
     what is wrong."""
     from dhrd.data.pipeline import HUB_PREFIX
     from dhrd.data.tasks import get_task
-    from dhrd.ds_config import load_ds_config
+    from dhrd.engine.ds_config import load_ds_config
 
     get_task(data_args.task)
     if not data_args.train_file:
@@ -53,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     _quiet()
     from dhrd.config import apply_method, explicit_fields, parse_args
     from dhrd.data.errors import DataError
-    from dhrd.engine import TrainingDiverged, run, shutdown_distributed
+    from dhrd.engine.dist import shutdown_distributed
+    from dhrd.engine.step import TrainingDiverged
+    from dhrd.engine.trainer import run
 
     argv = list(sys.argv[1:] if argv is None else argv)
     finished = False

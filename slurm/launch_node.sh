@@ -37,7 +37,7 @@ fi
 # (checkpoint at a step boundary, then exit): this shell and torchrun ignore them. An
 # ignored signal stays ignored across exec, and TORCHELASTIC_SIGNALS_TO_HANDLE keeps
 # torchrun from installing its own TERM handler (which would kill the trainers mid-step);
-# the trainers install their handlers (dhrd/preemption.py). Slurm's SIGKILL after
+# the trainers install their handlers (dhrd/engine/preemption.py). Slurm's SIGKILL after
 # KillWait still ends everything.
 trap '' USR1 TERM
 export TORCHELASTIC_SIGNALS_TO_HANDLE=SIGINT,SIGHUP,SIGQUIT

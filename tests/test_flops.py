@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_backbone
 from torch.utils.flop_counter import FlopCounterMode
 
-from dhrd.flops import StepFlops, peak_tflops
-
-from conftest import tiny_backbone
+from dhrd.engine.flops import StepFlops, peak_tflops
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen3", "gpt2"])

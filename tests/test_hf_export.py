@@ -13,7 +13,6 @@ import sys
 
 import pytest
 import torch
-
 from test_lean import make_dual_head, make_training_output
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,8 +41,8 @@ def pipeline_probs(model_dir, texts, batch_size: int = 3) -> list[dict]:
 
 
 def lean_probs(out, tmp_path, texts) -> tuple[list[str], torch.Tensor]:
-    from dhrd.inference import LeanClassifier
-    from dhrd.lean import export_lean
+    from dhrd.export.lean import export_lean
+    from dhrd.serve.classifier import LeanClassifier
 
     export_lean(out, str(tmp_path / "lean"))
     clf = LeanClassifier.load(str(tmp_path / "lean"))
@@ -60,7 +59,7 @@ def check_same(hf: list[dict], labels, probs: torch.Tensor, tol: float = 1e-5) -
 
 @pytest.mark.parametrize("arch,tied", [("llama", False), ("qwen3", False), ("gemma3_text", True)])
 def test_pipeline_equals_dhrd_predict(tmp_path, arch, tied):
-    from dhrd.hf_export import export_hf
+    from dhrd.export.hf import export_hf
 
     model, tok, special = make_dual_head(arch=arch, tied=tied, head="linear")
     with torch.no_grad():  # a head that separates the classes clearly, so labels are a real check
@@ -87,7 +86,7 @@ def test_template_card_and_single_examples(tmp_path):
     each example alone (no padding at all) agrees with the batched run."""
     from dhrd.data.tasks import get_task
     from dhrd.data.templates import CONFIG_KEY, render_input
-    from dhrd.hf_export import export_hf
+    from dhrd.export.hf import export_hf
 
     model, tok, special = make_dual_head(head="linear")
     out = make_training_output(tmp_path, model, tok, special, eval_metrics={"accuracy": 0.75})
@@ -121,9 +120,9 @@ def test_real_smollm2_export(tmp_path):
     """SmolLM2-135M (pad == EOS in its tokenizer? it gets a distinct pad either way)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from dhrd.backbones import NO_REMOTE_CODE, resolve_model_path
-    from dhrd.hf_export import export_hf
-    from dhrd.model import DualHeadModel, add_reasoning_tokens
+    from dhrd.export.hf import export_hf
+    from dhrd.model.backbones import NO_REMOTE_CODE, resolve_model_path
+    from dhrd.model.dual_head import DualHeadModel, add_reasoning_tokens
 
     path = resolve_model_path("smollm2")
     tok = AutoTokenizer.from_pretrained(path, **NO_REMOTE_CODE)
@@ -151,9 +150,9 @@ def test_trained_with_head_linear_exports_from_final_and_checkpoint(tmp_path):
     sys.path.insert(0, os.path.join(REPO, "tests", "distributed"))
     from train_helpers import run_train, write_model, write_task
 
-    from dhrd.hf_export import export_hf
-    from dhrd.inference import LeanClassifier
-    from dhrd.lean import export_lean
+    from dhrd.export.hf import export_hf
+    from dhrd.export.lean import export_lean
+    from dhrd.serve.classifier import LeanClassifier
 
     paths = write_task(tmp_path / "data", n_train=16, n_eval=8)
     model_dir = write_model(tmp_path / "base")
@@ -169,7 +168,7 @@ def test_trained_with_head_linear_exports_from_final_and_checkpoint(tmp_path):
         check_same(pipeline_probs(tmp_path / tag / "hf", TEXTS), clf.config.labels, clf.predict(TEXTS, batch_size=3))
     # the default config is ZeRO-2: one model-state file, whose loss is named (it was once
     # asked for under ZeRO-3's per-rank name and no ZeRO-2 checkpoint exported at all)
-    from dhrd.lean import CheckpointError
+    from dhrd.export.lean import CheckpointError
 
     os.remove(out / "checkpoints" / "step_00000002" / "mp_rank_00_model_states.pt")
     with pytest.raises(CheckpointError, match="missing mp_rank_00_model_states.pt"):

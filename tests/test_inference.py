@@ -1,4 +1,4 @@
-"""Batched lean inference (dhrd.inference) and ``dhrd predict``: length buckets, batch
+"""Batched lean inference (dhrd.serve.classifier) and ``dhrd predict``: length buckets, batch
 composition not changing predictions, the JSONL output with metrics, and loading with
 DeepSpeed made unimportable."""
 
@@ -13,13 +13,12 @@ import sys
 
 import pytest
 import torch
-
 from test_lean import REPO, TEXTS, make_dual_head, make_training_output, reference_probs
 
 
 @pytest.fixture(scope="module")
 def lean(tmp_path_factory):
-    from dhrd.lean import export_lean
+    from dhrd.export.lean import export_lean
 
     root = tmp_path_factory.mktemp("lean")
     model, tok, special = make_dual_head(seed=5)
@@ -28,7 +27,7 @@ def lean(tmp_path_factory):
 
 
 def test_length_buckets_sort_and_cap():
-    from dhrd.inference import length_buckets
+    from dhrd.serve.classifier import length_buckets
 
     lengths = [5, 50, 7, 48, 6, 49, 200]
     assert length_buckets(lengths, 3) == [[6, 1, 5], [3, 2, 4], [0]]
@@ -39,7 +38,7 @@ def test_length_buckets_sort_and_cap():
 
 
 def test_batching_does_not_change_predictions(lean):
-    from dhrd.inference import LeanClassifier
+    from dhrd.serve.classifier import LeanClassifier
 
     path, model, tok = lean
     clf = LeanClassifier.load(path)
@@ -99,7 +98,7 @@ def _predict(args, stdin=None, code=BLOCK_DS):
 def test_predict_cli_without_deepspeed(lean, tmp_path):
     """``dhrd predict`` over a labelled file in a child where DeepSpeed is not installed."""
     from dhrd.data.tasks import get_task
-    from dhrd.inference import LeanClassifier
+    from dhrd.serve.classifier import LeanClassifier
 
     path = lean[0]
     data = tmp_path / "eval.jsonl"

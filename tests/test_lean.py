@@ -1,4 +1,4 @@
-"""The lean classifier export (dhrd.lean) from a final/ export written by the training
+"""The lean classifier export (dhrd.export.lean) from a final/ export written by the training
 exporter's own code, on tiny models: predictions equal the dual-head model's, no
 LM-head tensor survives, LoRA is merged, dtype/int8 options, and named errors. The
 export from a real 2-process ZeRO-3 checkpoint is tests/distributed/test_export_zero3.py."""
@@ -12,7 +12,6 @@ import sys
 
 import pytest
 import torch
-
 from conftest import make_tiny_tokenizer, tiny_backbone
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,7 +22,7 @@ TEXTS = ["Premise: the cat is true\nHypothesis: the cat holds\nAnswer yes or no.
 
 
 def make_dual_head(tied: bool = False, pooling: str = "last", seed: int = 0, arch: str = "llama", head: str = "mlp"):
-    from dhrd.model import DualHeadModel, add_reasoning_tokens
+    from dhrd.model.dual_head import DualHeadModel, add_reasoning_tokens
 
     tok = make_tiny_tokenizer()
     backbone = tiny_backbone(arch, seed=seed, tie_word_embeddings=tied)
@@ -37,13 +36,14 @@ def make_training_output(root, model, tok, special, *, eval_metrics=None) -> str
     """A training output dir with config.json and a final/ written by dhrd.export's own writer."""
     from dhrd.config import DataArgs, LossArgs, ModelArgs, TrainArgs, resolved_config
     from dhrd.data.tasks import get_task
-    from dhrd.export import _write_final
-    from dhrd.model import head_kind
+    from dhrd.engine.final import _write_final
+    from dhrd.model.dual_head import head_kind
 
     out = os.path.join(root, "run")
     os.makedirs(out, exist_ok=True)
     margs = ModelArgs(model=os.path.join(root, "base"), pooling=model.pooling, head=head_kind(model.head))
-    dargs, largs = DataArgs(task="rte", max_seq_len=64, max_input_len=MAX_INPUT_LEN, pack_tokens=64), LossArgs(alpha=0.5)
+    dargs = DataArgs(task="rte", max_seq_len=64, max_input_len=MAX_INPUT_LEN, pack_tokens=64)
+    largs = LossArgs(alpha=0.5)
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump({**resolved_config(margs, dargs, largs, TrainArgs(output_dir=out)),
                    "derived": {"special_token_ids": list(special), "world_size": 1}}, f)
@@ -81,8 +81,9 @@ def tensor_names(lean_dir) -> set[str]:
                                                ("qwen3", False, "last"), ("gemma3_text", True, "last"),
                                                ("gpt2", True, "last")])
 def test_lean_predictions_equal_the_dual_head_model(tmp_path, arch, tied, pooling):
-    from dhrd.inference import LeanClassifier
-    from dhrd.lean import LeanConfig, export_lean
+    from dhrd.export.lean import export_lean
+    from dhrd.serve.classifier import LeanClassifier
+    from dhrd.serve.lean_format import LeanConfig
 
     model, tok, special = make_dual_head(tied=tied, pooling=pooling, arch=arch)
     out = make_training_output(tmp_path, model, tok, special, eval_metrics={"accuracy": 0.75})
@@ -106,7 +107,7 @@ def test_lean_predictions_equal_the_dual_head_model(tmp_path, arch, tied, poolin
 
 
 def test_untied_lm_head_is_dropped_and_sizes_shrink(tmp_path):
-    from dhrd.lean import export_lean
+    from dhrd.export.lean import export_lean
 
     model, tok, special = make_dual_head(tied=False)
     out = make_training_output(tmp_path, model, tok, special)
@@ -130,8 +131,9 @@ BF16_PROB_TOL, INT8_PROB_TOL, MARGIN = 2e-2, 5e-2, 0.05
 def test_bf16_and_int8_exports_within_tolerance(tmp_path):
     from safetensors.torch import load_file, save_file
 
-    from dhrd.inference import LeanClassifier
-    from dhrd.lean import LeanConfig, export_lean
+    from dhrd.export.lean import export_lean
+    from dhrd.serve.classifier import LeanClassifier
+    from dhrd.serve.lean_format import LeanConfig
 
     model, tok, special = make_dual_head(seed=3)
     with torch.no_grad():  # a head with decisive outputs, so the argmax check has teeth
@@ -178,10 +180,11 @@ def test_bf16_and_int8_exports_within_tolerance(tmp_path):
 def test_lora_adapters_are_merged(tmp_path):
     """write_lean folds trained LoRA adapters into the decoder weights."""
     from dhrd.config import ModelArgs
-    from dhrd.engine import apply_lora
-    from dhrd.inference import LeanClassifier
-    from dhrd.lean import LeanConfig, write_lean
-    from dhrd.model import DualHeadModel
+    from dhrd.export.lean import write_lean
+    from dhrd.model.dual_head import DualHeadModel
+    from dhrd.model.lora import apply_lora
+    from dhrd.serve.classifier import LeanClassifier
+    from dhrd.serve.lean_format import LeanConfig
 
     base, tok, special = make_dual_head()
     before = reference_probs(base, tok)
@@ -205,8 +208,8 @@ def test_lora_adapters_are_merged(tmp_path):
 
 
 def test_missing_or_broken_sources_are_named(tmp_path):
-    from dhrd.inference import LeanClassifier
-    from dhrd.lean import CheckpointError, export_lean
+    from dhrd.export.lean import CheckpointError, export_lean
+    from dhrd.serve.classifier import LeanClassifier
 
     with pytest.raises(CheckpointError, match="training output not found: .*nowhere"):
         export_lean(str(tmp_path / "nowhere"), tmp_path / "lean")

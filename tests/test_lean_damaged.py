@@ -10,13 +10,12 @@ import subprocess
 import sys
 
 import pytest
-
 from test_lean import REPO, make_dual_head, make_training_output
 
 
 @pytest.fixture(scope="module")
 def lean(tmp_path_factory):
-    from dhrd.lean import export_lean
+    from dhrd.export.lean import export_lean
 
     root = tmp_path_factory.mktemp("lean-damaged")
     model, tok, special = make_dual_head(seed=4)

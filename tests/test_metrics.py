@@ -1,6 +1,6 @@
 import pytest
 
-from dhrd.metrics import accuracy, binary_f1, exact_match_by_group, macro_f1
+from dhrd.data.metrics import accuracy, binary_f1, exact_match_by_group, macro_f1
 
 
 def test_accuracy():

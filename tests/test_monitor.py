@@ -10,7 +10,7 @@ import os
 def test_scalars_text_and_hparams_are_read_back(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from dhrd.monitor import Monitor
+    from dhrd.engine.monitor import Monitor
 
     m = Monitor(0, str(tmp_path), total_steps=2, progress=False)
     for step in (1, 2):
@@ -30,7 +30,7 @@ def test_scalars_text_and_hparams_are_read_back(tmp_path):
 
 
 def test_other_ranks_write_nothing(tmp_path, capsys):
-    from dhrd.monitor import Monitor, log
+    from dhrd.engine.monitor import Monitor, log
 
     m = Monitor(1, str(tmp_path / "r1"), progress=True)
     m.scalars(1, {"train/loss_total": 1.0})

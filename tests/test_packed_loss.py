@@ -3,11 +3,11 @@ summed with the same (global) normalisation: loss and every parameter gradient."
 
 import pytest
 import torch
-
 from conftest import tiny_backbone
+
 from dhrd.data.packing import collate_packed
 from dhrd.kernels import reference_dual_head_loss
-from dhrd.model import DualHeadModel
+from dhrd.model.dual_head import DualHeadModel
 
 
 def make_segments():
@@ -52,7 +52,8 @@ def test_packed_equals_one_by_one(arch, alpha, beta):
     assert l_packed == pytest.approx(l_alone, rel=1e-10)
     assert g_packed.keys() == g_alone.keys()
     for name in g_packed:
-        torch.testing.assert_close(g_packed[name], g_alone[name], rtol=1e-6, atol=1e-7, msg=name)  # Gemma norms compute in fp32
+        # Gemma norms compute in fp32
+        torch.testing.assert_close(g_packed[name], g_alone[name], rtol=1e-6, atol=1e-7, msg=name)
     assert any(g.abs().sum() > 0 for g in g_packed.values())
 
 

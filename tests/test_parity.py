@@ -19,7 +19,7 @@ import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "distributed"))
-from train_helpers import REPO, child_env, run_train, write_model, write_task  # noqa: E402
+from train_helpers import REPO, child_env, write_model, write_task  # noqa: E402
 
 
 @pytest.mark.parametrize("alpha,attn", [(1.0, "dhrd_segments"), (0.0, "dhrd_segments"), (1.0, "sdpa")])
@@ -40,7 +40,7 @@ def test_plain_loop_runs_and_reproduces_the_engines_step_composition(tmp_path):
     sys.path.insert(0, os.path.join(REPO, "tools"))
     from plain_loop import PlainArgs, step_batches, train_plain
 
-    from dhrd.engine import MicroBatchStream
+    from dhrd.data.order import MicroBatchStream
 
     paths, model = write_task(tmp_path / "data", n_train=40), write_model(tmp_path / "model")
     lengths = [30 + (i * 7) % 40 for i in range(40)]

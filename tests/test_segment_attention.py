@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import ARCHS, tiny_backbone
 
-from dhrd import segment_attention as sa
+from dhrd.model import segment_attention as sa
 
 
 def test_segment_bounds_follow_position_restarts():

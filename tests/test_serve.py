@@ -18,7 +18,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
-
 from conftest import make_tiny_tokenizer, tiny_config
 from test_lean import REPO, TEXTS, make_dual_head, make_training_output
 
@@ -123,7 +122,7 @@ def check_predictions(reply: dict, want: torch.Tensor, labels=RTE_LABELS) -> Non
 
 @pytest.fixture(scope="module")
 def lean_dir(tmp_path_factory):
-    from dhrd.lean import export_lean
+    from dhrd.export.lean import export_lean
 
     root = tmp_path_factory.mktemp("serve-lean")
     model, tok, special = make_dual_head(seed=11)
@@ -147,7 +146,7 @@ def save_hf_classifier(path, template: str | None, task: str | None = None) -> s
     if template is not None:
         setattr(model.config, CONFIG_KEY, template)
     if task is not None:
-        model.config.dhrd = {"task": task}  # as dhrd.hf_export records it
+        model.config.dhrd = {"task": task}  # as dhrd.export.hf records it
     model.save_pretrained(path)
     make_tiny_tokenizer().save_pretrained(path)
     return str(path)
@@ -184,7 +183,7 @@ def hf_server(hf_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def lean_clf(lean_dir):
-    from dhrd.inference import LeanClassifier
+    from dhrd.serve.classifier import LeanClassifier
 
     return LeanClassifier.load(lean_dir)
 
@@ -311,7 +310,7 @@ def test_hf_directory_texts_and_rows(hf_server, hf_dir):
 
 
 def test_hf_directory_without_template_accepts_only_texts(tmp_path):
-    from dhrd.serve import RequestError, ServeConfig, load_model, request_texts
+    from dhrd.serve.http import RequestError, ServeConfig, load_model, request_texts
 
     path = save_hf_classifier(tmp_path / "plain", template=None)
     model = load_model(path)
@@ -324,11 +323,11 @@ def test_hf_directory_without_template_accepts_only_texts(tmp_path):
 
 
 def test_lean_and_hf_exports_of_one_model_serve_the_same(tmp_path):
-    """dhrd.hf_export's directory and the lean export of the same training output load
+    """dhrd.export.hf's directory and the lean export of the same training output load
     as served models giving the same task, labels, rendered rows and probabilities."""
-    from dhrd.hf_export import export_hf
-    from dhrd.lean import export_lean
-    from dhrd.serve import load_model
+    from dhrd.export.hf import export_hf
+    from dhrd.export.lean import export_lean
+    from dhrd.serve.http import load_model
 
     model, tok, special = make_dual_head(seed=2, head="linear")
     with torch.no_grad():
@@ -371,7 +370,7 @@ class FakeModel:
 def fake_server():
     import uvicorn
 
-    from dhrd.serve import ServeConfig, bind, create_app
+    from dhrd.serve.http import ServeConfig, bind, create_app
 
     model = FakeModel()
     sock = bind("127.0.0.1", 0)

@@ -11,7 +11,6 @@ import subprocess
 import sys
 
 import pytest
-
 from test_lean import REPO, make_dual_head, make_training_output
 
 PAYLOAD = "import pathlib\npathlib.Path({marker!r}).write_text('ran')\n"
@@ -31,7 +30,7 @@ def _plant(dirpath, marker, which="config.json"):
 def test_backbone_and_tokenizer_loaders_refuse(tmp_path, which):
     from conftest import make_tiny_tokenizer, tiny_backbone
 
-    from dhrd.backbones import RemoteCodeRefused, load_backbone, load_tokenizer
+    from dhrd.model.backbones import RemoteCodeRefused, load_backbone, load_tokenizer
 
     model_dir = tmp_path / "model"
     tiny_backbone("llama").save_pretrained(model_dir)
@@ -45,7 +44,7 @@ def test_backbone_and_tokenizer_loaders_refuse(tmp_path, which):
 
 
 def test_predict_refuses_with_yes_on_stdin(tmp_path):
-    from dhrd.lean import export_lean
+    from dhrd.export.lean import export_lean
 
     model, tok, special = make_dual_head(seed=2)
     lean = tmp_path / "lean"
@@ -55,7 +54,8 @@ def test_predict_refuses_with_yes_on_stdin(tmp_path):
     marker = tmp_path / "ran"
     _plant(bad, marker)
     rows = tmp_path / "in.jsonl"
-    rows.write_text(json.dumps({"idx": 0, "premise": "a cat", "hypothesis": "an animal", "label": "entailment"}) + "\n")  # rte
+    row = {"idx": 0, "premise": "a cat", "hypothesis": "an animal", "label": "entailment"}  # rte
+    rows.write_text(json.dumps(row) + "\n")
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run([sys.executable, "-m", "dhrd.cli", "predict", str(bad), "--input", str(rows)],
                           input="y\ny\ny\n", capture_output=True, text=True, timeout=180, env=env, cwd=REPO)

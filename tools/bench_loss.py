@@ -15,7 +15,8 @@ cannot inherit another's allocator state. What "peak memory" means:
 
 Time: median wall-clock of ``--repeat`` forward+backward runs after the measured one
 (which also serves as warm-up); on cpu also the median process CPU time (user + system,
-all threads), which a machine shared with other jobs disturbs much less than wall time. All N tokens are supervised; the classification term
+all threads), which a machine shared with other jobs disturbs much less than wall time. All N tokens are
+supervised; the classification term
 is the same tiny [64 x 2] term for every implementation (Liger: LM term only).
 """
 
@@ -196,7 +197,8 @@ def main(argv=None) -> None:
         limit = torch.cuda.get_device_properties(0).total_memory * 0.9
     itemsize = {"bf16": 2, "fp16": 2, "fp32": 4}[args.dtype]
     print(f"device={args.device} dtype={args.dtype} repeat={args.repeat} "
-          f"peak memory = {'RSS high-water mark minus RSS before the step' if args.device == 'cpu' else 'max_memory_allocated minus allocated before'}\n")
+          "peak memory = " + ("RSS high-water mark minus RSS before the step" if args.device == "cpu"
+                              else "max_memory_allocated minus allocated before") + "\n")
     cpu = args.device == "cpu"
     print("| N | H | V | impl | peak mem (GB) | mem / ref | wall (s) | wall / ref |"
           + (" CPU (s) | CPU / ref |" if cpu else ""))

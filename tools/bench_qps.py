@@ -1,6 +1,6 @@
 """Queries per second of three ways to classify with the same decoder on the same inputs:
 
-1. the lean DHRD classifier (dhrd.inference: length-bucketed batches, one forward, pooled head);
+1. the lean DHRD classifier (dhrd.serve.classifier: length-bucketed batches, one forward, pooled head);
 2. CoT decoding: batched greedy HF ``generate`` with the KV cache writes a rationale and
    then the answer ("Let's think step by step, then answer yes or no."); the answer is
    the last verbalizer in the generated text;
@@ -44,10 +44,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dhrd.backbones import RANDOM_INIT_SHAPES, random_init_config  # noqa: E402
-from dhrd.inference import LeanClassifier, length_buckets  # noqa: E402
-from dhrd.lean import LeanConfig  # noqa: E402
-from dhrd.model import ClassificationHead  # noqa: E402
+from dhrd.model.backbones import RANDOM_INIT_SHAPES, random_init_config  # noqa: E402
+from dhrd.model.dual_head import ClassificationHead  # noqa: E402
+from dhrd.serve.classifier import LeanClassifier  # noqa: E402
+from dhrd.serve.lean_format import LeanConfig  # noqa: E402
 
 COT_PROMPT = "\nLet's think step by step, then answer yes or no."
 WORDS = ("the cat dog sun tree book river stone cloud city road house water light small large old new "
@@ -87,7 +87,7 @@ def load_models(args):
     """(causal LM, tokenizer) on the device; the tokenizer of --model also for random init."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from dhrd.backbones import resolve_model_path
+    from dhrd.model.backbones import resolve_model_path
 
     dtype = getattr(torch, args.dtype)
     path = resolve_model_path(args.model)
@@ -114,7 +114,8 @@ def inputs(args) -> list[str]:
     if args.input_file:
         return [e.text for e in task.read(args.input_file, require_labels=False)][: args.n]
     rng = random.Random(0)
-    rows = [{"idx": i, "premise": " ".join(rng.choice(WORDS) for _ in range(rng.randint(args.min_words, args.max_words))),
+    rows = [{"idx": i,
+             "premise": " ".join(rng.choice(WORDS) for _ in range(rng.randint(args.min_words, args.max_words))),
              "hypothesis": " ".join(rng.choice(WORDS) for _ in range(8))} for i in range(args.n)]
     return [task.render(r) for r in rows]
 
@@ -250,7 +251,7 @@ def bench_serve(model, tok, texts, args, cleanup: contextlib.ExitStack):
     """``dhrd serve`` on a lean directory written from the same decoder (random head)."""
     from types import SimpleNamespace
 
-    from dhrd.lean import write_lean
+    from dhrd.export.lean import write_lean
 
     clf = lean_classifier(model, tok, args)
     lean_dir = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="bench-serve-"))

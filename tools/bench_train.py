@@ -84,11 +84,11 @@ def synthetic_rte(n: int, seed: int, premise_words: int, hypothesis_words: int,
 
 
 def build_rows(a, workdir: str) -> list[dict]:
-    from dhrd.backbones import load_backbone, load_tokenizer, resolve_model_path
     from dhrd.config import DataArgs
     from dhrd.data.pipeline import build_training_set
     from dhrd.data.tasks import get_task
-    from dhrd.model import add_reasoning_tokens
+    from dhrd.model.backbones import load_backbone, load_tokenizer, resolve_model_path
+    from dhrd.model.dual_head import add_reasoning_tokens
 
     n_needed = a.examples_per_step * (a.steps + 1)
     if a.train_file:
@@ -188,8 +188,8 @@ def worker(a) -> int:
     import torch.nn.functional as F
 
     from dhrd.config import LossArgs, ModelArgs
-    from dhrd.engine import DualHeadLoss, param_groups
-    from dhrd.model import build_dual_head_model
+    from dhrd.engine.step import DualHeadLoss, param_groups
+    from dhrd.model.builder import build_dual_head_model
 
     torch.manual_seed(a.seed)
     if a.threads:
@@ -219,7 +219,7 @@ def worker(a) -> int:
                                       n_lm_tokens=n_lm, n_cls=n_cls)
             else:
                 if method == "single":
-                    ids, mask, pos_ids = b["ids"], b["mask"], b["ids"]
+                    ids, mask = b["ids"], b["mask"]
                     hidden = model.decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
                     cls_hidden = hidden
                 else:
@@ -354,7 +354,8 @@ def main(argv=None) -> int:
             for m in order:
                 r = procs[m].ask(f"step {s}")
                 tag = "warm-up" if s == 0 else "timed"
-                print(f"  step {s} {m:<6} {tag}: {r['dt']:.1f}s wall, {r['cpu']:.1f}s cpu (fwd {r['fwd']:.1f} bwd {r['bwd']:.1f} "
+                print(f"  step {s} {m:<6} {tag}: {r['dt']:.1f}s wall, {r['cpu']:.1f}s cpu "
+                      f"(fwd {r['fwd']:.1f} bwd {r['bwd']:.1f} "
                       f"opt {r['opt']:.1f}), {r['micro_batches']} micro-batches, "
                       f"{r['real_tokens']} real / {r['run_tokens']} run tokens", flush=True)
                 if s > 0:

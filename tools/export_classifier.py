@@ -5,10 +5,10 @@ training output: a ZeRO checkpoint of any step, or final/. Runs on CPU, no distr
         [--dtype float32|bfloat16|float16] [--int8]
 
 --format lean (default): the lean directory that ``dhrd predict`` and ``dhrd serve`` load
-(any head, int8 option; dhrd.lean). --format hf: a standard Hugging Face
+(any head, int8 option; dhrd.export.lean). --format hf: a standard Hugging Face
 ``<Arch>ForSequenceClassification`` directory with a model card, for transformers
 pipelines, vLLM (``--runner pooling``) and SGLang, no project code needed; it needs a
-model trained with ``--head linear --pooling last`` (dhrd.hf_export).
+model trained with ``--head linear --pooling last`` (dhrd.export.hf).
 OUTPUT_DIR may also be a checkpoints/<tag> or a final/ directory.
 """
 
@@ -21,7 +21,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dhrd.cli_errors import run_main  # noqa: E402
-from dhrd.lean import DTYPES, export_lean  # noqa: E402
+from dhrd.export.lean import export_lean  # noqa: E402
+from dhrd.serve.lean_format import DTYPES
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.format == "hf":
         if args.int8:
             p.error("--int8 is a lean-format option (HF directories hold float weights)")
-        from dhrd.hf_export import export_hf
+        from dhrd.export.hf import export_hf
 
         report = export_hf(args.source, args.out_dir, tag=args.tag, dtype=args.dtype)
     else:
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from dhrd.lean import CheckpointError
+    from dhrd.export.lean import CheckpointError
 
     def _main(argv):
         try:

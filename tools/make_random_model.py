@@ -15,7 +15,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dhrd.backbones import RANDOM_INIT_SHAPES, save_random_init  # noqa: E402
+from dhrd.model.backbones import RANDOM_INIT_SHAPES, save_random_init  # noqa: E402
 
 
 def main(argv=None) -> None:

@@ -101,7 +101,7 @@ def step_batches(args: PlainArgs, lengths: list[int]) -> list[list[int]]:
     packed batch composition alone does."""
     if args.order == "packed":
         from dhrd.config import DataArgs, TrainArgs
-        from dhrd.engine import data_order
+        from dhrd.data.order import data_order
 
         stream, m, total, _ = data_order(
             TrainArgs(seed=args.seed, epochs=args.epochs, global_batch_size=args.batch_size, batching="packed"),
@@ -122,10 +122,10 @@ def step_batches(args: PlainArgs, lengths: list[int]) -> list[list[int]]:
 def train_plain(args: PlainArgs) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer, get_linear_schedule_with_warmup
 
-    from dhrd.backbones import resolve_model_path
     from dhrd.data.rationales import read_rationales
     from dhrd.data.report import DataReport
     from dhrd.data.tasks import get_task
+    from dhrd.model.backbones import resolve_model_path
 
     if args.threads:
         torch.set_num_threads(args.threads)

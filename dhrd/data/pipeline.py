@@ -7,7 +7,6 @@ from .rationales import attach_rationales, read_rationales
 from .report import DataReport
 from .sequences import SequenceBuilder, SequenceSpec, tokenize_items
 
-
 HUB_PREFIX = "hub:"
 
 

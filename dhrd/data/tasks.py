@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import metrics
+from . import metrics
 from .errors import DataError
 from .jsonl import read_jsonl
 

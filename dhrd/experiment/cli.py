@@ -86,8 +86,8 @@ def aggregate(grid, root: str, n_boot: int = 1000) -> None:
     res = write_results(grid, root, n_boot=n_boot)
     files = write_plots(grid, root, res["variants"]) if res["variants"] else []
     print(res["markdown"])
-    print(f"wrote {os.path.join(root, 'results.md')}, results.csv" + (f", {len(files)} plot(s) in "
-                                                                      f"{os.path.join(root, 'plots')}" if files else ""))
+    plots = f", {len(files)} plot(s) in {os.path.join(root, 'plots')}" if files else ""
+    print(f"wrote {os.path.join(root, 'results.md')}, results.csv" + plots)
 
 
 if __name__ == "__main__":

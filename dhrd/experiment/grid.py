@@ -62,7 +62,8 @@ class Run:
 
     def args(self, grid: "Grid", output_dir: str) -> dict[str, Any]:
         """Every trainer argument of this run (common < the task's settings < block axes)."""
-        out = {**grid.common, "model": grid.model, **dict(self.task_args), **dict(self.files), "task": self.task, "method": self.method,
+        out = {**grid.common, "model": grid.model, **dict(self.task_args), **dict(self.files),
+               "task": self.task, "method": self.method,
                "seed": self.seed, **dict(self.overrides), "output_dir": output_dir}
         return out
 
@@ -123,10 +124,9 @@ def _check_args(where: str, args: dict) -> None:
             raise GridError(f"{where}: {key!r} is set by the harness per run; it cannot be a grid setting")
 
 
-def load_grid(path: str) -> Grid:
+def _read_yaml(path: str) -> dict:
     import yaml
 
-    base = os.path.dirname(os.path.abspath(path))
     try:
         with open(path, encoding="utf-8") as f:
             raw = yaml.safe_load(f)
@@ -145,19 +145,14 @@ def load_grid(path: str) -> Grid:
     for key in ("model", "tasks", "blocks"):
         if key not in raw:
             raise GridError(f"{path}: missing {key!r}")
-    common = dict(raw.get("common") or {})
-    _check_args(f"{path}: common", common)
-    for k in PATH_KEYS:
-        if isinstance(common.get(k), str):
-            common[k] = _expand(common[k], base, is_file=k != "model")
-    seeds = raw.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
-        raise GridError(f"{path}: seeds must be a non-empty list of integers")
+    return raw
 
+
+def _read_tasks(path: str, raw_tasks, base: str) -> dict[str, dict]:
     from ..data.tasks import TASKS
 
     tasks: dict[str, dict] = {}
-    for name, spec in (raw["tasks"] or {}).items():
+    for name, spec in (raw_tasks or {}).items():
         if name not in TASKS:
             raise GridError(f"{path}: tasks: unknown task {name!r} (known: {', '.join(TASKS)})")
         spec = dict(spec or {})
@@ -173,41 +168,62 @@ def load_grid(path: str) -> Grid:
             if isinstance(prep.get("palm"), dict) and isinstance(prep["palm"].get("root"), str):
                 prep["palm"] = {**prep["palm"], "root": _expand(prep["palm"]["root"], base)}
             tasks[name]["prepare"] = prep
-    runs: dict[str, Run] = {}
+    return tasks
+
+
+def _block_runs(where: str, block, tasks: dict, seeds: list[int], base: str) -> list[Run]:
+    """The runs of one block: its tasks x methods x seeds x the product of its axes."""
+    if not isinstance(block, dict) or "methods" not in block:
+        raise GridError(f"{where}: a block needs 'methods'")
+    bad = set(block) - {"methods", "axes", "tasks", "seeds"}
+    if bad:
+        raise GridError(f"{where}: unknown key(s) {', '.join(sorted(bad))}")
+    for m in block["methods"]:
+        if m not in METHODS:
+            raise GridError(f"{where}: unknown method {m!r} (one of {', '.join(METHODS)})")
+    axes = dict(block.get("axes") or {})
+    _check_args(where + ".axes", axes)
+    for k, v in axes.items():
+        if not isinstance(v, list) or not v:
+            raise GridError(f"{where}.axes.{k}: a non-empty list of values")
+        if k in PATH_KEYS:
+            axes[k] = [_expand(x, base, is_file=k != "model") if isinstance(x, str) else x for x in v]
+    block_tasks = block.get("tasks", list(tasks))
+    for t in block_tasks:
+        if t not in tasks:
+            raise GridError(f"{where}: task {t!r} is not in the grid's tasks")
+    keys = sorted(axes)
+    runs = []
+    for task, method, seed in itertools.product(block_tasks, block["methods"], block.get("seeds", seeds)):
+        files = tuple((k, v) for k, v in tasks[task].items() if k in FILE_KEYS)
+        own = tuple(_task_settings(tasks[task]).items())
+        for values in itertools.product(*(axes[k] for k in keys)):
+            runs.append(Run(task, method, seed, tuple(zip(keys, values)), files, own))
+    return runs
+
+
+def load_grid(path: str) -> Grid:
+    base = os.path.dirname(os.path.abspath(path))
+    raw = _read_yaml(path)
+    common = dict(raw.get("common") or {})
+    _check_args(f"{path}: common", common)
+    for k in PATH_KEYS:
+        if isinstance(common.get(k), str):
+            common[k] = _expand(common[k], base, is_file=k != "model")
+    seeds = raw.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+        raise GridError(f"{path}: seeds must be a non-empty list of integers")
+    tasks = _read_tasks(path, raw["tasks"], base)
     blocks = raw["blocks"]
     if not isinstance(blocks, list) or not blocks:
         raise GridError(f"{path}: blocks must be a non-empty list")
+    runs: dict[str, Run] = {}
     for i, block in enumerate(blocks):
-        where = f"{path}: blocks[{i}]"
-        if not isinstance(block, dict) or "methods" not in block:
-            raise GridError(f"{where}: a block needs 'methods'")
-        bad = set(block) - {"methods", "axes", "tasks", "seeds"}
-        if bad:
-            raise GridError(f"{where}: unknown key(s) {', '.join(sorted(bad))}")
-        for m in block["methods"]:
-            if m not in METHODS:
-                raise GridError(f"{where}: unknown method {m!r} (one of {', '.join(METHODS)})")
-        axes = dict(block.get("axes") or {})
-        _check_args(where + ".axes", axes)
-        for k, v in axes.items():
-            if not isinstance(v, list) or not v:
-                raise GridError(f"{where}.axes.{k}: a non-empty list of values")
-            if k in PATH_KEYS:
-                axes[k] = [_expand(x, base, is_file=k != "model") if isinstance(x, str) else x for x in v]
-        block_tasks = block.get("tasks", list(tasks))
-        for t in block_tasks:
-            if t not in tasks:
-                raise GridError(f"{where}: task {t!r} is not in the grid's tasks")
-        keys = sorted(axes)
-        for task, method, seed in itertools.product(block_tasks, block["methods"], block.get("seeds", seeds)):
-            files = tuple((k, v) for k, v in tasks[task].items() if k in FILE_KEYS)
-            own = tuple(_task_settings(tasks[task]).items())
-            for values in itertools.product(*(axes[k] for k in keys)):
-                run = Run(task, method, seed, tuple(zip(keys, values)), files, own)
-                runs.setdefault(run.name, run)
+        for run in _block_runs(f"{path}: blocks[{i}]", block, tasks, seeds, base):
+            runs.setdefault(run.name, run)
     # seed by seed: the first seed of every comparison finishes first, so a grid that is
     # stopped part-way (or still running) already gives paired results
     ordered = sorted(runs.values(), key=lambda r: r.seed)
     return Grid(name=str(raw.get("name") or os.path.splitext(os.path.basename(path))[0]),
-                model=_expand(str(raw["model"]), base, is_file=False), path=os.path.abspath(path), common=common, tasks=tasks,
-                runs=ordered, slurm=dict(raw.get("slurm") or {}))
+                model=_expand(str(raw["model"]), base, is_file=False), path=os.path.abspath(path), common=common,
+                tasks=tasks, runs=ordered, slurm=dict(raw.get("slurm") or {}))

@@ -24,9 +24,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from ..data.errors import DataError
-from ..fileio import atomic_write_lines
 from ..data.rationales import clean_rationale, read_rationales
 from ..data.tasks import Task, get_task, read_examples
+from ..fileio import atomic_write_lines
 from .generate import scan_jsonl
 
 POLICIES = ("keep", "drop", "strict")

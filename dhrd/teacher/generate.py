@@ -37,9 +37,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..data.errors import DataError
-from ..fileio import atomic_write_jsonl, repair_jsonl_tail
 from ..data.rationales import END_MARKER, clean_rationale
 from ..data.tasks import Example, Task, get_task, read_examples
+from ..fileio import atomic_write_jsonl, repair_jsonl_tail
 from . import Completion, Teacher
 from .prompts import MODES, get_template, match_label, split_answer
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..backbones import NO_REMOTE_CODE, refuse_remote_code, resolve_model_path
 from ..data.rationales import END_MARKER
+from ..model.backbones import NO_REMOTE_CODE, refuse_remote_code, resolve_model_path
 from . import Completion
 from .prompts import Prompt
 

@@ -26,9 +26,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..data.errors import DataError
-from ..fileio import atomic_write_jsonl
 from ..data.report import DataReport
 from ..data.tasks import Task, get_task, read_examples
+from ..fileio import atomic_write_jsonl
 from .prompts import match_label, split_answer
 
 

@@ -47,7 +47,7 @@ def test_predict_stdin_bytes_name_the_line(tmp_path, monkeypatch):
     import io
     import sys
 
-    from dhrd.inference import read_examples
+    from dhrd.serve.predict import read_examples
 
     raw = io.TextIOWrapper(io.BytesIO(GOOD + b'{"premise": "\xc3", "hypothesis": "h", "idx": 1}\n'))
     monkeypatch.setattr(sys, "stdin", raw)

@@ -85,7 +85,7 @@ def test_bad_lines_name_file_line_field(tmp_path, line, field, fragment):
     with pytest.raises(DataError) as err:
         read_rationales(path, LABELS)
     msg = str(err.value)
-    assert f"bad.jsonl:2" in msg and fragment in msg
+    assert "bad.jsonl:2" in msg and fragment in msg
     if field:
         assert f"field '{field}'" in msg
 

@@ -360,7 +360,8 @@ def test_load_examples_routes_paths_and_hub_splits(tmp_path, monkeypatch):
     task = get_task("rte")
     assert [e.id for e in pipeline.load_examples(task, str(path))] == ["0"]
     seen = {}
-    monkeypatch.setattr(type(task), "load_hub", lambda self, split, require_labels=True: seen.setdefault("split", split))
+    monkeypatch.setattr(type(task), "load_hub",
+                        lambda self, split, require_labels=True: seen.setdefault("split", split))
     pipeline.load_examples(task, "hub:validation")
     assert seen["split"] == "validation"
 

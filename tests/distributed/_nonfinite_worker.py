@@ -84,10 +84,10 @@ def main() -> None:
     from conftest import tiny_backbone
 
     from dhrd.config import LossArgs
-    from dhrd.ds_config import fill_ds_config, load_ds_config, start_warmup_schedule
-    from dhrd.engine import (DualHeadLoss, NonFiniteGuard, TrainingDiverged, init_distributed,
-                             optimizer_step, param_groups)
-    from dhrd.model import DualHeadModel
+    from dhrd.engine.dist import init_distributed
+    from dhrd.engine.ds_config import fill_ds_config, load_ds_config, start_warmup_schedule
+    from dhrd.engine.step import DualHeadLoss, NonFiniteGuard, TrainingDiverged, optimizer_step, param_groups
+    from dhrd.model.dual_head import DualHeadModel
 
     dist = init_distributed()
     cfg = load_ds_config(None)
@@ -124,7 +124,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    from dhrd.engine import shutdown_distributed
+    from dhrd.engine.dist import shutdown_distributed
 
     try:
         main()

@@ -133,7 +133,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    from dhrd.engine import shutdown_distributed
+    from dhrd.engine.dist import shutdown_distributed
 
     try:
         main()

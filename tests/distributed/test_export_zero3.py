@@ -50,7 +50,7 @@ def in_training_probs(model_dir, out, texts) -> torch.Tensor:
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from dhrd.model import DualHeadModel, add_reasoning_tokens
+    from dhrd.model.dual_head import DualHeadModel, add_reasoning_tokens
 
     cfg = json.load(open(out / "config.json"))
     assert cfg["model"]["model"] == str(model_dir)
@@ -84,8 +84,8 @@ def test_lean_export_matches_in_training_classifier(trained, tmp_path):
     from safetensors import safe_open
 
     from dhrd.data.tasks import get_task
-    from dhrd.inference import LeanClassifier
-    from dhrd.lean import LeanConfig
+    from dhrd.serve.classifier import LeanClassifier
+    from dhrd.serve.lean_format import LeanConfig
 
     root, paths, model_dir, out = trained
     texts = [e.text for e in get_task("rte").read(paths["eval"])]  # long ones get left-truncated
@@ -102,7 +102,8 @@ def test_lean_export_matches_in_training_classifier(trained, tmp_path):
     ev = json.load(open(out / "eval_results.json"))
     at3 = [h for h in ev["history"] if h["step"] == 3][0]
     assert cfg.training["step"] == 3 and cfg.training["eval"]["metrics"]["accuracy"] == at3["accuracy"]
-    assert cfg.training["alpha"] == 1.0 and cfg.max_input_len == json.load(open(out / "config.json"))["data"]["max_input_len"]
+    trained = json.load(open(out / "config.json"))
+    assert cfg.training["alpha"] == 1.0 and cfg.max_input_len == trained["data"]["max_input_len"]
 
     got = LeanClassifier.load(str(tmp_path / "fp32")).predict(texts, batch_size=5)
     assert torch.equal(got.argmax(-1), ref.argmax(-1))
@@ -122,7 +123,7 @@ def _copy(out, dest):
 
 
 def test_damaged_checkpoints_are_named(trained, tmp_path):
-    from dhrd.lean import CheckpointError, export_lean
+    from dhrd.export.lean import CheckpointError, export_lean
 
     out = trained[3]
     ckpt = _copy(out, tmp_path / "missing_shard")
@@ -155,8 +156,9 @@ def test_lora_checkpoint_exports_merged(trained, tmp_path):
     from safetensors.torch import load_file
 
     from dhrd.data.tasks import get_task
-    from dhrd.inference import LeanClassifier
-    from dhrd.lean import LeanConfig, dual_head_from_checkpoint, resolve_source
+    from dhrd.export.lean import dual_head_from_checkpoint, resolve_source
+    from dhrd.serve.classifier import LeanClassifier
+    from dhrd.serve.lean_format import LeanConfig
 
     root, paths, model_dir, _ = trained
     out = root / "lora"

@@ -14,7 +14,7 @@ import time
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_helpers import REPO, losses, run_train, child_env, train_command, write_model, write_task  # noqa: E402
+from train_helpers import REPO, child_env, losses, run_train, train_command, write_model, write_task  # noqa: E402
 
 pytestmark = pytest.mark.distributed
 

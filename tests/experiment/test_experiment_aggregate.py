@@ -57,9 +57,11 @@ def test_grid_expands_blocks_into_named_runs(tmp_path):
 @pytest.mark.parametrize("text,message", [
     ("name: x\nmodel: m\ntasks: {esnli: {train_file: a, eval_file: b}}\nblocks: [{methods: [dhrdd]}]\n",
      "unknown method 'dhrdd'"),
-    ("name: x\nmodel: m\ntasks: {esnli: {train_file: a, eval_file: b}}\nblocks: [{methods: [dhrd], axes: {lrr: [1]}}]\n",
+    ("name: x\nmodel: m\ntasks: {esnli: {train_file: a, eval_file: b}}\n"
+     "blocks: [{methods: [dhrd], axes: {lrr: [1]}}]\n",
      "'lrr' is not a trainer argument"),
-    ("name: x\nmodel: m\ntasks: {esnli: {train_file: a, eval_file: b}}\nblocks: [{methods: [dhrd], axes: {seed: [1]}}]\n",
+    ("name: x\nmodel: m\ntasks: {esnli: {train_file: a, eval_file: b}}\n"
+     "blocks: [{methods: [dhrd], axes: {seed: [1]}}]\n",
      "set by the harness"),
     ("name: x\nmodel: m\ntasks: {nope: {train_file: a, eval_file: b}}\nblocks: [{methods: [dhrd]}]\n",
      "unknown task 'nope'"),

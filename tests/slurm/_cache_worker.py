@@ -1,5 +1,5 @@
 """One "node" of test_locks.test_cache_is_built_once_by_concurrent_jobs: builds or loads
-the tokenised BoolQ training set in a shared cache dir, as dhrd/engine.py's rank 0 does
+the tokenised BoolQ training set in a shared cache dir, as the trainer's rank 0 does (dhrd/engine/trainer.py)
 (under locks.cache_lock unless told not to), recording every example it tokenises.
 
     python _cache_worker.py REPO TOKENIZER_DIR TRAIN RATIONALES CACHE_DIR COUNTS GO LOCK(0/1)
@@ -19,11 +19,11 @@ import contextlib  # noqa: E402
 
 from tokenizers import Tokenizer  # noqa: E402
 
-from dhrd import locks  # noqa: E402
 from dhrd.config import DataArgs  # noqa: E402
 from dhrd.data import sequences  # noqa: E402
 from dhrd.data.pipeline import build_training_set  # noqa: E402
 from dhrd.data.tasks import get_task  # noqa: E402
+from dhrd.engine import locks  # noqa: E402
 
 original_build = sequences.SequenceBuilder.build
 

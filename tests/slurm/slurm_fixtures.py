@@ -30,7 +30,6 @@ from train_helpers import child_env, write_model, write_task  # noqa: E402
 sys.path.insert(0, HERE)
 from slurm_helpers import write_boolq  # noqa: E402
 
-
 BINARIES = ("slurmctld", "slurmd", "sbatch", "srun", "scontrol", "squeue", "munged")
 
 

@@ -1,4 +1,4 @@
-"""dhrd/locks.py on job_lock: refuse a live holder with a message naming it, take over a
+"""dhrd/engine/locks.py on job_lock: refuse a live holder with a message naming it, take over a
 dead one (pid outside Slurm, job id under Slurm), one cache builder at a time."""
 
 from __future__ import annotations
@@ -10,11 +10,10 @@ import sys
 import time
 
 import pytest
-
 from slurm_helpers import REPO, job_state, wait_for, wait_job
 
 sys.path.insert(0, REPO)
-from dhrd import locks  # noqa: E402
+from dhrd.engine import locks  # noqa: E402
 
 pytest_plugins = ["slurm_fixtures"]  # the cluster and data fixtures (not a conftest.py: see there)
 

@@ -10,7 +10,6 @@ import subprocess
 import sys
 
 import pytest
-
 from slurm_helpers import REPO
 
 pytestmark = pytest.mark.slurm

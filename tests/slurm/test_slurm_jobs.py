@@ -11,7 +11,6 @@ import subprocess
 import time
 
 import pytest
-
 from slurm_helpers import REPO, diagnostics, job_env, job_state, sbatch, train_steps, wait_for, wait_job
 from train_helpers import losses, run_train
 

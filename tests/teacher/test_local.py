@@ -111,4 +111,5 @@ def test_cli_samples_with_the_paper_settings(tiny_model_dir, tmp_path, capsys, m
     kw = seen[0]  # the paper's sampling (T 0.1, top_p 0.7), stopping at the end marker
     assert (kw["do_sample"], kw["temperature"], kw["top_p"], kw["max_new_tokens"]) == (True, 0.1, 0.7, 5)
     assert kw["stop_strings"] == ["[END OF REASONING]"]
-    assert build_parser().parse_args(["--task", "cb", "--input", "x", "--out", "y", "--model", "m"]).max_new_tokens == 500
+    args = build_parser().parse_args(["--task", "cb", "--input", "x", "--out", "y", "--model", "m"])
+    assert args.max_new_tokens == 500

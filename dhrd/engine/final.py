@@ -1,6 +1,7 @@
-"""The end-of-training export to ``<output_dir>/final``: consolidated weights as a plain
-HF backbone directory (LoRA merged in) + tokenizer + ``classifier_head.safetensors`` +
-``dhrd_config.json``, loadable without DeepSpeed or peft.
+"""The end-of-training export to ``<output_dir>/final`` (part of training: the trainer
+writes it): consolidated weights as a plain HF backbone directory (LoRA merged in) +
+tokenizer + ``classifier_head.safetensors`` + ``dhrd_config.json``, loadable without
+DeepSpeed or peft.
 
 DeepSpeed consolidates the (possibly ZeRO-3 partitioned) weights with
 ``save_16bit_model`` (every rank takes part; it writes the model's dtype: fp32 on CPU,
@@ -13,11 +14,12 @@ import shutil
 
 import torch
 
-from .fileio import atomic_write_json
-from .model import head_inner_size, head_kind
+from ..fileio import atomic_write_json
+from ..model.builder import dual_head_from_config
+from ..model.dual_head import HEAD_FILE, head_inner_size, head_kind
+from ..model.lora import merged_backbone
 
 CONSOLIDATED = "dual_head_consolidated.pt"
-HEAD_FILE = "classifier_head.safetensors"
 
 
 def export_final(engine, model, tokenizer, special, task, model_args, data_args, loss_args, out_dir: str,
@@ -35,29 +37,6 @@ def export_final(engine, model, tokenizer, special, task, model_args, data_args,
     dist.barrier()
 
 
-def dual_head_from_config(config, num_labels: int, model_args, pooling: str, tokenizer=None):
-    """An unpartitioned, untrained DualHeadModel of the trained architecture (HF's ZeRO-3
-    hook switched off, LoRA adapters in place when trained with them), ready to take a
-    consolidated state dict. With ``tokenizer`` (a base tokenizer) the reasoning tokens
-    are added as in training, which also sizes the embeddings as training did."""
-    from transformers import AutoModelForCausalLM
-    from transformers.integrations import deepspeed as hf_deepspeed
-
-    from .engine import apply_lora
-    from .model import DualHeadModel, add_reasoning_tokens
-
-    hf_deepspeed.unset_hf_deepspeed_config()
-    from .segment_attention import resolve
-
-    backbone = AutoModelForCausalLM.from_config(config, attn_implementation=resolve(model_args.attn_implementation))
-    if tokenizer is not None:
-        add_reasoning_tokens(tokenizer, backbone)
-    if model_args.lora:
-        backbone = apply_lora(backbone, model_args)
-    return DualHeadModel(backbone, num_labels, pooling=pooling, head_inner_size=model_args.head_inner_size,
-                         head_dropout=model_args.head_dropout, head=getattr(model_args, "head", "mlp"))
-
-
 def load_trained_state(fresh, state: dict) -> None:
     """Load the state dict of the module DeepSpeed wrapped (keys ``model.backbone...``,
     ``model.head...``) into ``fresh`` in the weights' dtype. Only a tied LM head may be
@@ -73,11 +52,6 @@ def load_trained_state(fresh, state: dict) -> None:
     if missing or unexpected:
         raise RuntimeError(f"consolidated weights do not match the model: missing {missing[:5]}, "
                            f"unexpected {unexpected[:5]}")
-
-
-def merged_backbone(fresh, lora: bool):
-    """The causal LM with LoRA adapters folded into the base weights (peft's merge)."""
-    return fresh.backbone.merge_and_unload() if lora else fresh.backbone
 
 
 def save_head(head, path: str) -> None:

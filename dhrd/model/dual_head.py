@@ -23,6 +23,7 @@ REASON_TOKEN = "<REASON>"
 ANSWER_TOKEN = "<ANS>"
 POOLINGS = ("last", "mean")
 HEADS = ("mlp", "linear")
+HEAD_FILE = "classifier_head.safetensors"  # the head's weights in final/ and lean directories
 
 
 @dataclass
@@ -206,18 +207,3 @@ def add_reasoning_tokens(tokenizer, backbone) -> tuple[int, int]:
                 if w.numel():  # under ZeRO-3 only the modifier rank holds the data
                     w[rows] = w[:first_new].float().mean(0).to(w.dtype)
     return tuple(tokenizer.convert_tokens_to_ids(t) for t in (REASON_TOKEN, ANSWER_TOKEN))
-
-
-def build_dual_head_model(args, num_labels: int, device=None):
-    """Backbone + tokenizer from ModelArgs, reasoning tokens added, head attached.
-    Returns (DualHeadModel, tokenizer, (reason_id, ans_id))."""
-    from .backbones import load_backbone, load_tokenizer, resolve_dtype, resolve_model_path
-
-    path = resolve_model_path(args.model)
-    tokenizer = load_tokenizer(path, args.gguf_file)
-    backbone = load_backbone(path, dtype=resolve_dtype(args.dtype, device),
-                             attn_implementation=args.attn_implementation, gguf_file=args.gguf_file)
-    special = add_reasoning_tokens(tokenizer, backbone)
-    model = DualHeadModel(backbone, num_labels, pooling=args.pooling, head_inner_size=args.head_inner_size,
-                          head_dropout=args.head_dropout, head=args.head)
-    return model, tokenizer, special

@@ -26,10 +26,11 @@ from dataclasses import dataclass
 
 import torch
 
-from .data.templates import CONFIG_KEY, FIELDS_KEY, render_input, template_for
-from .fileio import atomic_write
-from .lean import DTYPES, Trained, dir_bytes, load_trained, training_meta
-from .model import head_kind
+from ..data.templates import CONFIG_KEY, FIELDS_KEY, render_input, template_for
+from ..fileio import atomic_write
+from ..model.dual_head import head_kind
+from ..serve.lean_format import DTYPES
+from .lean import Trained, dir_bytes, load_trained, training_meta
 
 PAD_TOKEN = "<PAD>"
 HF_FORMAT_VERSION = 1
@@ -96,7 +97,7 @@ def sequence_classifier(trained: Trained, dtype: str):
     from transformers import AutoModelForSequenceClassification
     from transformers.integrations import deepspeed as hf_deepspeed
 
-    from .export import merged_backbone
+    from ..model.lora import merged_backbone
 
     hf_deepspeed.unset_hf_deepspeed_config()
     backbone = merged_backbone(trained.model, trained.lora)
@@ -188,7 +189,8 @@ def model_card(trained: Trained, meta: dict, seq, tokenizer, template: str) -> s
         yaml_lines.append(f"base_model: {json.dumps(front['base_model'])}")
     if ev:
         yaml_lines += ["model-index:", f"- name: {task.name}-dhrd-classifier", "  results:",
-                       "  - task: {type: text-classification}", f"    dataset: {{name: {task.name}, type: {task.name}}}",
+                       "  - task: {type: text-classification}",
+                       f"    dataset: {{name: {task.name}, type: {task.name}}}",
                        "    metrics:"] + [f"    - {{type: {k}, value: {v}}}" for k, v in ev.items()
                                           if isinstance(v, (int, float))]
     yaml_lines.append("---")

@@ -1,5 +1,4 @@
-"""Batched prediction with a lean classifier directory (``dhrd.lean``); needs neither
-DeepSpeed nor peft.
+"""Batched prediction with a lean classifier directory; needs neither DeepSpeed nor peft.
 
 x is tokenised exactly as training tokenised it (``SequenceBuilder.input_ids``: the
 tokenizer's special tokens, left-truncated keeping the first token), so the pooled token
@@ -7,28 +6,21 @@ is the one the head was trained on. Batches are length-bucketed (sorted by lengt
 padded per batch) and RIGHT-padded: under causal attention a real token never attends to
 the pads after it, so no attention mask is needed and the hidden states equal those of
 the unpadded input, on the same maskless attention path training uses. The pooled
-token is each row's last real token (or the mean over its real tokens).
-
-``dhrd predict LEAN_DIR --input FILE`` writes ``{"id", "label", "probs"}`` per example
-as JSON Lines and, over the examples that have a gold label, the task's metrics.
-"""
+token is each row's last real token (or the mean over its real tokens)."""
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import sys
-import time
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from .backbones import NO_REMOTE_CODE, refuse_remote_code
-from .data.sequences import SequenceBuilder, SequenceSpec
-from .lean import HEAD_FILE, WEIGHTS, LeanConfig, load_int8, quantize_int8
-from .model import make_head, pool_hidden
+from ..data.sequences import SequenceBuilder, SequenceSpec
+from ..model.backbones import NO_REMOTE_CODE, refuse_remote_code
+from ..model.dual_head import HEAD_FILE, make_head, pool_hidden
+from .int8 import load_int8, quantize_int8
+from .lean_format import WEIGHTS, LeanConfig
 
 
 def length_buckets(lengths: Sequence[int], batch_size: int, max_batch_tokens: int | None = None) -> list[list[int]]:
@@ -146,92 +138,3 @@ class LeanClassifier:
 
     def predict(self, texts: Sequence[str], batch_size: int = 32, max_batch_tokens: int | None = None) -> torch.Tensor:
         return self.predict_ids(self.encode(texts), batch_size, max_batch_tokens)
-
-
-# ---------------------------------------------------------------------------------------
-# dhrd predict
-
-def read_examples(task_name: str, path: str):
-    """The task's own reader and checks (labels optional); ``-`` is stdin, named
-    ``<stdin>`` in errors. Bad rows raise DataError with file, line and field."""
-    from .data.jsonl import iter_lines
-    from .data.tasks import get_task
-
-    task = get_task(task_name)
-    if path != "-":
-        return task.read(path, require_labels=False)
-    stream = getattr(sys.stdin, "buffer", sys.stdin)  # bytes: a bad byte is reported at its line
-    return task._examples(iter_lines(stream, "<stdin>"), "<stdin>", False, adapt=None)
-
-
-def metrics_of(task_name: str, examples, preds) -> dict | None:
-    """The task's metrics over the examples that carry a gold label (None if none do)."""
-    from .data.tasks import get_task
-
-    gold = [(p, ex) for p, ex in zip(preds, examples) if ex.label is not None]
-    if not gold:
-        return None
-    scores = get_task(task_name).score([p for p, _ in gold], [ex.label for _, ex in gold],
-                                       [ex.group for _, ex in gold])
-    return {"labelled": len(gold), **scores}
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dhrd predict", description="batched prediction with a lean classifier")
-    p.add_argument("model_dir", help="a lean classifier directory (tools/export_classifier.py)")
-    p.add_argument("--input", default="-", help="task-format JSONL file; - reads stdin")
-    p.add_argument("--output", default="-", help="predictions JSONL; - writes stdout")
-    p.add_argument("--metrics_out", default=None, help="also write the metrics JSON here")
-    p.add_argument("--batch_size", type=int, default=32)
-    p.add_argument("--max_batch_tokens", type=int, default=None, help="cap on padded tokens per batch")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
-                   help="default: the directory's dtype")
-    p.add_argument("--int8", default=None, choices=("true", "false"), help="default: the directory's flag")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    from .data.errors import DataError
-
-    args = build_parser().parse_args(argv)
-    if args.batch_size < 1 or (args.max_batch_tokens is not None and args.max_batch_tokens < 1):
-        print("dhrd predict: error: --batch_size and --max_batch_tokens must be >= 1", file=sys.stderr)
-        return 2
-    if args.output != "-" and (os.path.isdir(args.output)
-                               or not os.path.isdir(os.path.dirname(os.path.abspath(args.output)))):
-        print(f"dhrd predict: error: --output {args.output}: not a writable file path (a directory, or its "
-              "folder does not exist)", file=sys.stderr)
-        return 2
-    try:  # the input is checked before the (possibly large) model loads
-        examples = read_examples(LeanConfig.load(args.model_dir).task, args.input)
-        clf = LeanClassifier.load(args.model_dir, device=args.device, dtype=args.dtype,
-                                  int8=None if args.int8 is None else args.int8 == "true")
-    except (DataError, OSError, ValueError) as e:
-        print(f"dhrd predict: error: {e}", file=sys.stderr)
-        return 2
-    t0 = time.perf_counter()
-    probs = clf.predict([ex.text for ex in examples], args.batch_size, args.max_batch_tokens)
-    elapsed = time.perf_counter() - t0
-    preds = probs.argmax(-1).tolist()
-    labels = clf.config.labels
-    out = sys.stdout if args.output == "-" else open(args.output, "w")
-    try:
-        for ex, pred, p in zip(examples, preds, probs.tolist()):
-            out.write(json.dumps({"id": ex.id, "label": labels[pred], "probs": dict(zip(labels, p))}) + "\n")
-    finally:
-        if out is not sys.stdout:
-            out.close()
-    summary = {"examples": len(examples), "seconds": round(elapsed, 4), "qps": round(len(examples) / elapsed, 2)}
-    metrics = metrics_of(clf.config.task, examples, preds)
-    if metrics is not None:
-        summary["metrics"] = metrics
-    print(json.dumps(summary), file=sys.stderr)
-    if args.metrics_out:
-        with open(args.metrics_out, "w") as f:
-            json.dump(summary, f, indent=2)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

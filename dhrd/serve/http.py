@@ -1,6 +1,6 @@
 """``dhrd serve MODEL_DIR``: an HTTP service for batch classification (FastAPI + uvicorn).
 
-MODEL_DIR is a lean classifier directory (``lean_config.json``, ``dhrd.inference``) or a
+MODEL_DIR is a lean classifier directory (``lean_config.json``, ``dhrd.serve.classifier``) or a
 standard Hugging Face sequence-classification directory (``config.json`` naming a
 ``*ForSequenceClassification`` architecture). Both answer the same three endpoints:
 
@@ -70,8 +70,8 @@ class LeanModel:
     format = "lean"
 
     def __init__(self, path: str, device: str, dtype: str | None, batch_size: int):
-        from .data.tasks import get_task
-        from .inference import LeanClassifier
+        from ..data.tasks import get_task
+        from .classifier import LeanClassifier
 
         self.clf = LeanClassifier.load(path, device=device, dtype=dtype)
         self.task = self.clf.config.task
@@ -92,7 +92,7 @@ class HFModel:
     non-pad token, so batches are right-padded and the config is told the pad id we pad
     with; rows render with the Jinja2 template stored under ``dhrd_input_template``, if
     any. As with HF's pipeline, inputs are cut only at the model's own length limit (not
-    at the training max_input_len: see dhrd/hf_export.py)."""
+    at the training max_input_len: see dhrd/export/hf.py)."""
 
     format = "hf"
 
@@ -100,8 +100,8 @@ class HFModel:
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from .backbones import NO_REMOTE_CODE, refuse_remote_code
-        from .data.templates import CONFIG_KEY
+        from ..data.templates import CONFIG_KEY
+        from ..model.backbones import NO_REMOTE_CODE, refuse_remote_code
 
         refuse_remote_code(path)
         tok = AutoTokenizer.from_pretrained(path, **NO_REMOTE_CODE)
@@ -113,7 +113,7 @@ class HFModel:
         model.config.pad_token_id = tok.pad_token_id  # the id the model looks for is the one we pad with
         self.model, self.tokenizer, self.device = model.to(device).eval(), tok, torch.device(device)
         self.labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-        meta = getattr(model.config, "dhrd", None)  # what dhrd.hf_export records
+        meta = getattr(model.config, "dhrd", None)  # what dhrd.export.hf records
         self.task = meta.get("task") if isinstance(meta, dict) else None
         self.template = getattr(model.config, CONFIG_KEY, None)
         self.accepts_rows = self.template is not None
@@ -131,7 +131,7 @@ class HFModel:
     def render(self, row: Mapping) -> str:
         from jinja2 import TemplateError
 
-        from .data.templates import render_input
+        from ..data.templates import render_input
 
         try:
             return render_input(self.template, row)
@@ -141,7 +141,7 @@ class HFModel:
 
 def model_format(path: str) -> str:
     """``lean`` or ``hf`` from the directory's files alone, before any weights load."""
-    from .lean import LEAN_CONFIG
+    from .lean_format import LEAN_CONFIG
 
     if not os.path.isdir(path):
         raise ValueError(f"{path}: not a directory")
@@ -245,7 +245,7 @@ def parse_items(body: bytes, max_items: int) -> tuple[str, list]:
 
 def request_texts(body: bytes, model, cfg: ServeConfig) -> list[str]:
     """The model inputs of a classify request: texts checked, rows rendered."""
-    from .data.errors import DataError
+    from ..data.errors import DataError
 
     key, items = parse_items(body, cfg.max_items)
     if key == "rows" and not model.accepts_rows:
@@ -471,6 +471,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from .cli_errors import run_main
+    from ..cli_errors import run_main
 
     sys.exit(run_main(PROG, main))

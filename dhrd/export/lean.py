@@ -1,23 +1,7 @@
-"""The lean classifier directory: what serving needs and nothing of training.
-
-A training output holds the whole dual-head model (decoder, LM head = reasoning head,
-classifier head) and, in checkpoints, ZeRO-3 shards with optimizer state. Serving uses
-only the decoder body and the classifier head, so the lean directory keeps
-
-* ``model.safetensors`` + ``config.json``: the base decoder (``AutoModel``, e.g.
-  ``LlamaModel``), LoRA merged in. An untied LM head is simply not part of it; a tied
-  one lives on as the input embeddings, which the decoder needs anyway;
-* ``classifier_head.safetensors``; the tokenizer files with ``<REASON>``/``<ANS>``;
-* ``lean_config.json`` (:class:`LeanConfig`): task, labels, verbalizers, pooling,
-  max_input_len (inference must tokenise x exactly as training did), dtype, the int8
-  flag, and the training metadata.
-
-With ``quantize="int8"`` every Linear layer of the decoder is stored as int8 weights
-with per-output-channel scales (plain int8/float tensors, so still safetensors) and
-loaded as torch's dynamic-int8 Linear for CPU serving; embeddings, norms and the head
-stay float32. Loading (``dhrd.inference``) needs neither DeepSpeed nor peft; exporting
-from a ZeRO checkpoint uses DeepSpeed's offline ``zero_to_fp32`` (no distributed job).
-"""
+"""Export the lean classifier (``dhrd.serve.lean_format``) from a training output: a ZeRO
+checkpoint of any step (consolidated offline with DeepSpeed's ``zero_to_fp32``, no
+distributed job) or final/. With ``quantize="int8"`` the decoder's Linear weights are
+stored int8 (``dhrd.serve.int8``)."""
 
 from __future__ import annotations
 
@@ -26,101 +10,21 @@ import json
 import os
 import sys
 import zipfile
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
 
-from . import checkpoint
-from .backbones import NO_REMOTE_CODE, refuse_remote_code
-from .export import HEAD_FILE
-from .fileio import atomic_write_json
-from .model import HEADS, head_inner_size, head_kind
-
-LEAN_FORMAT = "dhrd-lean-classifier"
-LEAN_VERSION = 1
-LEAN_CONFIG = "lean_config.json"
-WEIGHTS = "model.safetensors"
-DTYPES = ("float32", "bfloat16", "float16")
-QUANTIZE = ("none", "int8")
+from ..engine import checkpoint
+from ..model.backbones import NO_REMOTE_CODE
+from ..model.dual_head import HEAD_FILE, head_inner_size, head_kind
+from ..serve.int8 import INT8_SCHEME, int8_tensors, quantize_int8
+from ..serve.lean_format import WEIGHTS, LeanConfig
 
 
 class CheckpointError(RuntimeError):
     """A training output or checkpoint that cannot be exported; the message names what."""
 
-
-@dataclass
-class LeanConfig:
-    task: str
-    labels: list[str]
-    verbalizers: list[str]
-    pooling: str
-    max_input_len: int
-    num_labels: int
-    head_inner_size: int               # the MLP's inner width; 0 for the linear head
-    dtype: str = "float32"
-    quantize: str = "none"            # "int8": the decoder's Linear weights are stored int8
-    tied_embeddings: bool = False     # the (dropped) LM head shared the input embeddings
-    special_token_ids: dict = field(default_factory=dict)  # {"reason": id, "answer": id}
-    head: str = "mlp"                 # "mlp" (the paper's) or "linear" (written before v1.1: mlp)
-    training: dict = field(default_factory=dict)  # alpha, beta, method, lora_merged, source, step, eval
-    format: str = LEAN_FORMAT
-    version: int = LEAN_VERSION
-
-    def __post_init__(self):
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype={self.dtype!r} is not one of {', '.join(DTYPES)}")
-        if self.quantize not in QUANTIZE:
-            raise ValueError(f"quantize={self.quantize!r} is not one of {', '.join(QUANTIZE)}")
-        if self.quantize == "int8" and self.dtype != "float32":
-            raise ValueError("int8 dynamic quantisation starts from float32 weights: use dtype float32")
-        if self.head not in HEADS:
-            raise ValueError(f"head={self.head!r} is not one of {', '.join(HEADS)}")
-        if len(self.labels) != self.num_labels or len(self.verbalizers) != self.num_labels:
-            raise ValueError(f"{self.num_labels} labels but labels={self.labels}, verbalizers={self.verbalizers}")
-
-    def save(self, directory: str) -> None:
-        atomic_write_json(os.path.join(directory, LEAN_CONFIG), asdict(self), indent=2)
-
-    @classmethod
-    def load(cls, directory: str) -> "LeanConfig":
-        path = os.path.join(directory, LEAN_CONFIG)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{directory} is not a lean classifier directory: no {LEAN_CONFIG} "
-                                    "(export one with tools/export_classifier.py)")
-        try:
-            with open(path, encoding="utf-8") as f:
-                raw = json.load(f)
-        except (ValueError, UnicodeError) as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
-        if not isinstance(raw, dict):
-            raise ValueError(f"{path}: expected a JSON object")
-        if raw.get("format") != LEAN_FORMAT or raw.get("version", 0) > LEAN_VERSION:
-            raise ValueError(f"{path}: format {raw.get('format')!r} version {raw.get('version')} "
-                             f"is not {LEAN_FORMAT!r} <= {LEAN_VERSION}")
-        known = {f.name for f in fields(cls)}
-        required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
-        missing = [name for name in required if name not in raw]
-        if missing:
-            raise ValueError(f"{path}: missing field(s) {', '.join(missing)}")
-        types = {"task": str, "labels": list, "verbalizers": list, "pooling": str, "max_input_len": int,
-                 "num_labels": int, "head_inner_size": int, "dtype": str, "quantize": str, "tied_embeddings": bool,
-                 "special_token_ids": dict, "training": dict, "head": str}
-        for name, kind in types.items():
-            value = raw.get(name)
-            if name in raw and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
-                raise ValueError(f"{path}: field '{name}': expected {kind.__name__}, got {type(value).__name__}")
-        for name in ("labels", "verbalizers"):
-            if not all(isinstance(v, str) for v in raw[name]):
-                raise ValueError(f"{path}: field '{name}': expected a list of strings")
-        try:
-            return cls(**{k: v for k, v in raw.items() if k in known})
-        except ValueError as e:
-            raise ValueError(f"{path}: {e}") from None
-
-
-# ---------------------------------------------------------------------------------------
-# finding and checking the source
 
 @dataclass
 class Source:
@@ -238,11 +142,8 @@ def zero_state_dict(source: Source) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"could not consolidate checkpoint {source.path}: {type(e).__name__}: {e}") from e
 
 
-# ---------------------------------------------------------------------------------------
-# rebuilding the trained model
-
 def model_args_of(train_config: dict):
-    from .config import ModelArgs
+    from ..config import ModelArgs
 
     known = {f.name for f in fields(ModelArgs)}
     return ModelArgs(**{k: v for k, v in train_config["model"].items() if k in known})
@@ -253,9 +154,10 @@ def dual_head_from_checkpoint(source: Source):
     in-training classifier, rebuilt from the training config and the base model."""
     from transformers import AutoConfig
 
-    from .backbones import load_tokenizer, resolve_model_path
-    from .data.tasks import get_task
-    from .export import dual_head_from_config, load_trained_state
+    from ..data.tasks import get_task
+    from ..engine.final import load_trained_state
+    from ..model.backbones import load_tokenizer, resolve_model_path
+    from ..model.builder import dual_head_from_config
 
     check_zero_checkpoint(source.path)  # before any slow loading
     cfg = source.train_config
@@ -283,23 +185,13 @@ def dual_head_from_checkpoint(source: Source):
 
 def dual_head_from_final(source: Source):
     """(DualHeadModel, tokenizer) from a final/ export (LoRA already merged)."""
-    from safetensors.torch import load_file
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from .model import DualHeadModel
+    from ..model.builder import dual_head_from_final as build
 
     meta = _read_json(os.path.join(source.path, "dhrd_config.json"), "final/ export metadata")
-    refuse_remote_code(source.path)
-    backbone = AutoModelForCausalLM.from_pretrained(source.path, dtype=getattr(torch, meta["dtype"]),
-                                                    **NO_REMOTE_CODE)
-    model = DualHeadModel(backbone, meta["num_labels"], pooling=meta["pooling"],
-                          head_inner_size=meta["head_inner_size"] or None, head=meta.get("head", "mlp"))
     head_path = os.path.join(source.path, meta.get("head_file", HEAD_FILE))
     if not os.path.isfile(head_path):
         raise CheckpointError(f"classifier head not found: {head_path}")
-    model.head.load_state_dict(load_file(head_path))
-    return model.eval(), AutoTokenizer.from_pretrained(source.path, **NO_REMOTE_CODE)
-
+    return build(source.path, meta, head_path)
 
 def training_meta(source: Source) -> dict:
     """alpha/beta/method from the training config (or final/'s metadata), and the eval
@@ -330,99 +222,6 @@ def training_meta(source: Source) -> dict:
     return meta
 
 
-# ---------------------------------------------------------------------------------------
-# int8: dynamic quantisation, stored as plain tensors
-
-INT8_SCHEME = "int8-dynamic-per-channel"
-_SCALE, _ZERO = ".weight_scale", ".weight_zero_point"
-
-
-def quantize_int8(module: nn.Module) -> nn.Module:
-    """A copy with every Linear as torch's dynamic int8 Linear (int8 weights with one
-    scale per output channel; activations quantised per batch at run time): the CPU
-    serving option. Embeddings and norms stay float32."""
-    import warnings
-
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
-    with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao
-        warnings.simplefilter("ignore")
-        return quantize_dynamic(module.float(), {nn.Linear: per_channel_dynamic_qconfig},
-                                dtype=torch.qint8, inplace=False)
-
-
-def _int8_linears(module: nn.Module) -> dict[str, nn.Module]:
-    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
-
-    return {n: m for n, m in module.named_modules() if isinstance(m, DynamicLinear)}
-
-
-def int8_tensors(qmodule: nn.Module) -> dict[str, torch.Tensor]:
-    """The state of a :func:`quantize_int8` module as plain tensors for safetensors: per
-    quantised Linear ``weight`` (int8), ``weight_scale``, ``weight_zero_point`` and
-    ``bias``; every other tensor as it is."""
-    linears = _int8_linears(qmodule)
-    out = {k: v for k, v in qmodule.state_dict().items() if k.rpartition(".")[0].removesuffix("._packed_params")
-           not in linears}
-    for name, lin in linears.items():
-        weight, bias = lin._weight_bias()
-        out[name + ".weight"] = weight.int_repr()
-        scale, zero = weight.q_per_channel_scales(), weight.q_per_channel_zero_points()
-        # torch hands out float64/int64; the observer computed float32 scales and int8
-        # zero points, so the narrow types store them without loss
-        out[name + _SCALE] = scale.float() if torch.equal(scale.float().double(), scale) else scale
-        out[name + _ZERO] = zero.to(torch.int8)
-        if bias is not None:
-            out[name + ".bias"] = bias
-    return {k: v.detach().contiguous() for k, v in out.items()}
-
-
-def load_int8(module: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> nn.Module:
-    """Put :func:`int8_tensors` back into a float32 module of the same architecture: the
-    Linear layers they quantised become dynamic int8 Linear layers. Raises naming the
-    tensors that do not fit."""
-    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
-
-    tensors = dict(tensors)
-    names = [k[: -len(_SCALE)] for k in tensors if k.endswith(_SCALE)]
-    if not names:
-        raise ValueError(f"{source}: no int8 weights (no '*{_SCALE}' tensors)")
-    orphans = [k for k in tensors if k.endswith(_ZERO) and k[: -len(_ZERO)] not in names]
-    if orphans:
-        raise ValueError(f"{source}: int8 layer {orphans[0][: -len(_ZERO)]!r} lacks tensor "
-                         f"{orphans[0][: -len(_ZERO)] + _SCALE!r}")
-    linears, quantised = {}, {}
-    for name in names:
-        try:
-            linears[name] = module.get_submodule(name)
-        except AttributeError:
-            linears[name] = None
-        if not isinstance(linears[name], nn.Linear):
-            raise ValueError(f"{source}: int8 weight {name!r} is not a Linear layer of {type(module).__name__}")
-        try:
-            quantised[name] = [tensors.pop(name + k) for k in (".weight", _SCALE, _ZERO)]
-        except KeyError as e:
-            raise ValueError(f"{source}: int8 layer {name!r} lacks tensor {e.args[0]!r}") from None
-        quantised[name].append(tensors.pop(name + ".bias", None))
-    # the float tensors first, while the Linear layers are still float (their int8
-    # counterparts refuse a partial state dict)
-    missing, unexpected = module.load_state_dict(tensors, strict=False)
-    missing = [k for k in missing if k.rpartition(".")[0] not in linears]
-    if missing or unexpected:
-        raise ValueError(f"{source}: int8 weights do not match the architecture: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}")
-    for name, (int_repr, scale, zero, bias) in quantised.items():
-        lin = linears[name]
-        q = DynamicLinear(lin.in_features, lin.out_features, bias_=lin.bias is not None, dtype=torch.qint8)
-        q.set_weight_bias(torch._make_per_channel_quantized_tensor(int_repr, scale.double(), zero.long(), 0), bias)
-        parent, _, child = name.rpartition(".")
-        setattr(module.get_submodule(parent) if parent else module, child, q)
-    return module
-
-
-# ---------------------------------------------------------------------------------------
-# writing
-
 def dir_bytes(path: str) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
 
@@ -445,7 +244,8 @@ class ExportReport:
 def write_lean(model, tokenizer, cfg: LeanConfig, out_dir: str, lora: bool = False) -> None:
     """Save the decoder body (LoRA merged; int8 Linear weights when ``cfg.quantize``),
     the head, the tokenizer and ``cfg``."""
-    from .export import merged_backbone, save_head
+    from ..engine.final import save_head
+    from ..model.lora import merged_backbone
 
     os.makedirs(out_dir, exist_ok=True)
     dtype = getattr(torch, cfg.dtype)
@@ -488,7 +288,7 @@ class Trained:
 
 def load_trained(path: str, tag: str | None = None) -> Trained:
     """A training output (ZeRO checkpoint or final/, see :func:`resolve_source`) rebuilt."""
-    from .data.tasks import get_task
+    from ..data.tasks import get_task
 
     source = resolve_source(path, tag)
     if source.kind == "zero":

@@ -15,12 +15,11 @@ The requeued job runs with ``--resume auto`` and starts from that checkpoint.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
 
-from .fileio import atomic_write_json
+from ..fileio import atomic_write_json
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again later"
 MARKER = "preempted.json"

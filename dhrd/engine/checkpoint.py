@@ -20,7 +20,7 @@ import shutil
 import numpy as np
 import torch
 
-from .fileio import atomic_open, atomic_write
+from ..fileio import atomic_open, atomic_write
 
 MARKER = "dhrd_complete.json"
 LATEST = "latest"

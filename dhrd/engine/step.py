@@ -1,0 +1,112 @@
+"""One optimizer step: the module DeepSpeed wraps (model forward + dual-head loss), the
+parameter groups, and the step itself with its non-finite guard.
+
+Before the step's forward passes the ranks all-reduce the supervised-token and
+labelled-example counts of all the step's micro-batches; each micro-batch's loss is its
+SUM divided by those global counts, so the step's true loss is the sum over ranks and
+micro-batches. DeepSpeed averages gradients over ranks (x 1/world) and, with
+``scale_wrt_gas``, divides the loss by gas; we call ``backward(loss * world,
+scale_wrt_gas=False)`` so the reduced gradient is exactly the sum-normalised one. The
+loss runs inside the wrapped module, and the LM-head weight is registered as an external
+parameter of it: under ZeRO-3 it is gathered for the loss (tied embeddings included), and
+every rank runs the same modules in the same order even with nothing to supervise."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..data.order import batch_inputs
+from ..kernels import dual_head_loss
+from .dist import Dist
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+class DualHeadLoss(nn.Module):
+    """The module DeepSpeed wraps: DualHeadModel forward + the dual-head loss, so ZeRO-3's
+    hooks gather every weight the loss touches. Returns (total, cls, lm) or, with
+    ``eval_only``, the class logits."""
+
+    def __init__(self, model, loss_args):
+        super().__init__()
+        self.model = model
+        self.loss_args = loss_args
+        self.alpha = loss_args.alpha  # this step's alpha (the trainer moves it by --alpha_schedule)
+        for p in (model.lm_weight, model.lm_bias):
+            if p is not None and hasattr(p, "ds_id"):
+                import deepspeed
+
+                deepspeed.zero.register_external_parameter(self, p)
+
+    def forward(self, input_ids, position_ids, cls_index, cls_start, lm_targets=None, cls_labels=None,
+                n_lm_tokens=None, n_cls=None, eval_only: bool = False):
+        out = self.model(input_ids, position_ids, cls_index, cls_start)
+        if eval_only:
+            return out.cls_logits
+        a = self.loss_args
+        loss = dual_head_loss(out.hidden, self.model.lm_weight, lm_targets, out.cls_logits, cls_labels,
+                              alpha=self.alpha, beta=a.beta, n_lm_tokens=n_lm_tokens, n_cls=n_cls,
+                              impl=a.loss_impl, logit_softcap=self.model.logit_softcap,
+                              lm_bias=self.model.lm_bias, label_smoothing=a.label_smoothing, z_loss=a.z_loss)
+        return loss.total, loss.cls, loss.lm
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Trainable parameters; no weight decay on biases and norms (1-d tensors)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            shape = getattr(p, "ds_shape", p.shape)
+            (decay if len(shape) >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+class NonFiniteGuard:
+    """Counts non-finite steps; raises after ``patience`` in a row."""
+
+    def __init__(self, patience: int, total: int = 0, in_row: int = 0):
+        self.patience, self.total, self.in_row = patience, total, in_row
+
+    def update(self, finite: bool, step: int) -> None:
+        if finite:
+            self.in_row = 0
+            return
+        self.total += 1
+        self.in_row += 1
+        if self.in_row >= self.patience:
+            raise TrainingDiverged(
+                f"loss was NaN/inf in {self.in_row} consecutive steps (last: step {step}; "
+                f"{self.total} in all): stopping. Lower --lr, check the data, or raise --nan_patience.")
+
+
+def optimizer_step(engine, batches: list, dist: Dist, n_lm: float, n_cls: float) -> list[float] | None:
+    """This rank's micro-batches of one optimizer step: forward, backward, engine.step()
+    each (``n_lm``/``n_cls``: the step's global counts). Returns the step's global
+    (total, cls, lm) loss, or None when a loss was NaN/inf on any rank: then the step is
+    skipped for real. The ranks agree on that after each forward, and from then on every
+    rank backpropagates a NaN loss, so the accumulated gradients are NaN everywhere and
+    DeepSpeed's own overflow check (ZeRO-1/2/3 and bf16 optimizers: an invalid global
+    grad norm) drops the update at the boundary: no optimizer or scheduler step, the
+    gradients cleared, ``engine.skipped_steps`` + 1. Every rank still runs the same
+    forwards, backwards and steps, so ZeRO-3's collectives stay in step."""
+    sums = torch.zeros(3, dtype=torch.float64, device=dist.device)
+    finite = True
+    for b in batches:
+        total, cls, lm = engine(**batch_inputs(b, dist.device), n_lm_tokens=max(n_lm, 1.0), n_cls=max(n_cls, 1.0))
+        bad = dist.all_reduce(torch.tensor([0.0 if torch.isfinite(total) else 1.0], device=dist.device),
+                              torch.distributed.ReduceOp.MAX)
+        finite = finite and not bad.item()
+        if finite:
+            sums += torch.stack([total.detach(), cls, lm]).double()
+        else:
+            total = total * float("nan")
+        engine.backward(total * dist.world, scale_wrt_gas=False)
+        engine.step()
+    if not finite and engine.was_step_applied():  # fill_ds_config rejects such configs up front
+        raise TrainingDiverged("DeepSpeed applied an update with NaN gradients: this configuration has no "
+                               "overflow check (ZeRO stage 0 in fp32?)")
+    return dist.all_reduce(sums).tolist() if finite else None

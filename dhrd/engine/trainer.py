@@ -1,0 +1,323 @@
+"""The training run: ``Trainer`` (construction: processes, the output lock, model, data,
+the step plan, the DeepSpeed engine and resume; ``train_step``; ``train``; ``close``) and
+``run``, its driver. What DeepSpeed does (AdamW, the LR schedule, clipping, accumulation,
+bf16, checkpoint shards) is left to it."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+
+import torch
+
+from ..alpha_schedule import alpha_at
+from ..config import resolved_config
+from ..data.order import ROW_COLUMNS, collate, data_order
+from ..fileio import atomic_write_json, repair_jsonl_tail
+from ..model.builder import build_model
+from . import checkpoint, locks, preemption
+from .dist import init_distributed
+from .ds_config import fill_ds_config, load_ds_config, sanitize_cuda_arch_list, start_warmup_schedule, zero_stage
+from .evaluation import Evaluator
+from .flops import StepFlops, peak_tflops
+from .monitor import Monitor, log
+from .step import DualHeadLoss, NonFiniteGuard, optimizer_step, param_groups
+
+
+def load_split(task, path, what, tokenizer, special, data_args, *, with_reasoning, seed, cache_dir, dist,
+                limit: int = 0):
+    from ..data.pipeline import HUB_PREFIX, build_training_set, load_examples
+    from ..data.report import DataReport
+
+    if not path:
+        raise ValueError(f"--{what} is required")
+    if not path.startswith(HUB_PREFIX) and not os.path.exists(path):
+        raise FileNotFoundError(f"{what.replace('_', ' ')} not found: {path}")
+    examples = load_examples(task, path)
+    report = DataReport()
+    if limit:
+        if limit > len(examples):
+            raise ValueError(f"max_train_examples={limit} but {path} holds {len(examples)} examples")
+        report.count("examples_beyond_max_train_examples", len(examples) - limit)
+        examples = examples[:limit]
+    # rank 0 builds the tokenised cache first; the others then load it
+    for turn in ((0,), tuple(range(1, dist.world))):
+        if dist.rank in turn:
+            # and across jobs/nodes sharing the file system, one builder at a time (locks.py)
+            with locks.cache_lock(cache_dir) if dist.rank == 0 and cache_dir else contextlib.nullcontext():
+                ds, report = build_training_set(task, examples, tokenizer, special, data_args,
+                                                with_reasoning=with_reasoning, seed=seed,
+                                                cache_dir=cache_dir, report=report)
+        dist.barrier()
+    table = {k: list(ds[k]) for k in (*ROW_COLUMNS, "length")}
+    groups = {ex.id: ex.group for ex in examples}
+    table["group"] = [groups.get(i) for i in table["id"]]
+    return table, report
+
+
+class Checkpointer:
+    """When to save (``--save_every``, and on a preemption signal), what a checkpoint
+    records (the step and data position, the non-finite counters), and resuming."""
+
+    def __init__(self, trainer: "Trainer"):
+        self.t = trainer
+        self.root = os.path.join(trainer.out, "checkpoints")
+
+    def should_save(self, step: int) -> bool:
+        every = self.t.train_args.save_every
+        return bool(every) and step % every == 0 and step < self.t.total_steps
+
+    def save(self, step: int) -> str:
+        t = self.t
+        epoch, index = t.stream.locate(step * t.M)
+        return checkpoint.save(t.engine, self.root, step,
+                               {"step": step, "epoch": epoch, "micro_index": index,
+                                "nonfinite_steps": t.guard.total, "nonfinite_in_row": t.guard.in_row},
+                               rank=t.dist.rank, world=t.dist.world, keep=t.train_args.keep_checkpoints)
+
+    def resume(self, how: str) -> int:
+        """Load the checkpoint ``how`` names (``auto``: the newest complete one, if any);
+        returns the step to start from and restores the non-finite counters."""
+        t = self.t
+        if how == "none":
+            return 0
+        root, tag = (self.root, checkpoint.find_resumable(self.root)) if how == "auto" else \
+            os.path.split(os.path.normpath(how))
+        if tag is None:
+            if t.dist.rank == 0:
+                log(0, f"--resume auto: no complete checkpoint in {self.root}; starting fresh")
+            return 0
+        state = checkpoint.load(t.engine, root, tag, rank=t.dist.rank)
+        t.guard = NonFiniteGuard(t.train_args.nan_patience, state.get("nonfinite_steps", 0),
+                                 state.get("nonfinite_in_row", 0))
+        log(t.dist.rank, f"resumed from {os.path.join(root, tag)} at step {state['step']} "
+                         f"(epoch {state.get('epoch')}, micro-batch {state.get('micro_index')})")
+        return int(state["step"])
+
+
+class Trainer:
+    """One training run. Construction does processes, the output lock, model, data, the
+    DeepSpeed engine and resume; ``train()`` is the loop (``train_step`` per optimizer
+    step, evaluation and checkpoints as their objects decide); ``close()`` releases what
+    construction took. Collective: every rank builds one and calls the same methods."""
+
+    def __init__(self, model_args, data_args, loss_args, train_args):
+        import deepspeed
+
+        from ..data.tasks import get_task
+
+        self.model_args, self.data_args, self.loss_args, self.train_args = model_args, data_args, loss_args, train_args
+        self.dist = init_distributed()
+        deepspeed.runtime.utils.set_random_seed(train_args.seed)
+        self.task = get_task(data_args.task)
+        self.out = train_args.output_dir
+        os.makedirs(self.out, exist_ok=True)
+        # preemption.py / locks.py: signals only set a flag, checked at each step boundary;
+        # one live run per output dir (a second job stops here with a clear message)
+        self.engine = self.monitor = self._hf_ds = self.out_lock = None
+        self.stop_flag = preemption.PreemptionFlag()
+        try:
+            self.out_lock = locks.lock_output_dir(self.out, self.dist.rank, self.reduce_max)
+            self._build()
+        except BaseException:
+            self.close()
+            raise
+
+    def reduce_max(self, t: torch.Tensor) -> torch.Tensor:
+        return self.dist.all_reduce(t.to(self.dist.device), torch.distributed.ReduceOp.MAX).cpu()
+
+    # -- construction ---------------------------------------------------------------
+
+    def _build(self) -> None:
+        self.base_cfg = load_ds_config(self.train_args.ds_config)
+        self._build_model()
+        self._load_data()
+        self._plan_steps()
+        self._init_engine()
+        self.guard = NonFiniteGuard(self.train_args.nan_patience)
+        self.checkpointer = Checkpointer(self)
+        self.start_step = self.checkpointer.resume(self.train_args.resume)
+        if self.start_step == 0:
+            start_warmup_schedule(self.ds_cfg, self.engine.lr_scheduler)  # else the first two updates run at lr 0
+        self._open_logs()
+        self.evaluator = Evaluator(self)
+
+    def _build_model(self) -> None:
+        a = self.train_args
+        # a provisional fill: zero.Init needs a valid config before the batch sizes are known
+        pre_cfg = fill_ds_config(self.base_cfg, micro_rows=self.data_args.rows_per_batch, gas=1,
+                                 world=self.dist.world, lr=a.lr, weight_decay=a.weight_decay, warmup_steps=1,
+                                 total_steps=2, max_grad_norm=a.max_grad_norm, device=self.dist.device)
+        self.model, self.tokenizer, self.special, self._hf_ds = build_model(self.model_args, len(self.task.labels),
+                                                                            pre_cfg)
+        self.pad_id = self.tokenizer.pad_token_id
+
+    def _load_data(self) -> None:
+        d, t = self.data_args, self.train_args
+        cache_dir = d.cache_dir or os.path.join(self.out, "cache")
+        with_reasoning = self.loss_args.alpha > 0
+        common = dict(tokenizer=self.tokenizer, special=self.special, data_args=d, seed=t.seed,
+                      cache_dir=cache_dir, dist=self.dist)
+        self.train_table, report = load_split(self.task, d.train_file, "train_file", with_reasoning=with_reasoning,
+                                               limit=d.max_train_examples, **common)
+        self.eval_table = None
+        if d.eval_file:
+            self.eval_table, _ = load_split(self.task, d.eval_file, "eval_file", with_reasoning=False, **common)
+        if self.dist.rank == 0:
+            log(0, report.format())
+            report.write(os.path.join(self.out, "data_report.json"))
+            if with_reasoning and d.rationale_mode != "none" and not d.rationale_file:
+                log(0, "warning: alpha > 0 but no --rationale_file: sequences are [x, <ANS>, y] (label-only)")
+
+    def _plan_steps(self) -> None:
+        """The data order, the DeepSpeed config that fits it, and config.json."""
+        a, dist = self.train_args, self.dist
+        n_train = len(self.train_table["length"])
+        self.stream, self.M, self.total_steps, why = data_order(a, self.data_args, self.train_table["length"],
+                                                                dist.world)
+        self.gas = self.M // dist.world
+        self.ds_cfg = fill_ds_config(self.base_cfg, micro_rows=self.data_args.rows_per_batch, gas=self.gas,
+                                     world=dist.world, lr=a.lr, weight_decay=a.weight_decay,
+                                     warmup_steps=a.warmup_steps, total_steps=self.total_steps,
+                                     max_grad_norm=a.max_grad_norm, device=dist.device,
+                                     hidden_size=getattr(self.model.config, "hidden_size", None))
+        derived = {"world_size": dist.world, "micro_batches_per_step": self.M, "gradient_accumulation_steps": self.gas,
+                   "total_steps": self.total_steps, "train_examples": n_train, "batching": why,
+                   "micro_batches_per_epoch": len(self.stream.plan(0)), "special_token_ids": list(self.special)}
+        if dist.rank == 0:
+            atomic_write_json(os.path.join(self.out, "config.json"),
+                              {**resolved_config(self.model_args, self.data_args, self.loss_args, a),
+                               "derived": derived, "deepspeed": self.ds_cfg}, indent=2)
+            log(0, f"world {dist.world}, device {dist.device}, ZeRO {zero_stage(self.ds_cfg)}, {self.M} "
+                   f"micro-batches/step ({self.gas} per rank), {self.total_steps} steps, {n_train} train examples; "
+                   f"batching {why}")
+
+    def _init_engine(self) -> None:
+        import deepspeed
+
+        ds_cfg, dist = self.ds_cfg, self.dist
+        self.step_flops = StepFlops.from_model(self.model.backbone)
+        dtype = torch.bfloat16 if ds_cfg.get("bf16", {}).get("enabled") else \
+            torch.float16 if ds_cfg.get("fp16", {}).get("enabled") else next(self.model.backbone.parameters()).dtype
+        self.peak = peak_tflops(dist.device, dtype, self.train_args.peak_tflops)
+        self.wrapper = DualHeadLoss(self.model, self.loss_args)
+        old_arch = sanitize_cuda_arch_list()
+        if old_arch and dist.rank == 0:
+            log(0, f"TORCH_CUDA_ARCH_LIST={old_arch!r} -> {os.environ['TORCH_CUDA_ARCH_LIST']!r} for DeepSpeed's "
+                   "op builder")
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=self.wrapper, model_parameters=param_groups(self.wrapper, self.train_args.weight_decay),
+            config=ds_cfg)
+
+    def _open_logs(self) -> None:
+        if self.dist.rank == 0:  # a requeued run appends to the same log; its marker is consumed
+            repair_jsonl_tail(os.path.join(self.out, "metrics.jsonl"))
+            preemption.clear_marker(self.out)
+        a = self.train_args
+        self.monitor = Monitor(self.dist.rank, self.out, a.tensorboard_dir, self.total_steps, self.start_step,
+                               a.progress)
+        if self.start_step == 0:
+            for i in range(min(a.log_sequences, len(self.train_table["length"]))):
+                self.monitor.text("train/sequences", self.tokenizer.decode(self.train_table["input_ids"][i]), i)
+
+    # -- the loop -------------------------------------------------------------------
+
+    def train_step(self, step: int) -> tuple[dict, bool]:
+        """Optimizer step ``step`` (0-based): its micro-batches of this rank, the global
+        counts, forward/backward/update. Returns the values to log and whether it was finite."""
+        t0 = time.time()
+        dist, table = self.dist, self.train_table
+        lr = self.engine.get_lr()[0]  # the rate this step's update uses
+        a = self.loss_args
+        self.wrapper.alpha = alpha_at(step, self.total_steps, a.alpha, a.alpha_schedule, a.alpha_floor,
+                                      a.alpha_switch_fraction)
+        first = step * self.M + dist.rank * self.gas
+        plans = [self.stream[first + j] for j in range(self.gas)]
+        batches = [collate(rows, table, self.pad_id) for rows in plans]
+        sum_sq = sum(table["length"][i] ** 2 for rows in plans for row in rows for i in row)
+        counts = torch.tensor([sum(b.n_lm_tokens for b in batches),
+                               sum(int((b.cls_labels != -100).sum()) for b in batches),
+                               sum(b.n_real_tokens for b in batches), sum(b.n_segments for b in batches),
+                               sum(b.budget for b in batches), sum_sq], dtype=torch.float64, device=dist.device)
+        n_lm, n_cls, n_real, n_seg, budget, sum_sq = dist.all_reduce(counts).tolist()
+        losses = optimizer_step(self.engine, batches, dist, n_lm, n_cls)
+        self.guard.update(losses is not None, step + 1)
+        dt = max(time.time() - t0, 1e-9)
+        tflops = self.step_flops(n_real, n_lm, sum_sq) / dt / 1e12 / dist.world  # per device
+        values = {"train/lr": lr, "train/alpha": self.wrapper.alpha, "perf/real_tokens_per_s": n_real / dt,
+                  "perf/samples_per_s": n_seg / dt, "perf/packing_efficiency": n_real / max(budget, 1),
+                  "train/nonfinite_steps": self.guard.total, "perf/model_tflops_per_device": tflops}
+        if self.peak:
+            values["perf/mfu"] = tflops / self.peak
+        if dist.device.type == "cuda":
+            values["perf/peak_mem_gib"] = torch.cuda.max_memory_allocated(dist.device) / 2**30
+        if losses is not None:
+            values.update(dict(zip(("train/loss_total", "train/loss_cls", "train/loss_lm"), losses)))
+        grad_norm = self.engine.get_global_grad_norm()
+        if grad_norm is not None and math.isfinite(float(grad_norm)):
+            values["train/grad_norm"] = float(grad_norm)
+        return values, losses is not None
+
+    def _after_step(self, done: int, values: dict, finite: bool) -> None:
+        """Logging, evaluation, checkpoints and the preemption check after step ``done``."""
+        if done % self.train_args.log_every == 0 or done == self.total_steps:
+            self.monitor.scalars(done, values)
+        self.monitor.advance(1, loss=values.get("train/loss_total", float("nan")))
+        if not finite:
+            log(self.dist.rank, f"step {done}: NaN/inf loss, step skipped (no update; {self.guard.in_row} in a "
+                                f"row, {self.guard.total} in all)")
+        if self.evaluator.should_evaluate(done):
+            self.evaluator.evaluate(done)
+        saved = self.checkpointer.should_save(done)
+        if saved:
+            self.checkpointer.save(done)
+        signum = self.stop_flag.agreed(self.reduce_max)  # every rank stops at the same step
+        if signum and done < self.total_steps:
+            tag = checkpoint.tag_for(done) if saved else self.checkpointer.save(done)
+            if self.dist.rank == 0:
+                preemption.write_marker(self.out, done, signum, tag)
+            log(self.dist.rank, f"signal {signum}: checkpoint {tag} written at step {done}; exiting "
+                                f"with code {preemption.EXIT_PREEMPTED}")
+            raise preemption.Preempted(done, signum)
+
+    def train(self) -> dict:
+        """Every remaining step, the final evaluation and the export; returns the final
+        eval metrics (empty without an eval file)."""
+        for step in range(self.start_step, self.total_steps):
+            values, finite = self.train_step(step)
+            self._after_step(step + 1, values, finite)
+        if self.eval_table is not None:
+            self.evaluator.evaluate(self.total_steps)
+            self.evaluator.write(self.out, self.total_steps)
+        m, lo, a = self.model_args, self.loss_args, self.train_args
+        self.monitor.hparams({"alpha": lo.alpha, "beta": lo.beta, "task": self.task.name, "backbone": m.model,
+                              "method": lo.method or "custom", "lora": m.lora, "lr": a.lr},
+                             {f"hparam/{k}": v for k, v in self.evaluator.metrics.items()} or {"hparam/none": 0.0})
+        if a.export_final:
+            from .final import export_final
+
+            export_final(self.engine, self.model, self.tokenizer, self.special, self.task, m, self.data_args, lo,
+                         os.path.join(self.out, "final"), self.dist)
+        return self.evaluator.metrics
+
+    def close(self) -> None:
+        if self.monitor is not None:
+            self.monitor.close()
+        self.stop_flag.restore()
+        if self.out_lock is not None:
+            self.out_lock.release()
+        if self.engine is not None:
+            self.engine.destroy()
+        self._hf_ds = None
+
+
+def run(model_args, data_args, loss_args, train_args) -> dict:
+    """Train, evaluate and export; returns the final eval metrics (empty without an
+    eval file). Collective: every rank calls it."""
+    trainer = Trainer(model_args, data_args, loss_args, train_args)
+    try:
+        return trainer.train()
+    finally:
+        trainer.close()

@@ -1,0 +1,107 @@
+"""The lean classifier directory: what serving needs and nothing of training.
+
+* ``model.safetensors`` + ``config.json``: the base decoder (``AutoModel``, e.g.
+  ``LlamaModel``), LoRA merged in. An untied LM head is simply not part of it; a tied
+  one lives on as the input embeddings, which the decoder needs anyway;
+* ``classifier_head.safetensors``; the tokenizer files with ``<REASON>``/``<ANS>``;
+* ``lean_config.json`` (:class:`LeanConfig`): task, labels, verbalizers, pooling, head,
+  max_input_len (inference must tokenise x exactly as training did), dtype, the int8
+  flag, and the training metadata.
+
+Written by ``dhrd.export.lean``; read by ``dhrd.serve.classifier``."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import MISSING, asdict, dataclass, field, fields
+
+from ..fileio import atomic_write_json
+from ..model.dual_head import HEADS
+
+LEAN_FORMAT = "dhrd-lean-classifier"
+
+
+LEAN_VERSION = 1
+
+
+LEAN_CONFIG = "lean_config.json"
+
+
+WEIGHTS = "model.safetensors"
+
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+QUANTIZE = ("none", "int8")
+
+
+@dataclass
+class LeanConfig:
+    task: str
+    labels: list[str]
+    verbalizers: list[str]
+    pooling: str
+    max_input_len: int
+    num_labels: int
+    head_inner_size: int               # the MLP's inner width; 0 for the linear head
+    dtype: str = "float32"
+    quantize: str = "none"            # "int8": the decoder's Linear weights are stored int8
+    tied_embeddings: bool = False     # the (dropped) LM head shared the input embeddings
+    special_token_ids: dict = field(default_factory=dict)  # {"reason": id, "answer": id}
+    head: str = "mlp"                 # "mlp" (the paper's) or "linear" (written before v1.1: mlp)
+    training: dict = field(default_factory=dict)  # alpha, beta, method, lora_merged, source, step, eval
+    format: str = LEAN_FORMAT
+    version: int = LEAN_VERSION
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype={self.dtype!r} is not one of {', '.join(DTYPES)}")
+        if self.quantize not in QUANTIZE:
+            raise ValueError(f"quantize={self.quantize!r} is not one of {', '.join(QUANTIZE)}")
+        if self.quantize == "int8" and self.dtype != "float32":
+            raise ValueError("int8 dynamic quantisation starts from float32 weights: use dtype float32")
+        if self.head not in HEADS:
+            raise ValueError(f"head={self.head!r} is not one of {', '.join(HEADS)}")
+        if len(self.labels) != self.num_labels or len(self.verbalizers) != self.num_labels:
+            raise ValueError(f"{self.num_labels} labels but labels={self.labels}, verbalizers={self.verbalizers}")
+
+    def save(self, directory: str) -> None:
+        atomic_write_json(os.path.join(directory, LEAN_CONFIG), asdict(self), indent=2)
+
+    @classmethod
+    def load(cls, directory: str) -> "LeanConfig":
+        path = os.path.join(directory, LEAN_CONFIG)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{directory} is not a lean classifier directory: no {LEAN_CONFIG} "
+                                    "(export one with tools/export_classifier.py)")
+        try:
+            with open(path, encoding="utf-8") as f:
+                raw = json.load(f)
+        except (ValueError, UnicodeError) as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path}: expected a JSON object")
+        if raw.get("format") != LEAN_FORMAT or raw.get("version", 0) > LEAN_VERSION:
+            raise ValueError(f"{path}: format {raw.get('format')!r} version {raw.get('version')} "
+                             f"is not {LEAN_FORMAT!r} <= {LEAN_VERSION}")
+        known = {f.name for f in fields(cls)}
+        required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+        missing = [name for name in required if name not in raw]
+        if missing:
+            raise ValueError(f"{path}: missing field(s) {', '.join(missing)}")
+        types = {"task": str, "labels": list, "verbalizers": list, "pooling": str, "max_input_len": int,
+                 "num_labels": int, "head_inner_size": int, "dtype": str, "quantize": str, "tied_embeddings": bool,
+                 "special_token_ids": dict, "training": dict, "head": str}
+        for name, kind in types.items():
+            value = raw.get(name)
+            if name in raw and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
+                raise ValueError(f"{path}: field '{name}': expected {kind.__name__}, got {type(value).__name__}")
+        for name in ("labels", "verbalizers"):
+            if not all(isinstance(v, str) for v in raw[name]):
+                raise ValueError(f"{path}: field '{name}': expected a list of strings")
+        try:
+            return cls(**{k: v for k, v in raw.items() if k in known})
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
