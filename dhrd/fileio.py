@@ -74,6 +74,16 @@ def atomic_write_json(path: str, obj, *, indent: int | None = 1, fsync: bool = T
     atomic_write(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n", fsync=fsync)
 
 
+def read_json(path: str):
+    """A JSON file's value; malformed JSON or text that is not UTF-8 is a ValueError
+    naming the file (a missing file stays FileNotFoundError)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (ValueError, UnicodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+
 def repair_jsonl_tail(path: str) -> int:
     """A process killed while appending may leave half a line at the end of a JSONL log;
     cut it, so the lines a resumed run appends stay parseable. Returns the bytes cut."""

@@ -141,6 +141,7 @@ class HFModel:
 
 def model_format(path: str) -> str:
     """``lean`` or ``hf`` from the directory's files alone, before any weights load."""
+    from ..fileio import read_json
     from .lean_format import LEAN_CONFIG
 
     if not os.path.isdir(path):
@@ -152,10 +153,9 @@ def model_format(path: str) -> str:
         raise ValueError(f"{path}: not a model directory: neither {LEAN_CONFIG} (a lean classifier) nor "
                          "config.json (a Hugging Face sequence-classification model)")
     try:
-        with open(config, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{config}: not valid JSON ({e})") from None
+        data = read_json(config)
+    except OSError as e:
+        raise ValueError(f"{config}: unreadable ({e})") from None
     archs = data.get("architectures") if isinstance(data, dict) else None
     if not (isinstance(archs, list) and archs and isinstance(archs[0], str)
             and archs[0].endswith("ForSequenceClassification")):

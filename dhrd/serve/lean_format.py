@@ -12,11 +12,10 @@ Written by ``dhrd.export.lean``; read by ``dhrd.serve.classifier``."""
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
-from ..fileio import atomic_write_json
+from ..fileio import atomic_write_json, read_json
 from ..model.dual_head import HEADS
 
 LEAN_FORMAT = "dhrd-lean-classifier"
@@ -76,11 +75,7 @@ class LeanConfig:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{directory} is not a lean classifier directory: no {LEAN_CONFIG} "
                                     "(export one with tools/export_classifier.py)")
-        try:
-            with open(path, encoding="utf-8") as f:
-                raw = json.load(f)
-        except (ValueError, UnicodeError) as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
+        raw = read_json(path)
         if not isinstance(raw, dict):
             raise ValueError(f"{path}: expected a JSON object")
         if raw.get("format") != LEAN_FORMAT or raw.get("version", 0) > LEAN_VERSION:
