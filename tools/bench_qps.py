@@ -4,8 +4,8 @@
 2. CoT decoding: batched greedy HF ``generate`` with the KV cache writes a rationale and
    then the answer ("Let's think step by step, then answer yes or no."); the answer is
    the last verbalizer in the generated text;
-3. a plain HF pipeline: ``pipeline("text-classification")`` over
-   ``AutoModelForSequenceClassification`` sharing the same decoder module;
+3. the HF pipeline on our export: ``pipeline("text-classification")`` loading the
+   ``--format hf`` directory (dhrd.export.hf) of the same decoder with a linear head;
 4. with ``--serve``: ``dhrd serve`` over a lean directory written from the same decoder,
    under ``--serve_clients`` concurrent HTTP clients each sending ``--serve_request_size``
    texts per request; the table then adds requests/s and p50/p99 request latency.
@@ -33,6 +33,7 @@ import http.client
 import json
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -152,23 +153,30 @@ def bench_lean(model, tok, texts, args):
         lambda: clf.predict(texts, args.batch_size)
 
 
-def bench_pipeline(model, tok, texts, args):
-    """transformers' text-classification pipeline over a sequence-classification model
-    that shares the causal LM's decoder module (its score layer is random)."""
-    from transformers import AutoModelForSequenceClassification, pipeline
+def bench_pipeline(model, tok, texts, args, cleanup: contextlib.ExitStack):
+    """transformers' text-classification pipeline on our ``--format hf`` export of the same
+    decoder (a random linear head), loaded from disk as a user of the export would."""
+    from transformers import pipeline
 
-    cfg = model.config
-    cfg.num_labels = 2
-    with torch.device("meta"):
-        seq = AutoModelForSequenceClassification.from_config(cfg)
-    setattr(seq, seq.base_model_prefix, getattr(model, model.base_model_prefix))
-    seq.score = torch.nn.Linear(cfg.hidden_size, 2, bias=False, device=args.device, dtype=model.dtype)
-    seq.eval()
-    pipe = pipeline("text-classification", model=seq, tokenizer=tok, device=torch.device(args.device),
-                    batch_size=args.batch_size, top_k=None)
+    from dhrd.data.tasks import get_task
+    from dhrd.export.hf import sequence_classifier
+    from dhrd.export.lean import Trained
+    from dhrd.model.dual_head import DualHeadModel
+
+    dual = DualHeadModel(model, len(get_task(args.task).labels), head="linear")
+    trained = Trained(source=None, model=dual, tokenizer=tok, task=get_task(args.task),
+                      max_input_len=args.max_input_len, special={}, lora=False)
+    seq, hf_tok, _ = sequence_classifier(trained, args.dtype)
+    out = tempfile.mkdtemp(prefix="bench-hf-")
+    cleanup.callback(shutil.rmtree, out, ignore_errors=True)
+    seq.save_pretrained(out)
+    hf_tok.save_pretrained(out)
+    del seq, dual
+    pipe = pipeline("text-classification", model=out, device=torch.device(args.device),
+                    dtype=getattr(torch, args.dtype), batch_size=args.batch_size, top_k=None)
     pipe(texts[: args.batch_size])  # warm-up
-    tokens = sum(len(tok(t)["input_ids"]) for t in texts)
-    return {"method": "HF text-classification pipeline", "batch": args.batch_size, "tokens": tokens,
+    tokens = sum(len(hf_tok(t)["input_ids"]) for t in texts)
+    return {"method": "HF pipeline on the --format hf export", "batch": args.batch_size, "tokens": tokens,
             "generated": 0}, lambda: pipe(texts)
 
 
@@ -361,7 +369,8 @@ def main(argv=None) -> int:
     benches = [b for name, b in (("lean", bench_lean), ("pipeline", bench_pipeline), ("cot", bench_cot))
                if name not in skip]
     with torch.inference_mode(), contextlib.ExitStack() as cleanup:
-        prepared = [bench(model, tok, texts, args) for bench in benches]
+        prepared = [bench(model, tok, texts, args, cleanup) if bench is bench_pipeline
+                    else bench(model, tok, texts, args) for bench in benches]
         if args.serve:
             prepared.append(bench_serve(model, tok, texts, args, cleanup))
         rows = [row for row, _ in prepared]

@@ -76,20 +76,14 @@ def refuse_unexportable(trained: Trained) -> None:
                          "last token only. Train with --pooling last to export --format hf")
 
 
-def ensure_pad_token(tokenizer, decoder) -> tuple[int, bool]:
-    """A pad id distinct from EOS (adding ``<PAD>`` and an embedding row when needed).
+def ensure_pad_token(tokenizer) -> tuple[int, bool]:
+    """A pad id distinct from EOS (``<PAD>`` added to the tokenizer when needed).
     Returns (pad id, whether it was added)."""
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
     if pad is not None and pad != eos:
         return pad, False
     tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
-    pad = tokenizer.convert_tokens_to_ids(PAD_TOKEN)
-    emb = decoder.get_input_embeddings()
-    if pad >= emb.num_embeddings:
-        decoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-        with torch.no_grad():  # never attended (right padding, masked): zeros keep it inert
-            decoder.get_input_embeddings().weight[pad:] = 0
-    return pad, True
+    return tokenizer.convert_tokens_to_ids(PAD_TOKEN), True
 
 
 def sequence_classifier(trained: Trained, dtype: str):
@@ -103,15 +97,16 @@ def sequence_classifier(trained: Trained, dtype: str):
     backbone = merged_backbone(trained.model, trained.lora)
     decoder = getattr(backbone, backbone.base_model_prefix)
     tokenizer = copy.deepcopy(trained.tokenizer)
-    pad, added = ensure_pad_token(tokenizer, decoder)
+    pad, added = ensure_pad_token(tokenizer)
     task = trained.task
     cfg = copy.deepcopy(decoder.config)
     cfg.num_labels = len(task.labels)
     cfg.id2label = dict(enumerate(task.labels))
     cfg.label2id = {label: i for i, label in enumerate(task.labels)}
     cfg.problem_type = "single_label_classification"
-    cfg.pad_token_id = pad
     cfg.vocab_size = decoder.get_input_embeddings().num_embeddings
+    # set after the resize below where <PAD> is new (an embedding's padding_idx must exist)
+    cfg.pad_token_id = pad if pad < cfg.vocab_size else None
     try:
         seq = AutoModelForSequenceClassification.from_config(cfg, dtype=torch.float32)
     except ValueError as e:  # no sequence-classification class for this architecture
@@ -125,6 +120,11 @@ def sequence_classifier(trained: Trained, dtype: str):
     if missing or unexpected:
         raise ValueError(f"{type(seq).__name__}: the decoder does not fit its body: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}")
+    if pad >= body.get_input_embeddings().num_embeddings:  # the new <PAD> needs a row
+        seq.resize_token_embeddings(pad + 1, mean_resizing=False)
+        with torch.no_grad():  # never attended (right padding, masked): zeros keep it inert
+            seq.get_input_embeddings().weight[pad:] = 0
+    seq.config.pad_token_id = pad
     with torch.no_grad():
         score.weight.copy_(trained.model.head.out.weight)
     seq.config.architectures = [type(seq).__name__]
