@@ -30,6 +30,21 @@ def test_equals_sdpa_packed_and_padded(arch):
             assert float((got - want)[mask.bool()].abs().max()) < 1e-5
 
 
+@pytest.mark.parametrize("arch", [a for a in ARCHS if a != "gpt2"])  # transformers: no flex for GPT-2
+def test_flex_attention_isolates_packed_segments(arch):
+    """``--attn_implementation flex_attention``: transformers builds the document mask from
+    the packed position ids (on CUDA its block mask skips the blocks between segments);
+    each segment's outputs equal the segment run alone."""
+    flex, ref = tiny_backbone(arch, "flex_attention"), tiny_backbone(arch, "sdpa")
+    ids = torch.randint(0, 100, (2, 20), generator=torch.Generator().manual_seed(1))
+    segs = [(0, 12), (12, 17), (17, 20)]
+    pos = torch.cat([torch.arange(e - s) for s, e in segs])[None].expand(2, -1)
+    with torch.no_grad():
+        packed = flex(input_ids=ids, position_ids=pos, use_cache=False).logits
+        alone = torch.cat([ref(input_ids=ids[:, s:e], use_cache=False).logits for s, e in segs], dim=1)
+    assert float((packed - alone).abs().max()) < 1e-5
+
+
 def test_packed_rows_take_the_per_segment_path(monkeypatch):
     """Llama: one unmasked causal call per segment and layer, none over the whole row."""
     model = tiny_backbone("llama", "dhrd_segments")

@@ -8,9 +8,13 @@
 #                  deps the image lacks
 #   .whl/tok/      a tokenizer directory (SmolLM2's)
 #   .whl/data/     train.jsonl + rationales.jsonl (tools/bench_train.py synthetic_rte)
-# Sections: environment and bf16 matmul ceiling; a 1-process ZeRO-3 bf16 run of a random
-# Llama-3.2-1B through the deepspeed launcher (sdpa) and again with dhrd_segments
-# attention; tools/bench_loss.py on CUDA; the CUDA tests.
+# Sections: environment and bf16 matmul ceiling; zero3: a 1-process ZeRO-3 bf16 run of a
+# random Llama-3.2-1B through the deepspeed launcher (sdpa) and again with dhrd_segments
+# attention; flex: the packed-attention paths and ZeRO stages on one GPU (FlexAttention
+# with the document mask transformers builds from the packed position ids: only the
+# segments' blocks are computed; ZeRO-2, which on one GPU skips ZeRO-3's per-module
+# gather/release hooks); loss: tools/bench_loss.py on CUDA; tests: the CUDA tests.
+# SECTIONS=zero3,flex fits one 8-minute call at STEPS=10.
 set -u
 OUT=${OUT:-/tmp/gpu_out}
 WHL=${WHL:-.whl}
@@ -91,6 +95,19 @@ timeout 180 $PY dhrd/train.py --ds_config "$DS_CFG" "${COMMON[@]}" --output_dir 
 say "rc $?"
 summarise "zero3 dhrd_segments" /tmp/z3_segments/metrics.jsonl
 for d in /tmp/z3_*; do [ -f "$d/metrics.jsonl" ] && cp "$d/metrics.jsonl" "$OUT/$(basename "$d").metrics.jsonl"; done
+fi
+
+if want flex; then
+# needs the zero3 section's model (/tmp/llama1b) and COMMON; each run's first steps compile
+for run in "zero3 flex_attention ds_configs/zero3.json" "zero2 sdpa ds_configs/zero2.json" \
+           "zero2 flex_attention ds_configs/zero2.json"; do
+    read -r stage attn cfg <<< "$run"
+    say "$stage bf16, $attn, $cfg"
+    timeout 150 $PY dhrd/train.py --ds_config "$cfg" "${COMMON[@]}" --output_dir "/tmp/${stage}_$attn" \
+        --attn_implementation "$attn" > "$OUT/${stage}_$attn.log" 2>&1
+    say "rc $?"
+    summarise "$stage $attn" "/tmp/${stage}_$attn/metrics.jsonl"
+done
 fi
 
 if want loss; then
