@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import math
-import os
-import sys
 
 import pytest
 
 from dhrd.alpha_schedule import alpha_at
 from dhrd.config import LossArgs
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "distributed"))
-from train_helpers import losses, run_train, write_model, write_task  # noqa: E402
+from tests.distributed.train_helpers import losses, run_train, write_model, write_task  # noqa: E402
 
 
 def test_schedules():

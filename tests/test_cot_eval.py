@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_backbone
 
 from dhrd.engine.cot_eval import cot_batches, cot_predict
+from tests.helpers import tiny_backbone
 
 REASON, ANS, PAD, EOS = 300, 301, 0, 2
 ANSWERS = [[40, 41], [57, 58, 59]]  # verbalizers of different lengths

@@ -10,10 +10,8 @@ import re
 import subprocess
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "distributed"))
-from train_helpers import REPO, child_env, write_model  # noqa: E402
-
 from dhrd.demo import make_example  # noqa: E402
+from tests.distributed.train_helpers import REPO, child_env, write_model  # noqa: E402
 
 EXPR = r"\d+(?: [+*] \d+)*"
 

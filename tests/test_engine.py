@@ -6,12 +6,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "distributed"))
-from train_helpers import REPO, _free_port, child_env, losses, run_train, write_model, write_task  # noqa: E402
+from tests.distributed.train_helpers import REPO, _free_port, child_env, losses, run_train, write_model, write_task  # noqa: E402
 
 # lr 1e-2: the tiny pooled classifier's loss falls clearly (3e-3 left it within noise
 # once warm-up no longer spends two updates at lr 0)

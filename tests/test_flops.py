@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_backbone
 from torch.utils.flop_counter import FlopCounterMode
 
 from dhrd.engine.flops import StepFlops, peak_tflops
+from tests.helpers import tiny_backbone
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen3", "gpt2"])

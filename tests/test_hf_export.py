@@ -13,7 +13,8 @@ import sys
 
 import pytest
 import torch
-from test_lean import make_dual_head, make_training_output
+
+from tests.test_lean import make_dual_head, make_training_output
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # mixed lengths, all within the training max_input_len (40 tiny-tokenizer tokens)
@@ -147,12 +148,10 @@ def get_text(i: int) -> str:
 def test_trained_with_head_linear_exports_from_final_and_checkpoint(tmp_path):
     """The real path: ``dhrd/train.py --head linear``, then both exports of final/ and of
     an earlier step's ZeRO checkpoint agree with dhrd predict."""
-    sys.path.insert(0, os.path.join(REPO, "tests", "distributed"))
-    from train_helpers import run_train, write_model, write_task
-
     from dhrd.export.hf import export_hf
     from dhrd.export.lean import export_lean
     from dhrd.serve.classifier import LeanClassifier
+    from tests.distributed.train_helpers import run_train, write_model, write_task
 
     paths = write_task(tmp_path / "data", n_train=16, n_eval=8)
     model_dir = write_model(tmp_path / "base")

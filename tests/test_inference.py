@@ -13,7 +13,8 @@ import sys
 
 import pytest
 import torch
-from test_lean import REPO, TEXTS, make_dual_head, make_training_output, reference_probs
+
+from tests.test_lean import REPO, TEXTS, make_dual_head, make_training_output, reference_probs
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,8 @@ import sys
 
 import pytest
 import torch
-from conftest import make_tiny_tokenizer, tiny_backbone
+
+from tests.helpers import make_tiny_tokenizer, tiny_backbone
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_INPUT_LEN = 40

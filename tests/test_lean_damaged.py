@@ -10,7 +10,8 @@ import subprocess
 import sys
 
 import pytest
-from test_lean import REPO, make_dual_head, make_training_output
+
+from tests.test_lean import REPO, make_dual_head, make_training_output
 
 
 @pytest.fixture(scope="module")

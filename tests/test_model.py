@@ -3,10 +3,10 @@ supported architecture and for sdpa and eager attention; special tokens; pooling
 
 import pytest
 import torch
-from conftest import ARCHS, make_tiny_tokenizer, tiny_backbone
 
 from dhrd.data.packing import collate_packed
 from dhrd.model.dual_head import ANSWER_TOKEN, REASON_TOKEN, DualHeadModel, add_reasoning_tokens, pool_hidden
+from tests.helpers import ARCHS, make_tiny_tokenizer, tiny_backbone
 
 
 def segments(lengths, vocab=300, seed=0):

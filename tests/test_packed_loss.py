@@ -3,11 +3,11 @@ summed with the same (global) normalisation: loss and every parameter gradient."
 
 import pytest
 import torch
-from conftest import tiny_backbone
 
 from dhrd.data.packing import collate_packed
 from dhrd.kernels import reference_dual_head_loss
 from dhrd.model.dual_head import DualHeadModel
+from tests.helpers import tiny_backbone
 
 
 def make_segments():

@@ -17,9 +17,10 @@ import sys
 
 import pytest
 
+from tests.distributed.train_helpers import REPO, child_env, write_model, write_task
+from tests.helpers import load_tool
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "distributed"))
-from train_helpers import REPO, child_env, write_model, write_task  # noqa: E402
 
 
 @pytest.mark.parametrize("alpha,attn", [(1.0, "dhrd_segments"), (0.0, "dhrd_segments"), (1.0, "sdpa")])
@@ -37,8 +38,8 @@ def test_engine_steps_equal_a_plain_adamw_loop(alpha, attn):
 
 
 def test_plain_loop_runs_and_reproduces_the_engines_step_composition(tmp_path):
-    sys.path.insert(0, os.path.join(REPO, "tools"))
-    from plain_loop import PlainArgs, step_batches, train_plain
+    plain_loop = load_tool("plain_loop")
+    PlainArgs, step_batches, train_plain = plain_loop.PlainArgs, plain_loop.step_batches, plain_loop.train_plain
 
     from dhrd.data.order import MicroBatchStream
 

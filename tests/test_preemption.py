@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import torch
@@ -45,8 +44,7 @@ def test_marker_round_trip(tmp_path):
 
 
 def test_signalled_run_checkpoints_exits_75_and_resumes(tmp_path):
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "distributed"))
-    from train_helpers import train_command, write_model, write_task
+    from tests.distributed.train_helpers import train_command, write_model, write_task
 
     paths = write_task(tmp_path / "data", n_train=48, n_eval=8)
     model = write_model(tmp_path / "m")

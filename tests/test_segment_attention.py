@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import ARCHS, tiny_backbone
 
 from dhrd.model import segment_attention as sa
+from tests.helpers import ARCHS, tiny_backbone
 
 
 def test_segment_bounds_follow_position_restarts():

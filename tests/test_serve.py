@@ -18,8 +18,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
-from conftest import make_tiny_tokenizer, tiny_config
-from test_lean import REPO, TEXTS, make_dual_head, make_training_output
+
+from tests.helpers import make_tiny_tokenizer, tiny_config
+from tests.test_lean import REPO, TEXTS, make_dual_head, make_training_output
 
 RTE_LABELS = ["entailment", "not_entailment"]
 ROWS = [{"premise": "the cat is true", "hypothesis": "the cat holds"},

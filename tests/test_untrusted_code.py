@@ -11,7 +11,8 @@ import subprocess
 import sys
 
 import pytest
-from test_lean import REPO, make_dual_head, make_training_output
+
+from tests.test_lean import REPO, make_dual_head, make_training_output
 
 PAYLOAD = "import pathlib\npathlib.Path({marker!r}).write_text('ran')\n"
 
@@ -28,9 +29,8 @@ def _plant(dirpath, marker, which="config.json"):
 
 @pytest.mark.parametrize("which", ["config.json", "tokenizer_config.json"])
 def test_backbone_and_tokenizer_loaders_refuse(tmp_path, which):
-    from conftest import make_tiny_tokenizer, tiny_backbone
-
     from dhrd.model.backbones import RemoteCodeRefused, load_backbone, load_tokenizer
+    from tests.helpers import make_tiny_tokenizer, tiny_backbone
 
     model_dir = tmp_path / "model"
     tiny_backbone("llama").save_pretrained(model_dir)

@@ -5,13 +5,13 @@ import random
 
 import pytest
 import torch
-from conftest import make_tiny_tokenizer, tiny_backbone
 
 from dhrd.config import DataArgs
 from dhrd.data.packing import IGNORE, best_fit_decreasing, collate_packed, packing_efficiency, plan_micro_batches
 from dhrd.data.pipeline import build_training_set
 from dhrd.data.tasks import get_task
 from dhrd.model.dual_head import add_reasoning_tokens
+from tests.helpers import make_tiny_tokenizer, tiny_backbone
 
 
 def test_bfd_places_every_item_once_within_capacity():

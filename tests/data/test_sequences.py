@@ -4,13 +4,13 @@ truncation knobs, and the datasets.map cache."""
 import json
 
 import pytest
-from conftest import make_tiny_tokenizer, tiny_backbone
 
 from dhrd.data.rationales import TrainItem
 from dhrd.data.report import DataReport
 from dhrd.data.sequences import SequenceBuilder, SequenceSpec, tokenize_items
 from dhrd.data.tasks import Example
 from dhrd.model.dual_head import add_reasoning_tokens
+from tests.helpers import make_tiny_tokenizer, tiny_backbone
 
 
 @pytest.fixture(scope="module")

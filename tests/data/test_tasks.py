@@ -395,8 +395,7 @@ def test_training_reads_hub_splits(tmp_path):
     import subprocess
     import sys
 
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "distributed"))
-    from train_helpers import REPO, child_env, write_model
+    from tests.distributed.train_helpers import REPO, child_env, write_model
 
     hub_dir = tmp_path / "hub"
     hub_dir.mkdir()

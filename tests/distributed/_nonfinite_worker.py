@@ -25,7 +25,7 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
-sys.path[:0] = [REPO, os.path.join(REPO, "tests")]
+sys.path.insert(0, REPO)  # a script: the repository root makes dhrd and tests importable
 
 FAULTS = {1: (1, 0), 3: (0, 1), 4: (1, 1)}  # step -> (rank, micro-batch)
 
@@ -81,13 +81,13 @@ def same(a: dict, b: dict) -> bool:
 def main() -> None:
     stage, out_dir = (a for a in sys.argv[1:] if not a.startswith("--local_rank"))
     import deepspeed
-    from conftest import tiny_backbone
 
     from dhrd.config import LossArgs
     from dhrd.engine.dist import init_distributed
     from dhrd.engine.ds_config import fill_ds_config, load_ds_config, start_warmup_schedule
     from dhrd.engine.step import DualHeadLoss, NonFiniteGuard, TrainingDiverged, optimizer_step, param_groups
     from dhrd.model.dual_head import DualHeadModel
+    from tests.helpers import tiny_backbone
 
     dist = init_distributed()
     cfg = load_ds_config(None)

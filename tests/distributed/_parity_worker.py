@@ -16,13 +16,11 @@ import os
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 
 import deepspeed  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from conftest import make_tiny_tokenizer, tiny_backbone  # noqa: E402
 
 from dhrd.config import LossArgs  # noqa: E402
 from dhrd.data.order import collate  # noqa: E402
@@ -31,6 +29,7 @@ from dhrd.engine.dist import init_distributed, shutdown_distributed  # noqa: E40
 from dhrd.engine.ds_config import fill_ds_config, load_ds_config, start_warmup_schedule  # noqa: E402
 from dhrd.engine.step import DualHeadLoss, optimizer_step, param_groups  # noqa: E402
 from dhrd.model.dual_head import DualHeadModel, add_reasoning_tokens  # noqa: E402
+from tests.helpers import make_tiny_tokenizer, tiny_backbone  # noqa: E402
 
 
 def main(alpha: float, attn: str, n_steps: int = 5) -> dict:

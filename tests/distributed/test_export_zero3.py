@@ -14,8 +14,7 @@ import sys
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_helpers import REPO, child_env, run_train, write_model, write_task  # noqa: E402
+from tests.distributed.train_helpers import REPO, child_env, run_train, write_model, write_task  # noqa: E402
 
 pytestmark = pytest.mark.distributed
 

@@ -11,12 +11,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_helpers import REPO, _free_port, child_env  # noqa: E402
+from tests.distributed.train_helpers import REPO, _free_port, child_env  # noqa: E402
 
 pytestmark = pytest.mark.distributed
 

@@ -8,13 +8,11 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_helpers import REPO, child_env, losses, run_train, train_command, write_model, write_task  # noqa: E402
+from tests.distributed.train_helpers import REPO, child_env, losses, run_train, train_command, write_model, write_task  # noqa: E402
 
 pytestmark = pytest.mark.distributed
 

@@ -41,8 +41,7 @@ def write_task(dirpath, n_train: int = 48, n_eval: int = 16, seed: int = 0) -> d
 
 
 def write_model(dirpath, arch: str = "llama", **overrides) -> str:
-    sys.path.insert(0, os.path.join(REPO, "tests"))
-    from conftest import make_tiny_tokenizer, tiny_backbone
+    from tests.helpers import make_tiny_tokenizer, tiny_backbone
 
     tiny_backbone(arch, **overrides).save_pretrained(dirpath)
     make_tiny_tokenizer().save_pretrained(dirpath)

@@ -11,8 +11,7 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "distributed"))
-from train_helpers import REPO, child_env, write_model, write_task  # noqa: E402
+from tests.distributed.train_helpers import REPO, child_env, write_model, write_task  # noqa: E402
 
 GRID = """
 name: tiny

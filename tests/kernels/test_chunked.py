@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from loss_cases import OPTIONS, assert_close, check_bf16, make_inputs, rel_err, run
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from dhrd.kernels import IMPLEMENTATIONS, chunked, dual_head_loss, resolve_impl
+from tests.kernels.loss_cases import OPTIONS, assert_close, check_bf16, make_inputs, rel_err, run
 
 
 @pytest.mark.parametrize("opt", sorted(OPTIONS))

@@ -18,9 +18,9 @@ import sys
 
 import pytest
 import torch
-from loss_cases import OPTIONS, assert_close, check_bf16, make_inputs, rel_err, run
 
 from dhrd.kernels import IMPLEMENTATIONS, dual_head_loss, resolve_impl
+from tests.kernels.loss_cases import OPTIONS, assert_close, check_bf16, make_inputs, rel_err, run
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 CUDA = torch.cuda.is_available()

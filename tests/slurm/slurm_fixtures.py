@@ -2,7 +2,7 @@
 fake nodes n1 and n2 on this host), started once per session by local_cluster.sh and
 torn down at the end; plus tiny fixture data.
 
-A plugin the test modules load with ``pytest_plugins = ["slurm_fixtures"]``, not a
+A plugin the test modules load with ``pytest_plugins = ["tests.slurm.slurm_fixtures"]``, not a
 conftest.py: conftest files outside packages all import as module ``conftest``, and a
 second one would take that name from tests/conftest.py (``from conftest import ARCHS``
 in tests/test_model.py and others would then fail in a whole-suite run).
@@ -18,17 +18,13 @@ import random
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 
 import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "distributed"))
-from train_helpers import child_env, write_model, write_task  # noqa: E402
-
-sys.path.insert(0, HERE)
-from slurm_helpers import write_boolq  # noqa: E402
+from tests.distributed.train_helpers import child_env, write_model, write_task  # noqa: E402
+from tests.slurm.slurm_helpers import write_boolq  # noqa: E402
 
 BINARIES = ("slurmctld", "slurmd", "sbatch", "srun", "scontrol", "squeue", "munged")
 

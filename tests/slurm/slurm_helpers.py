@@ -6,12 +6,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "distributed"))
-from train_helpers import REPO, write_task  # noqa: E402
+from tests.distributed.train_helpers import REPO, write_task  # noqa: E402
 
 # jobs a test waits for; generous: 2 shared cores
 JOB_TIMEOUT = 300

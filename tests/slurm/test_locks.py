@@ -10,12 +10,11 @@ import sys
 import time
 
 import pytest
-from slurm_helpers import REPO, job_state, wait_for, wait_job
 
-sys.path.insert(0, REPO)
 from dhrd.engine import locks  # noqa: E402
+from tests.slurm.slurm_helpers import REPO, job_state, wait_for, wait_job
 
-pytest_plugins = ["slurm_fixtures"]  # the cluster and data fixtures (not a conftest.py: see there)
+pytest_plugins = ["tests.slurm.slurm_fixtures"]  # the cluster and data fixtures (not a conftest.py: see there)
 
 
 def _write_lock(path, kind: str, ident, age_s: float = 5.0) -> None:

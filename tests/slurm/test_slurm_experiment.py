@@ -10,10 +10,11 @@ import subprocess
 import sys
 
 import pytest
-from slurm_helpers import REPO
+
+from tests.slurm.slurm_helpers import REPO
 
 pytestmark = pytest.mark.slurm
-pytest_plugins = ["slurm_fixtures"]
+pytest_plugins = ["tests.slurm.slurm_fixtures"]
 
 GRID = """
 name: slurmgrid

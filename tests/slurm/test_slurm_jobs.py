@@ -11,14 +11,15 @@ import subprocess
 import time
 
 import pytest
-from slurm_helpers import REPO, diagnostics, job_env, job_state, sbatch, train_steps, wait_for, wait_job
-from train_helpers import losses, run_train
+
+from tests.distributed.train_helpers import losses, run_train
+from tests.slurm.slurm_helpers import REPO, diagnostics, job_env, job_state, sbatch, train_steps, wait_for, wait_job
 
 pytestmark = pytest.mark.slurm
 
 TINY = ["--pack_tokens", 128, "--max_seq_len", 128, "--warmup_steps", 1]
 
-pytest_plugins = ["slurm_fixtures"]  # the cluster and data fixtures (not a conftest.py: see there)
+pytest_plugins = ["tests.slurm.slurm_fixtures"]  # the cluster and data fixtures (not a conftest.py: see there)
 
 
 def read_json(path):

@@ -4,12 +4,12 @@ statistics, and the regenerate -> merge round trip."""
 import json
 
 import pytest
-from teacher_helpers import CB_LABELS, FakeTeacher, read_jsonl, write_cb
 
 from dhrd.data.errors import DataError
 from dhrd.data.tasks import get_task
 from dhrd.teacher.consistency import check, length_stats, main, percentile
 from dhrd.teacher.generate import GenerateConfig, merge, run
+from tests.teacher.teacher_helpers import CB_LABELS, FakeTeacher, read_jsonl, write_cb
 
 
 def write_rationales(path, rows):

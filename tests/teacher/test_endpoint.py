@@ -5,11 +5,11 @@ APIs and blind mode."""
 import json
 
 import pytest
-from stub_openai import StubServer, StubState
-from teacher_helpers import CB_LABELS, read_jsonl, write_cb
 
 from dhrd.teacher.generate import GenerateConfig, run
 from dhrd.teacher.openai_endpoint import EndpointConfig, EndpointTeacher
+from tests.teacher.stub_openai import StubServer, StubState
+from tests.teacher.teacher_helpers import CB_LABELS, read_jsonl, write_cb
 
 
 def endpoint(url, **kw):

@@ -2,11 +2,11 @@
 never writes the end marker: both the strict and the lenient setting are exercised)."""
 
 import pytest
-from teacher_helpers import read_jsonl, write_cb
 
 from dhrd.teacher.generate import GenerateConfig, build_parser, main, run
 from dhrd.teacher.local import LocalTeacher, LocalTeacherConfig
 from dhrd.teacher.prompts import Prompt
+from tests.teacher.teacher_helpers import read_jsonl, write_cb
 
 
 @pytest.fixture(scope="module")

@@ -4,12 +4,12 @@ JSON Lines, continuations as JSON arrays split over files of unequal size)."""
 import json
 
 import pytest
-from teacher_helpers import read_jsonl
 
 from dhrd.data.errors import DataError
 from dhrd.data.rationales import read_rationales
 from dhrd.data.tasks import get_task
 from dhrd.teacher.palm_cot import import_human, import_palm_cot, main, parse_continuation
+from tests.teacher.teacher_helpers import read_jsonl
 
 CHOICES = ["park", "coloring book", "garden center", "math problem", "gravity"]
 CQA = [  # (answer, continuation)

@@ -9,12 +9,12 @@ import sys
 import time
 
 import pytest
-from stub_openai import StubServer, StubState
-from teacher_helpers import FakeTeacher, read_jsonl, write_cb
 
 from dhrd.data.errors import DataError
 from dhrd.data.tasks import read_examples
 from dhrd.teacher.generate import GenerateConfig, merge, merge_main, parse_shard, run, select, shard_of
+from tests.teacher.stub_openai import StubServer, StubState
+from tests.teacher.teacher_helpers import FakeTeacher, read_jsonl, write_cb
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

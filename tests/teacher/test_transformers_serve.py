@@ -12,11 +12,11 @@ import time
 import urllib.request
 
 import pytest
-from stub_openai import StubServer, StubState
-from teacher_helpers import read_jsonl, write_cb
 
 from dhrd.teacher.generate import GenerateConfig, run
 from dhrd.teacher.openai_endpoint import EndpointConfig, EndpointTeacher
+from tests.teacher.stub_openai import StubServer, StubState
+from tests.teacher.teacher_helpers import read_jsonl, write_cb
 
 pytest.importorskip("fastapi", reason="transformers serve needs the 'teacher' extra")
 pytest.importorskip("uvicorn", reason="transformers serve needs the 'teacher' extra")
