@@ -126,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=1, help="runs at a time")
     args = p.parse_args(argv)
     args.lora = not args.full
+    args.workdir = os.path.abspath(args.workdir)  # the grid's paths are read relative to its own folder
     if args.lr is None:
         args.lr = 5e-5 if args.full else 2e-4
 

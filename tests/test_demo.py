@@ -80,11 +80,13 @@ def test_demo_runs_end_to_end(tmp_path):
     assert again.returncode == 0 and "4 done, 0 to run" in again.stdout  # resumable: nothing rerun
 
 
-def test_demo_sum4_option(tmp_path):
+def test_demo_sum4_option_from_another_directory(tmp_path):
+    """Run from anywhere with a relative work dir (the runs start in the repository: their
+    paths once stayed relative and every run failed with 'No such file')."""
     model = write_model(tmp_path / "model")
-    work = tmp_path / "demo"
     proc = subprocess.run([sys.executable, "-m", "dhrd.demo", "--task", "sum4", "--model", model, "--workdir",
-                           str(work), "--train", "16", "--eval", "8", "--max_steps", "2"],
-                          cwd=REPO, capture_output=True, text=True, timeout=300, env=child_env())
+                           "demo", "--train", "16", "--eval", "8", "--max_steps", "2"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300, env=child_env())
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "| sum4 | dhrd | pooled |" in proc.stdout
+    assert (tmp_path / "demo" / "results" / "results.md").exists()

@@ -109,6 +109,7 @@ def run_grid(grid: Grid, root: str, *, jobs: int = 1, threads: int | None = None
              log=print) -> list[Outcome]:
     """Run what is not done yet, ``jobs`` at a time (``index``: only that run, for a Slurm
     array task). Returns an outcome per run considered."""
+    root = os.path.abspath(root)  # the runs start in the repository: a relative root would move
     os.makedirs(root, exist_ok=True)
     record_grid(grid, root)
     prepare(grid, log)
