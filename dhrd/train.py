@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 
@@ -84,22 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-_STATE = {"world": 0}
-
-
-def exit_process(code: int) -> None:
-    """End a launched process. After a multi-process run the interpreter's own teardown is
-    skipped (everything is written, flushed and the process group destroyed by then):
-    there it would destroy DeepSpeed's leftover communication handles, whose gloo threads
-    can abort a finished run with SIGABRT (seen in CI: exit code 250 after the final
-    export of a 2-rank ZeRO-3 run)."""
-    if _STATE["world"] > 1:
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    sys.exit(code)
+_STATE = {"world": 0}  # the world size the run had: how the process ends (dist.exit_process)
 
 
 if __name__ == "__main__":
-    exit_process(main())
+    from dhrd.engine.dist import exit_process
+
+    code = main()
+    exit_process(code, _STATE["world"])

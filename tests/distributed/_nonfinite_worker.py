@@ -124,9 +124,11 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    from dhrd.engine.dist import shutdown_distributed
+    from dhrd.engine.dist import exit_process, shutdown_distributed
 
     try:
         main()
-    finally:
+    except BaseException:
         shutdown_distributed()
+        raise
+    exit_process(0, shutdown_distributed(synchronize=True))

@@ -100,9 +100,11 @@ def main(alpha: float, attn: str, n_steps: int = 5) -> dict:
     result = {"alpha": alpha, "attn": attn, "lrs": lrs, "max_abs_diff": diff, "max_abs_update": update,
               "diff_over_update": diff / update, "max_rel_diff": max(rel(a, b) for a, b, _ in trained)}
     engine.destroy()
-    shutdown_distributed()
     return result
 
 
 if __name__ == "__main__":
+    from dhrd.engine.dist import exit_process
+
     print("RESULT " + json.dumps(main(float(sys.argv[1]), sys.argv[2])))
+    exit_process(0, shutdown_distributed(synchronize=True))
