@@ -150,8 +150,8 @@ class Trainer:
         pre_cfg = fill_ds_config(self.base_cfg, micro_rows=self.data_args.rows_per_batch, gas=1,
                                  world=self.dist.world, lr=a.lr, weight_decay=a.weight_decay, warmup_steps=1,
                                  total_steps=2, max_grad_norm=a.max_grad_norm, device=self.dist.device)
-        self.model, self.tokenizer, self.special, self._hf_ds = build_model(self.model_args, len(self.task.labels),
-                                                                            pre_cfg)
+        self.model, self.tokenizer, self.special, self._hf_ds = build_model(
+            self.model_args, len(self.task.labels), pre_cfg, zero3=zero_stage(pre_cfg) == 3)
         self.pad_id = self.tokenizer.pad_token_id
 
     def _load_data(self) -> None:

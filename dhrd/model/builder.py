@@ -31,13 +31,14 @@ def dual_head(backbone, num_labels: int, settings, *, pooling: str | None = None
                          head_dropout=getattr(settings, "head_dropout", 0.0), head=getattr(settings, "head", "mlp"))
 
 
-def build_model(model_args, num_labels: int, ds_cfg: dict):
-    """Backbone + tokenizer + reasoning tokens + (LoRA) + head. Under ZeRO-3 the backbone
-    is loaded under ``HfDeepSpeedConfig`` (which must stay alive: it is returned) and
-    the head is built under ``zero.Init``, so no rank ever holds the full model."""
+def build_model(model_args, num_labels: int, ds_cfg: dict, *, zero3: bool):
+    """Backbone + tokenizer + reasoning tokens + (LoRA) + head. Under ZeRO-3 (``zero3``:
+    the caller reads the stage from ``ds_cfg``) the backbone is loaded under
+    ``HfDeepSpeedConfig`` (which must stay alive: it is returned) and the head is built
+    under ``zero.Init``, so no rank ever holds the full model."""
     hf_ds = None
     init_ctx = contextlib.nullcontext()
-    if ds_cfg.get("zero_optimization", {}).get("stage", 0) == 3:
+    if zero3:
         import deepspeed
         from transformers.integrations import HfDeepSpeedConfig
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from ..data.errors import DataError
 from ..data.rationales import clean_rationale, read_rationales
 from ..data.tasks import Task, get_task, read_examples
-from ..fileio import atomic_write_lines
+from ..fileio import atomic_write_json, atomic_write_lines
 from .generate import scan_jsonl
 
 POLICIES = ("keep", "drop", "strict")
@@ -155,12 +155,6 @@ def regenerate_ids(report: ConsistencyReport, policy: str, include_missing: bool
     return ids
 
 
-def _write_lines(path: str, lines: Iterable[str]) -> None:
-    if os.path.isdir(path):
-        raise ValueError(f"{path}: is a directory (give a file path)")
-    atomic_write_lines(path, lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="dhrd rationales check", description=__doc__.split("\n\n")[0])
     p.add_argument("--task", required=True)
@@ -184,15 +178,14 @@ def main(argv: list[str] | None = None) -> int:
     report, kept = check(task, args.input, args.rationales, args.policy)
     print(report.format())
     if args.out:
-        _write_lines(args.out, (json.dumps(row, ensure_ascii=False) for row in kept))
+        atomic_write_lines(args.out, (json.dumps(row, ensure_ascii=False) for row in kept))
         print(f"{args.out}: kept {len(kept)} of {report.rationales} ({args.policy})", file=sys.stderr)
     if args.regenerate_ids:
         ids = regenerate_ids(report, args.policy, args.include_missing)
-        _write_lines(args.regenerate_ids, ids)
+        atomic_write_lines(args.regenerate_ids, ids)
         print(f"{args.regenerate_ids}: {len(ids)} ids to regenerate", file=sys.stderr)
     if args.report:
-        with open(args.report, "w") as f:
-            json.dump(report.to_dict(), f, indent=2)
+        atomic_write_json(args.report, report.to_dict(), indent=2)
     return 0
 
 
