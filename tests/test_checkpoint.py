@@ -18,6 +18,9 @@ class FakeEngine:
     def __init__(self):
         self.value = 0
 
+    def zero_optimization_stage(self):  # recorded in the marker (export reads stage 0 differently)
+        return 2
+
     def save_checkpoint(self, root, tag, client_state, save_latest):
         assert save_latest is False  # ``latest`` is ours, written after the marker
         os.makedirs(os.path.join(root, tag), exist_ok=True)

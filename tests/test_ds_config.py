@@ -42,3 +42,31 @@ def test_deepspeed_builder_parses_the_result(monkeypatch):
     b._jit_arch_list = None  # what jit_load captures from the environment
     b.compute_capability_args()
     assert os.environ["TORCH_CUDA_ARCH_LIST"] == "9.0+PTX"  # JIT adds +PTX to the highest arch
+
+
+def _filled(world=1, device="cpu", **changes):
+    import torch
+
+    from dhrd.engine.ds_config import fill_ds_config, load_ds_config
+
+    cfg = load_ds_config(None)
+    cfg.update(changes)
+    return fill_ds_config(cfg, micro_rows=1, gas=2, world=world, lr=1e-3, weight_decay=0.0, warmup_steps=1,
+                          total_steps=4, max_grad_norm=1.0, device=torch.device(device))
+
+
+def test_auto_stage_is_0_for_one_fp32_process_and_2_otherwise():
+    """The default config's ``"stage": "auto"``: one fp32 process has nothing to partition
+    (stage 0); several processes, or half precision, get ZeRO-2. An explicit stage stays."""
+    assert _filled()["zero_optimization"]["stage"] == 0
+    assert _filled(world=2)["zero_optimization"]["stage"] == 2
+    assert _filled(fp16={"enabled": True})["zero_optimization"]["stage"] == 2
+    assert _filled(zero_optimization={"stage": 2})["zero_optimization"]["stage"] == 2
+    assert _filled(world=4, zero_optimization={"stage": 3})["zero_optimization"]["stage"] == 3
+
+
+def test_cpu_adamw_is_torchs_fused_kernel():
+    opt = _filled()["optimizer"]["params"]
+    assert opt["torch_adam"] is True and opt["fused"] is True
+    assert "fused" not in _filled(zero_optimization={"stage": 3, "offload_optimizer": {"device": "cpu"}})[
+        "optimizer"]["params"]

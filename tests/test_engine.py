@@ -119,7 +119,7 @@ def test_nonfinite_losses_stop_training_with_a_message(setup):
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("stage", [2, 3])
+@pytest.mark.parametrize("stage", [0, 2, 3])
 def test_nonfinite_step_is_skipped_on_every_rank(tmp_path, stage):
     """2 ranks, 2 micro-batches each, a NaN loss injected on ONE rank (first micro-batch,
     then the last): DeepSpeed applies no update on any rank: weights, master weights and
@@ -166,8 +166,7 @@ def test_ds_config_rejects_setups_that_cannot_skip_nonfinite_steps():
                               total_steps=4, max_grad_norm=1.0, device=torch.device("cpu"))
 
     assert fill()["scheduler"]["params"]["total_num_steps"] == 6
-    with pytest.raises(ValueError, match="ZeRO stage 0 in fp32"):
-        fill(zero_optimization={"stage": 0})
+    assert fill(zero_optimization={"stage": 0})["zero_optimization"]["stage"] == 0  # step.StepSkipper checks
     with pytest.raises(ValueError, match="compute_grad_norm is false"):
         fill(zero_optimization={"stage": 2, "compute_grad_norm": False}, gradient_clipping=0.0)
     assert fill(zero_optimization={"stage": 3})["zero_optimization"]["stage"] == 3

@@ -92,7 +92,8 @@ def save(engine, root: str, step: int, state: dict, *, rank: int, world: int, ke
     _barrier()  # every rank's DeepSpeed shards and RNG file are on disk
     if rank == 0:
         atomic_write(os.path.join(root, tag, MARKER),
-                      json.dumps({"tag": tag, "world_size": world, **state}).encode())
+                      json.dumps({"tag": tag, "world_size": world, "zero_stage": engine.zero_optimization_stage(),
+                                  **state}).encode())
         atomic_write(os.path.join(root, LATEST), tag.encode())
         prune(root, keep, current=tag)
     _barrier()
@@ -129,5 +130,5 @@ def load(engine, root: str, tag: str, *, rank: int) -> dict:
         set_rng_state(torch.load(rng_file, weights_only=False))
     with open(os.path.join(root, tag, MARKER)) as f:
         marker = json.load(f)
-    state = (client or {}).get("dhrd") or {k: v for k, v in marker.items() if k not in ("tag", "world_size")}
+    state = (client or {}).get("dhrd") or {k: v for k, v in marker.items() if k not in ("tag", "world_size", "zero_stage")}
     return state

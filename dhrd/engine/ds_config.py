@@ -22,7 +22,9 @@ DEFAULT_CONFIG = {
     "scheduler": {"type": "WarmupCosineLR", "params": {
         "total_num_steps": "auto", "warmup_num_steps": "auto", "warmup_min_ratio": 0.0,
         "cos_min_ratio": 0.0, "warmup_type": "linear"}},
-    "zero_optimization": {"stage": 2},
+    # "auto": 0 for one fp32 process (nothing to partition; ZeRO-1/2 would add a flat
+    # fp32 copy of the weights and gradients and per-bucket copies), else 2 (resolve_stage)
+    "zero_optimization": {"stage": "auto"},
 }
 
 
@@ -67,6 +69,9 @@ def fill_ds_config(cfg: dict, *, micro_rows: int, gas: int, world: int, lr: floa
     _fill(opt, "weight_decay", weight_decay)
     if device.type != "cuda" and not cfg.get("zero_optimization", {}).get("offload_optimizer"):
         opt.setdefault("torch_adam", True)
+        # torch's fused CPU AdamW: one pass over each tensor (135M params: 0.10 s a step
+        # against 0.43 s for the per-tensor loop, one thread)
+        opt.setdefault("fused", True)
     sched = cfg.get("scheduler", {}).get("params")
     if sched is not None:
         warmup = max(1, min(warmup_steps, total_steps))
@@ -78,6 +83,8 @@ def fill_ds_config(cfg: dict, *, micro_rows: int, gas: int, world: int, lr: floa
         if cfg["scheduler"].get("type") in ("WarmupLR", "WarmupDecayLR"):
             _fill(sched, "warmup_max_lr", lr)
     zero = cfg.setdefault("zero_optimization", {"stage": 0})
+    if zero.get("stage", 0) == "auto":
+        zero["stage"] = resolve_stage(world, half=bf16["enabled"] is True or cfg.get("fp16", {}).get("enabled") is True)
     # HF's rule of thumb from the hidden size; DeepSpeed's own defaults without it
     h2 = hidden_size * hidden_size if hidden_size else None
     _fill(zero, "reduce_bucket_size", h2 or 500_000_000)
@@ -90,16 +97,24 @@ def fill_ds_config(cfg: dict, *, micro_rows: int, gas: int, world: int, lr: floa
     return cfg
 
 
+def resolve_stage(world: int, *, half: bool) -> int:
+    """The ZeRO stage of ``"stage": "auto"``: 0 for a single fp32 process, where there is
+    nothing to partition and ZeRO-1/2 only add a flat fp32 copy of the weights and
+    gradients plus a copy of every gradient through the reduce buckets (SmolLM2-135M on
+    one CPU core: 1.32x the examples/s and 1.4 GB less peak memory at stage 0); 2 otherwise
+    (several processes, or bf16/fp16, whose stage-0 optimizers are not measured here)."""
+    return 0 if world == 1 and not half else 2
+
+
 def _check_skips_nonfinite(cfg: dict) -> None:
     """The engine skips a NaN/inf-loss step by handing DeepSpeed NaN gradients, which its
-    overflow check (ZeRO-1/2/3, bf16 and fp16 optimizers) turns into a skipped update.
-    Reject the set-ups where DeepSpeed has no such check and would apply NaNs."""
+    overflow check (ZeRO-1/2/3, bf16 and fp16 optimizers) turns into a skipped update; at
+    stage 0 in fp32, where DeepSpeed calls the plain optimizer, ``step.StepSkipper`` does
+    it. Reject the set-ups where the check was switched off and NaNs would be applied."""
     zero, bf16 = cfg.get("zero_optimization", {}), cfg.get("bf16", {})
     stage, half = zero_stage(cfg), bf16.get("enabled") is True or cfg.get("fp16", {}).get("enabled") is True
     why = None
-    if stage == 0 and not half:
-        why = "ZeRO stage 0 in fp32 has no gradient overflow check: use zero_optimization.stage >= 1"
-    elif stage in (1, 2) and bf16.get("enabled") is True and bf16.get("check_grad_overflow") is False:
+    if stage in (1, 2) and bf16.get("enabled") is True and bf16.get("check_grad_overflow") is False:
         why = "bf16.check_grad_overflow is false"
     elif stage in (1, 2) and not half and zero.get("compute_grad_norm") is False:
         why = "zero_optimization.compute_grad_norm is false"

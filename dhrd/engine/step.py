@@ -13,6 +13,9 @@ every rank runs the same modules in the same order even with nothing to supervis
 
 from __future__ import annotations
 
+import math
+import weakref
+
 import torch
 from torch import nn
 
@@ -83,6 +86,45 @@ class NonFiniteGuard:
                 f"{self.total} in all): stopping. Lower --lr, check the data, or raise --nan_patience.")
 
 
+class StepSkipper:
+    """The overflow check for ZeRO stage 0 in fp32, where DeepSpeed hands the gradients to
+    the plain optimizer and has none: at the accumulation boundary, before DeepSpeed's
+    clipping, it takes the global gradient norm and tells the optimizer, through the
+    attributes DeepSpeed's own bf16/ZeRO optimizers expose (``overflow``,
+    ``_global_grad_norm``), whether to skip the update. DeepSpeed then counts the skip,
+    leaves the LR schedule where it is and clears the gradients, as with those optimizers.
+    ``of`` returns None where the engine's optimizer already has the check."""
+
+    def __init__(self, engine):
+        self.engine, self.opt = engine, engine.optimizer
+        self.params = [p for p in engine.module.parameters() if p.requires_grad]
+        self.opt.overflow, self.opt._global_grad_norm = False, None
+        step = self.opt.step
+
+        def guarded_step(*args, **kwargs):
+            return None if self.opt.overflow else step(*args, **kwargs)
+
+        self.opt.step = guarded_step
+
+    @classmethod
+    def of(cls, engine) -> "StepSkipper | None":
+        """The engine's skipper, made on first use; None where it is not needed."""
+        if engine not in _SKIPPERS:
+            plain = not engine.zero_optimization() and not engine.bfloat16_enabled() and not engine.fp16_enabled()
+            _SKIPPERS[engine] = cls(engine) if plain else None
+        return _SKIPPERS[engine]
+
+    def before_update(self, finite: bool) -> None:
+        grads = [p.grad for p in self.params if p.grad is not None]
+        norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+        bad = not finite or not math.isfinite(norm)
+        self.opt.overflow = bad
+        self.opt._global_grad_norm = float("inf") if bad else norm
+
+
+_SKIPPERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def optimizer_step(engine, batches: list, dist: Dist, n_lm: float, n_cls: float) -> list[float] | None:
     """This rank's micro-batches of one optimizer step: forward, backward, engine.step()
     each (``n_lm``/``n_cls``: the step's global counts). Returns the step's global
@@ -94,7 +136,7 @@ def optimizer_step(engine, batches: list, dist: Dist, n_lm: float, n_cls: float)
     gradients cleared, ``engine.skipped_steps`` + 1. Every rank still runs the same
     forwards, backwards and steps, so ZeRO-3's collectives stay in step."""
     sums = torch.zeros(3, dtype=torch.float64, device=dist.device)
-    finite = True
+    finite, skipper = True, StepSkipper.of(engine)
     for b in batches:
         total, cls, lm = engine(**batch_inputs(b, dist.device), n_lm_tokens=max(n_lm, 1.0), n_cls=max(n_cls, 1.0))
         bad = dist.all_reduce(torch.tensor([0.0 if torch.isfinite(total) else 1.0], device=dist.device),
@@ -105,8 +147,10 @@ def optimizer_step(engine, batches: list, dist: Dist, n_lm: float, n_cls: float)
         else:
             total = total * float("nan")
         engine.backward(total * dist.world, scale_wrt_gas=False)
+        if skipper is not None and engine.is_gradient_accumulation_boundary():
+            skipper.before_update(finite)
         engine.step()
     if not finite and engine.was_step_applied():  # fill_ds_config rejects such configs up front
         raise TrainingDiverged("DeepSpeed applied an update with NaN gradients: this configuration has no "
-                               "overflow check (ZeRO stage 0 in fp32?)")
+                               "overflow check")
     return dist.all_reduce(sums).tolist() if finite else None

@@ -190,7 +190,8 @@ class Trainer:
             atomic_write_json(os.path.join(self.out, "config.json"),
                               {**resolved_config(self.model_args, self.data_args, self.loss_args, a),
                                "derived": derived, "deepspeed": self.ds_cfg}, indent=2)
-            log(0, f"world {dist.world}, device {dist.device}, ZeRO {zero_stage(self.ds_cfg)}, {self.M} "
+            auto = " (auto)" if self.base_cfg.get("zero_optimization", {}).get("stage") == "auto" else ""
+            log(0, f"world {dist.world}, device {dist.device}, ZeRO {zero_stage(self.ds_cfg)}{auto}, {self.M} "
                    f"micro-batches/step ({self.gas} per rank), {self.total_steps} steps, {n_train} train examples; "
                    f"batching {why}")
 
@@ -210,6 +211,8 @@ class Trainer:
         self.engine, _, _, _ = deepspeed.initialize(
             model=self.wrapper, model_parameters=param_groups(self.wrapper, self.train_args.weight_decay),
             config=ds_cfg)
+        if dist.world == 1 and zero_stage(ds_cfg) == 0:
+            self.engine.enable_backward_allreduce = False  # one process: nothing to reduce (saves a flat copy a step)
 
     def _open_logs(self) -> None:
         if self.dist.rank == 0:  # a requeued run appends to the same log; its marker is consumed

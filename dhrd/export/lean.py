@@ -98,25 +98,28 @@ def _torch_archive_problem(path: str) -> str | None:
 
 
 def check_zero_checkpoint(tag_dir: str) -> int:
-    """Raise CheckpointError listing every problem of a ZeRO checkpoint directory: not
-    complete (no marker), a rank's model or optimizer shard missing, or a shard that is
-    not a complete archive. Returns the world size it was written with."""
+    """Raise CheckpointError listing every problem of a DeepSpeed checkpoint directory:
+    not complete (no marker), a rank's model or optimizer shard missing, or a shard that
+    is not a complete archive. Returns the world size it was written with."""
     if not os.path.isdir(tag_dir):
         raise CheckpointError(f"checkpoint directory not found: {tag_dir}")
     marker = os.path.join(tag_dir, checkpoint.MARKER)
     if not os.path.isfile(marker):
         raise CheckpointError(f"checkpoint {tag_dir} is incomplete: no {checkpoint.MARKER} "
                               "(the save was interrupted)")
-    world = int(_read_json(marker, "checkpoint marker").get("world_size", 0))
+    info = _read_json(marker, "checkpoint marker")
+    world = int(info.get("world_size", 0))
     names = os.listdir(tag_dir)
     problems = []
-    # ZeRO-3 writes a model-state file per rank; ZeRO-1/2 one (rank 0's); both one optimizer shard per rank
-    per_rank = ("model", "optim") if any("zero_pp_rank_" in n and n.endswith("_model_states.pt") for n in names) \
-        else ("optim",)
-    wanted = [(f"zero_pp_rank_{rank}_mp_rank_00_{kind}_states.pt", f" (rank {rank} of {world})")
-              for rank in range(world) for kind in per_rank]
-    if per_rank == ("optim",):
-        wanted.insert(0, ("mp_rank_00_model_states.pt", " (the model states)"))
+    if info.get("zero_stage") == 0:  # no ZeRO: model and optimizer states in one file
+        wanted = [("mp_rank_00_model_states.pt", " (the model and optimizer states)")]
+    else:  # ZeRO-3 writes a model-state file per rank; ZeRO-1/2 one (rank 0's); both one optimizer shard per rank
+        per_rank = ("model", "optim") if any("zero_pp_rank_" in n and n.endswith("_model_states.pt") for n in names) \
+            else ("optim",)
+        wanted = [(f"zero_pp_rank_{rank}_mp_rank_00_{kind}_states.pt", f" (rank {rank} of {world})")
+                  for rank in range(world) for kind in per_rank]
+        if per_rank == ("optim",):
+            wanted.insert(0, ("mp_rank_00_model_states.pt", " (the model states)"))
     for suffix, who in wanted:
         found = [n for n in names if n.endswith(suffix)]
         if not found:
@@ -131,11 +134,17 @@ def check_zero_checkpoint(tag_dir: str) -> int:
 
 
 def zero_state_dict(source: Source) -> dict[str, torch.Tensor]:
-    """The fp32 master weights of a ZeRO checkpoint, consolidated offline."""
+    """The fp32 weights of a checkpoint: consolidated offline from ZeRO shards, or the
+    module state of a stage-0 checkpoint (checkpoint directories are trusted: pickles)."""
     check_zero_checkpoint(source.path)
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
+    marker = _read_json(os.path.join(source.path, checkpoint.MARKER), "checkpoint marker")
     try:
+        if marker.get("zero_stage") == 0:
+            state = torch.load(os.path.join(source.path, "mp_rank_00_model_states.pt"), map_location="cpu",
+                               weights_only=False)
+            return {k: v.float() for k, v in state["module"].items()}
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
         with contextlib.redirect_stdout(sys.stderr):  # it prints progress
             return get_fp32_state_dict_from_zero_checkpoint(os.path.dirname(source.path), source.tag)
     except Exception as e:  # noqa: BLE001 - re-raised with the checkpoint named

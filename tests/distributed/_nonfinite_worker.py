@@ -1,5 +1,6 @@
 """Worker for test_engine's NaN-skip test: ``deepspeed --num_gpus 2 _nonfinite_worker.py
-STAGE OUT_DIR``. A tiny Llama DualHeadLoss under ZeRO-STAGE, 2 micro-batches per rank
+STAGE OUT_DIR``. A tiny Llama DualHeadLoss under ZeRO-STAGE (0: no ZeRO, fp32: the plain
+torch AdamW behind ``step.StepSkipper``), 2 micro-batches per rank
 per step, driven by ``dhrd.engine.optimizer_step`` (the train loop's step). A fault makes
 one rank's loss NaN in chosen micro-batches:
 
@@ -64,8 +65,9 @@ def snapshot(engine) -> dict:
     as the ZeRO optimizer hands them to torch's AdamW."""
     from deepspeed.utils import safe_get_full_fp32_param
 
-    out = {name: safe_get_full_fp32_param(p).clone() for name, p in engine.module.named_parameters()}
-    inner = engine.optimizer.optimizer
+    full = (safe_get_full_fp32_param if engine.zero_optimization() else lambda p: p.detach())
+    out = {name: full(p).clone() for name, p in engine.module.named_parameters()}
+    inner = getattr(engine.optimizer, "optimizer", engine.optimizer)  # ZeRO wraps it; stage 0 fp32 does not
     for i, group in enumerate(inner.param_groups):
         for j, p in enumerate(group["params"]):
             out[f"master{i}.{j}"] = p.detach().clone()
