@@ -145,9 +145,12 @@ def get_text(i: int) -> str:
     return get_task("rte").render({"premise": words[i], "hypothesis": words[(i + 1) % 4]})
 
 
-def test_trained_with_head_linear_exports_from_final_and_checkpoint(tmp_path):
+@pytest.mark.parametrize("stage", ["auto", "zero2"])
+def test_trained_with_head_linear_exports_from_final_and_checkpoint(tmp_path, stage):
     """The real path: ``dhrd/train.py --head linear``, then both exports of final/ and of
-    an earlier step's ZeRO checkpoint agree with dhrd predict."""
+    an earlier step's checkpoint agree with dhrd predict; the checkpoint of the default
+    config (one process: stage 0, model and optimizer in one file) and of ZeRO-2 (model
+    states plus an optimizer shard)."""
     from dhrd.export.hf import export_hf
     from dhrd.export.lean import export_lean
     from dhrd.serve.classifier import LeanClassifier
@@ -156,17 +159,20 @@ def test_trained_with_head_linear_exports_from_final_and_checkpoint(tmp_path):
     paths = write_task(tmp_path / "data", n_train=16, n_eval=8)
     model_dir = write_model(tmp_path / "base")
     out = tmp_path / "run"
+    extra = ["--ds_config", os.path.join(REPO, "ds_configs", "zero2.json")] if stage == "zero2" else []
     proc = run_train(model_dir, paths, out, "--head", "linear", "--max_steps", "3", "--save_every", "2",
-                     "--global_batch_size", "8")
+                     "--global_batch_size", "8", *extra)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads((out / "config.json").read_text())["model"]["head"] == "linear"
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"]["head"] == "linear"
+    assert config["deepspeed"]["zero_optimization"]["stage"] == (0 if stage == "auto" else 2)
     for tag in ("final", "latest"):
         export_lean(str(out), str(tmp_path / tag / "lean"), tag=tag)
         clf = LeanClassifier.load(str(tmp_path / tag / "lean"))
         export_hf(str(out), str(tmp_path / tag / "hf"), tag=tag)
         check_same(pipeline_probs(tmp_path / tag / "hf", TEXTS), clf.config.labels, clf.predict(TEXTS, batch_size=3))
-    # the default config is ZeRO-2: one model-state file, whose loss is named (it was once
-    # asked for under ZeRO-3's per-rank name and no ZeRO-2 checkpoint exported at all)
+    # stage 0 and ZeRO-2 write one model-state file, whose loss is named (it was once asked
+    # for under ZeRO-3's per-rank name and no ZeRO-2 checkpoint exported at all)
     from dhrd.export.lean import CheckpointError
 
     os.remove(out / "checkpoints" / "step_00000002" / "mp_rank_00_model_states.pt")

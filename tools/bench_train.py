@@ -159,14 +159,15 @@ def engine_worker(a, data: dict) -> int:
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    argv = ["--task", a.task, "--model", a.model, "--train_file", data["train"], "--rationale_file", data["rats"],
-            "--method", a.method, "--global_batch_size", str(a.examples_per_step), "--pack_tokens",
+    argv = ["--task", a.task, "--model", a.model, "--train_file", data["train"], "--method", a.method, "--global_batch_size", str(a.examples_per_step), "--pack_tokens",
             str(a.pack_tokens), "--max_seq_len", str(a.max_seq_len), "--rows_per_batch", str(a.rows_per_batch),
             "--lm_sections", a.lm_sections, "--lr", str(a.lr), "--seed", str(a.seed), "--epochs", "1000",
             "--max_steps", str(a.steps + 1), "--output_dir", os.path.join(data["workdir"], "engine"),
             "--export_final", "false", "--progress", "false", "--log_sequences", "0"]
     if a.ds_config:
         argv += ["--ds_config", a.ds_config]
+    if data["rats"]:
+        argv += ["--rationale_file", data["rats"]]
     model_args, data_args, loss_args, train_args, _ = parse_args(argv)
     apply_method(loss_args, data_args, explicit_fields(argv))
     trainer = Trainer(model_args, data_args, loss_args, train_args)

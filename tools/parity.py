@@ -9,8 +9,9 @@ falls more than ``--tolerance`` points below the plain loop's for any method.
 Runs go two at a time (one thread each) and are kept: rerun to fill in what is missing.
 ``--run plain`` trains only the plain loop and takes the engine's runs from ``--out`` as
 they are (e.g. links to an experiment grid's runs of the same recipe: ``engine-M-sS``).
-Same examples seen by both: one epoch of the train file, about ``--batch_size`` examples a
-step (the engine packs whole micro-batches, so its step holds that many on average).
+Same examples seen by both: one epoch of the train file, exactly ``--batch_size`` random
+examples a step (the engine's default ``--batching exact``), the same lr, warm-up and
+sequence cap.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def engine_cmd(a, method, seed, out):
     return [sys.executable, os.path.join(REPO, "dhrd", "train.py"), "--task", a.task, "--model", a.model,
             "--train_file", a.train_file, "--eval_file", a.eval_file, "--rationale_file", a.rationale_file,
             "--method", method, "--lr", str(a.lr), "--epochs", "1", "--global_batch_size", str(a.batch_size),
-            "--pack_tokens", str(a.max_seq_len), "--max_seq_len", str(a.max_seq_len), "--warmup_steps", "5",
+            "--max_seq_len", str(a.max_seq_len), "--warmup_steps", "5",
             "--seed", str(seed), "--output_dir", out, "--progress", "false", "--export_final", "false"]
 
 
