@@ -139,7 +139,8 @@ class TrainArgs:
     cot_batch_size: int = field(default=16, metadata={"help": "examples per CoT generate call"})
     keep_checkpoints: int = 2
     resume: str = field(default="none", metadata={"help": "none, auto, or a checkpoint directory"})
-    ds_config: str | None = field(default=None, metadata={"help": "DeepSpeed JSON; default: built in, ZeRO stage auto (0 for one fp32 process, else 2)"})
+    ds_config: str | None = field(default=None, metadata={
+        "help": "DeepSpeed JSON; default: built in, ZeRO stage auto (0 for one fp32 process, else 2)"})
     log_every: int = 1
     micro_batches_per_step: int = field(default=0, metadata={
         "help": "GLOBAL micro-batches (all ranks) per optimizer step; 0 = from global_batch_size and the "

@@ -159,8 +159,9 @@ def engine_worker(a, data: dict) -> int:
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    argv = ["--task", a.task, "--model", a.model, "--train_file", data["train"], "--method", a.method, "--global_batch_size", str(a.examples_per_step), "--pack_tokens",
-            str(a.pack_tokens), "--max_seq_len", str(a.max_seq_len), "--rows_per_batch", str(a.rows_per_batch),
+    argv = ["--task", a.task, "--model", a.model, "--train_file", data["train"], "--method", a.method,
+            "--global_batch_size", str(a.examples_per_step), "--pack_tokens", str(a.pack_tokens),
+            "--max_seq_len", str(a.max_seq_len), "--rows_per_batch", str(a.rows_per_batch),
             "--lm_sections", a.lm_sections, "--lr", str(a.lr), "--seed", str(a.seed), "--epochs", "1000",
             "--max_steps", str(a.steps + 1), "--output_dir", os.path.join(data["workdir"], "engine"),
             "--export_final", "false", "--progress", "false", "--log_sequences", "0"]
@@ -223,7 +224,8 @@ def loop_batches(method: str, rows: list[dict], batch_size: int, pad_id: int) ->
     out = []
     for s in range(0, len(rows), batch_size):
         chunk = rows[s:s + batch_size]
-        b = {"cls_pos": torch.tensor([r["cls_pos"] for r in chunk]), "labels": torch.tensor([r["label"] for r in chunk])}
+        b = {"cls_pos": torch.tensor([r["cls_pos"] for r in chunk]),
+             "labels": torch.tensor([r["label"] for r in chunk])}
         b["ids"], b["mask"] = padded([r["input_ids"] for r in chunk], pad_id)
         b["tgt"] = lm_targets_of(chunk, b["ids"].shape[1])
         if method == "dss":
@@ -293,8 +295,13 @@ def hf_worker(a, data: dict) -> int:
     """HF Trainer on [x] rows (pooled), held at the end of each step until the parent
     asks for the next: the time from the go to the step's end is the step's time."""
     import torch
-    from transformers import (AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer,
-                              TrainerCallback, TrainingArguments)
+    from transformers import (
+        AutoModelForSequenceClassification,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
 
     from dhrd.data.tasks import get_task
     from dhrd.model.backbones import load_tokenizer, resolve_model_path

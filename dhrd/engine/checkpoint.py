@@ -130,5 +130,6 @@ def load(engine, root: str, tag: str, *, rank: int) -> dict:
         set_rng_state(torch.load(rng_file, weights_only=False))
     with open(os.path.join(root, tag, MARKER)) as f:
         marker = json.load(f)
-    state = (client or {}).get("dhrd") or {k: v for k, v in marker.items() if k not in ("tag", "world_size", "zero_stage")}
+    state = (client or {}).get("dhrd") or {k: v for k, v in marker.items()
+                                            if k not in ("tag", "world_size", "zero_stage")}
     return state
