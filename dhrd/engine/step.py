@@ -137,16 +137,22 @@ def optimizer_step(engine, batches: list, dist: Dist, n_lm: float, n_cls: float)
     forwards, backwards and steps, so ZeRO-3's collectives stay in step."""
     sums = torch.zeros(3, dtype=torch.float64, device=dist.device)
     finite, skipper = True, StepSkipper.of(engine)
+    # one process without ZeRO: an empty micro-batch (exact batching's padding) has nothing
+    # to add to the gradients, so only DeepSpeed's micro-step count moves (elsewhere every
+    # rank runs the same forwards and backwards, for ZeRO's and the all-reduce's collectives)
+    skip_empty = dist.world == 1 and not engine.zero_optimization()
     for b in batches:
-        total, cls, lm = engine(**batch_inputs(b, dist.device), n_lm_tokens=max(n_lm, 1.0), n_cls=max(n_cls, 1.0))
-        bad = dist.all_reduce(torch.tensor([0.0 if torch.isfinite(total) else 1.0], device=dist.device),
-                              torch.distributed.ReduceOp.MAX)
-        finite = finite and not bad.item()
-        if finite:
-            sums += torch.stack([total.detach(), cls, lm]).double()
-        else:
-            total = total * float("nan")
-        engine.backward(total * dist.world, scale_wrt_gas=False)
+        if not (skip_empty and b.n_segments == 0):
+            total, cls, lm = engine(**batch_inputs(b, dist.device), n_lm_tokens=max(n_lm, 1.0),
+                                    n_cls=max(n_cls, 1.0))
+            bad = dist.all_reduce(torch.tensor([0.0 if torch.isfinite(total) else 1.0], device=dist.device),
+                                  torch.distributed.ReduceOp.MAX)
+            finite = finite and not bad.item()
+            if finite:
+                sums += torch.stack([total.detach(), cls, lm]).double()
+            else:
+                total = total * float("nan")
+            engine.backward(total * dist.world, scale_wrt_gas=False)
         if skipper is not None and engine.is_gradient_accumulation_boundary():
             skipper.before_update(finite)
         engine.step()
