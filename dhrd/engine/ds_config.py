@@ -1,4 +1,4 @@
-"""DeepSpeed JSON configs: read one (or the built-in ZeRO-2 default) and fill its "auto"
+"""DeepSpeed JSON configs: read one (or the built-in default, ZeRO stage "auto") and fill its "auto"
 values from our arguments, so the JSON files in ds_configs/ stay generic and DeepSpeed
 keeps doing what it does (AdamW, the LR schedule, clipping, accumulation, bf16)."""
 
