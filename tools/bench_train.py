@@ -178,19 +178,16 @@ def engine_worker(a, data: dict) -> int:
     phases.wrap(trainer.engine, "step", "opt")
     lengths = trainer.train_table["length"]
 
-    def run_tokens(plans) -> int:  # token slots of the micro-batches as collated (padding included)
-        from dhrd.data.order import collate
-
-        return sum(collate(mb, trainer.train_table, trainer.pad_id).budget for mb in plans)
-
     def run_step(k: int) -> dict:
         plans = [trainer.stream[k * trainer.M + j] for j in range(trainer.M)]
         t0, c0 = time.perf_counter(), time.process_time()
         values, _ = trainer.train_step(k)
         dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+        real = sum(lengths[i] for mb in plans for r in mb for i in r)
         return {**phases.take(), "dt": dt, "cpu": cpu, "examples": sum(len(r) for mb in plans for r in mb),
-                "real_tokens": sum(lengths[i] for mb in plans for r in mb for i in r),
-                "run_tokens": run_tokens(plans), "micro_batches": len(plans),
+                "real_tokens": real, "micro_batches": len(plans),
+                # the step's token slots as collated, padding included: real / (real / slots)
+                "run_tokens": round(real / values["perf/packing_efficiency"]),
                 "loss": values.get("train/loss_total")}
 
     return serve(run_step, {"threads": torch.get_num_threads(), "zero_stage": trainer.engine.zero_optimization_stage()})
@@ -282,8 +279,7 @@ def loop_worker(a, data: dict) -> int:
         opt.step()
         opt.zero_grad(set_to_none=True)
         ph["opt"] = time.perf_counter() - t
-        run = sum(b["ids"].numel() * (lm or method == "single") + b.get("xids", b["ids"]).numel() * (method == "dss")
-                  for b in batches)
+        run = sum(b["ids"].numel() + (b["xids"].numel() if "xids" in b else 0) for b in batches)
         return {**ph, "dt": time.perf_counter() - t0, "cpu": time.process_time() - c0, "examples": n_cls,
                 "real_tokens": sum(int(b["mask"].sum()) for b in batches), "run_tokens": run,
                 "micro_batches": len(batches), "loss": float(total.detach())}

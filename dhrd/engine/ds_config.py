@@ -84,7 +84,7 @@ def fill_ds_config(cfg: dict, *, micro_rows: int, gas: int, world: int, lr: floa
             _fill(sched, "warmup_max_lr", lr)
     zero = cfg.setdefault("zero_optimization", {"stage": 0})
     if zero.get("stage", 0) == "auto":
-        zero["stage"] = resolve_stage(world, half=bf16["enabled"] is True or cfg.get("fp16", {}).get("enabled") is True)
+        zero["stage"] = resolve_stage(world, half=_half_precision(cfg))
     # HF's rule of thumb from the hidden size; DeepSpeed's own defaults without it
     h2 = hidden_size * hidden_size if hidden_size else None
     _fill(zero, "reduce_bucket_size", h2 or 500_000_000)
@@ -95,6 +95,10 @@ def fill_ds_config(cfg: dict, *, micro_rows: int, gas: int, world: int, lr: floa
     if leftover:
         raise ValueError(f"DeepSpeed config keeps 'auto' values we cannot fill: {', '.join(leftover)}")
     return cfg
+
+
+def _half_precision(cfg: dict) -> bool:
+    return cfg.get("bf16", {}).get("enabled") is True or cfg.get("fp16", {}).get("enabled") is True
 
 
 def resolve_stage(world: int, *, half: bool) -> int:
@@ -112,7 +116,7 @@ def _check_skips_nonfinite(cfg: dict) -> None:
     stage 0 in fp32, where DeepSpeed calls the plain optimizer, ``step.StepSkipper`` does
     it. Reject the set-ups where the check was switched off and NaNs would be applied."""
     zero, bf16 = cfg.get("zero_optimization", {}), cfg.get("bf16", {})
-    stage, half = zero_stage(cfg), bf16.get("enabled") is True or cfg.get("fp16", {}).get("enabled") is True
+    stage, half = zero_stage(cfg), _half_precision(cfg)
     why = None
     if stage in (1, 2) and bf16.get("enabled") is True and bf16.get("check_grad_overflow") is False:
         why = "bf16.check_grad_overflow is false"

@@ -96,7 +96,7 @@ class StepSkipper:
     ``of`` returns None where the engine's optimizer already has the check."""
 
     def __init__(self, engine):
-        self.engine, self.opt = engine, engine.optimizer
+        self.opt = engine.optimizer
         self.params = [p for p in engine.module.parameters() if p.requires_grad]
         self.opt.overflow, self.opt._global_grad_norm = False, None
         step = self.opt.step

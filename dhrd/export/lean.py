@@ -97,10 +97,10 @@ def _torch_archive_problem(path: str) -> str | None:
     return None
 
 
-def check_zero_checkpoint(tag_dir: str) -> int:
+def check_zero_checkpoint(tag_dir: str) -> dict:
     """Raise CheckpointError listing every problem of a DeepSpeed checkpoint directory:
     not complete (no marker), a rank's model or optimizer shard missing, or a shard that
-    is not a complete archive. Returns the world size it was written with."""
+    is not a complete archive. Returns its completion marker (world size, ZeRO stage)."""
     if not os.path.isdir(tag_dir):
         raise CheckpointError(f"checkpoint directory not found: {tag_dir}")
     marker = os.path.join(tag_dir, checkpoint.MARKER)
@@ -130,14 +130,13 @@ def check_zero_checkpoint(tag_dir: str) -> int:
             problems.append(f"{found[0]}: {why}")
     if problems:
         raise CheckpointError(f"checkpoint {tag_dir} is damaged: " + "; ".join(problems))
-    return world
+    return info
 
 
 def zero_state_dict(source: Source) -> dict[str, torch.Tensor]:
     """The fp32 weights of a checkpoint: consolidated offline from ZeRO shards, or the
     module state of a stage-0 checkpoint (checkpoint directories are trusted: pickles)."""
-    check_zero_checkpoint(source.path)
-    marker = _read_json(os.path.join(source.path, checkpoint.MARKER), "checkpoint marker")
+    marker = check_zero_checkpoint(source.path)
     try:
         if marker.get("zero_stage") == 0:
             state = torch.load(os.path.join(source.path, "mp_rank_00_model_states.pt"), map_location="cpu",
