@@ -129,6 +129,9 @@ class TrainArgs:
     lr: float = 2e-4
     weight_decay: float = 0.01
     warmup_steps: int = 5
+    lr_schedule: str = field(default="auto", metadata={
+        "help": "after the linear warm-up: cosine, linear (transformers' default decay) or constant; "
+                "auto: the --ds_config's scheduler, cosine for the built-in config"})
     global_batch_size: int = 32
     eval_every: int = 0
     save_every: int = 0
@@ -168,6 +171,7 @@ class TrainArgs:
         if self.cot_max_new_tokens < 1 or self.cot_batch_size < 1:
             raise ValueError("cot_max_new_tokens and cot_batch_size must be >= 1")
         _check_choice("batching", self.batching, ("auto", "exact", "packed"))
+        _check_choice("lr_schedule", self.lr_schedule, ("auto", "cosine", "linear", "constant"))
         if self.global_batch_size < 1:
             raise ValueError(f"global_batch_size={self.global_batch_size} must be >= 1")
         if self.micro_batches_per_step < 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 import pytest
@@ -70,3 +71,85 @@ def test_cpu_adamw_is_torchs_fused_kernel():
     assert opt["torch_adam"] is True and opt["fused"] is True
     assert "fused" not in _filled(zero_optimization={"stage": 3, "offload_optimizer": {"device": "cpu"}})[
         "optimizer"]["params"]
+
+
+def _lrs(cfg: dict, steps: int) -> list[float]:
+    """The lr of updates 1..steps under the filled config's scheduler, built the way
+    DeepSpeed builds it (lr_schedules.<type>(optimizer, **params)) and started as the
+    engine starts it."""
+    import torch
+    from deepspeed.runtime import lr_schedules
+
+    from dhrd.engine.ds_config import start_warmup_schedule
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg["optimizer"]["params"]["lr"])
+    sched = getattr(lr_schedules, cfg["scheduler"]["type"])(opt, **cfg["scheduler"]["params"])
+    start_warmup_schedule(cfg, sched)
+    out = []
+    for _ in range(steps):
+        out.append(opt.param_groups[0]["lr"])
+        sched.step()
+    return out
+
+
+@pytest.mark.parametrize("schedule", ["auto", "cosine", "linear", "constant"])
+def test_lr_schedule_shapes(schedule):
+    """--lr_schedule picks the decay after the linear warm-up (here 2 of 10 updates, lr 1e-3):
+    linear falls by equal steps toward 0 as transformers' get_linear_schedule_with_warmup
+    does, cosine (the default) along the half cosine, constant stays at the peak."""
+    import torch
+
+    from dhrd.engine.ds_config import fill_ds_config, load_ds_config
+
+    cfg = fill_ds_config(load_ds_config(None), micro_rows=1, gas=1, world=1, lr=1e-3, weight_decay=0.0,
+                         warmup_steps=2, total_steps=10, max_grad_norm=1.0, device=torch.device("cpu"),
+                         lr_schedule=schedule)
+    lr = _lrs(cfg, 10)
+    assert lr[0] == pytest.approx(5e-4)  # warm-up: update k at k / 2 of the peak
+    decay = lr[1:]
+    if schedule == "constant":
+        assert cfg["scheduler"]["type"] == "WarmupLR" and decay == pytest.approx([1e-3] * 9)
+        return
+    assert all(b < a for a, b in zip(decay, decay[1:])) and decay[-1] > 0
+    steps = [a - b for a, b in zip(decay, decay[1:])]
+    if schedule == "linear":
+        assert cfg["scheduler"]["type"] == "WarmupDecayLR" and decay[0] == pytest.approx(1e-3)
+        assert steps == pytest.approx([1e-3 / 10] * 8)  # (12 - k) / (12 - 2) of the peak
+    else:
+        assert cfg["scheduler"]["type"] == "WarmupCosineLR"
+        assert decay[0] == pytest.approx(1e-3 * (1 + math.cos(math.pi / 10)) / 2)  # DeepSpeed's first decay step
+        assert steps[0] < steps[3]  # cosine: slow at first, steepest mid-way
+
+
+def test_lr_schedule_conflicts_with_a_named_scheduler_are_refused():
+    import torch
+
+    from dhrd.engine.ds_config import fill_ds_config, load_ds_config
+
+    def fill(cfg, schedule):
+        return fill_ds_config(cfg, micro_rows=1, gas=1, world=1, lr=1e-3, weight_decay=0.0, warmup_steps=2,
+                              total_steps=10, max_grad_norm=1.0, device=torch.device("cpu"), lr_schedule=schedule)
+
+    zero2 = load_ds_config(os.path.join(os.path.dirname(os.path.dirname(__file__)), "ds_configs", "zero2.json"))
+    assert fill(zero2, "auto")["scheduler"]["type"] == "WarmupCosineLR"  # a named scheduler is kept
+    assert fill(zero2, "cosine")["scheduler"]["type"] == "WarmupCosineLR"
+    with pytest.raises(ValueError, match="--lr_schedule linear .*names scheduler WarmupCosineLR"):
+        fill(zero2, "linear")
+    with pytest.raises(ValueError, match="has no scheduler"):
+        fill({k: v for k, v in load_ds_config(None).items() if k != "scheduler"}, "linear")
+    with pytest.raises(ValueError, match="lr_schedule='step'"):
+        fill(load_ds_config(None), "step")
+    # a user's WarmupLR (constant after warm-up) takes no total_num_steps: DeepSpeed would reject it
+    cfg = load_ds_config(None)
+    cfg["scheduler"] = {"type": "WarmupLR", "params": {"warmup_num_steps": "auto", "warmup_type": "linear"}}
+    filled = fill(cfg, "auto")
+    assert "total_num_steps" not in filled["scheduler"]["params"]
+    assert _lrs(filled, 4) == pytest.approx([5e-4, 1e-3, 1e-3, 1e-3])
+
+
+def test_train_args_check_lr_schedule():
+    from dhrd.config import TrainArgs
+
+    assert TrainArgs(lr_schedule="linear").lr_schedule == "linear"
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainArgs(lr_schedule="exponential")

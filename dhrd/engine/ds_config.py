@@ -19,9 +19,8 @@ DEFAULT_CONFIG = {
     "bf16": {"enabled": "auto"},
     "optimizer": {"type": "AdamW", "params": {"lr": "auto", "betas": [0.9, 0.999], "eps": 1e-8,
                                               "weight_decay": "auto"}},
-    "scheduler": {"type": "WarmupCosineLR", "params": {
-        "total_num_steps": "auto", "warmup_num_steps": "auto", "warmup_min_ratio": 0.0,
-        "cos_min_ratio": 0.0, "warmup_type": "linear"}},
+    # "auto": the shape TrainArgs.lr_schedule names (cosine unless told otherwise)
+    "scheduler": {"type": "auto", "params": {}},
     # "auto": 0 for one fp32 process (nothing to partition; ZeRO-1/2 would add a flat
     # fp32 copy of the weights and gradients and per-bucket copies), else 2 (resolve_stage)
     "zero_optimization": {"stage": "auto"},
@@ -49,9 +48,41 @@ def _fill(d: dict, key: str, value) -> None:
         d[key] = value
 
 
+# --lr_schedule name -> DeepSpeed scheduler and the parameters of that shape (linear warm-up
+# from 0, decay to 0): "linear" is transformers' get_linear_schedule_with_warmup, the
+# schedule of HF Trainer's default
+LR_SCHEDULES = {
+    "cosine": ("WarmupCosineLR", {"warmup_min_ratio": 0.0, "cos_min_ratio": 0.0, "warmup_type": "linear"}),
+    "linear": ("WarmupDecayLR", {"warmup_min_lr": 0.0, "warmup_type": "linear"}),
+    "constant": ("WarmupLR", {"warmup_min_lr": 0.0, "warmup_type": "linear"}),
+}
+
+
+def _fill_scheduler(cfg: dict, lr_schedule: str) -> None:
+    """Resolve ``"scheduler": {"type": "auto"}`` (the built-in config) from ``lr_schedule``
+    ("auto" = cosine). A config that names its scheduler keeps it; naming a different
+    shape with ``--lr_schedule`` as well is refused rather than one of them ignored."""
+    if lr_schedule != "auto" and lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule={lr_schedule!r}: expected auto or one of {', '.join(LR_SCHEDULES)}")
+    sched = cfg.get("scheduler")
+    if sched is None:
+        if lr_schedule != "auto":
+            raise ValueError(f"--lr_schedule {lr_schedule}, but the DeepSpeed config has no scheduler "
+                             f"(a constant lr): add \"scheduler\": {{\"type\": \"auto\"}} or drop the flag")
+        return
+    name = "cosine" if lr_schedule == "auto" else lr_schedule
+    kind, defaults = LR_SCHEDULES[name]
+    if sched.get("type", "auto") == "auto":
+        sched["type"] = kind
+        sched["params"] = {**defaults, **sched.get("params", {})}
+    elif lr_schedule != "auto" and sched["type"] != kind:
+        raise ValueError(f"--lr_schedule {lr_schedule} ({kind}), but the DeepSpeed config names scheduler "
+                         f"{sched['type']}: set its \"type\" to \"auto\" or drop the flag")
+
+
 def fill_ds_config(cfg: dict, *, micro_rows: int, gas: int, world: int, lr: float, weight_decay: float,
                    warmup_steps: int, total_steps: int, max_grad_norm: float, device: torch.device,
-                   hidden_size: int | None = None) -> dict:
+                   hidden_size: int | None = None, lr_schedule: str = "auto") -> dict:
     """A copy of ``cfg`` with every "auto" resolved. A micro-batch is ``micro_rows`` packed
     rows (DeepSpeed only uses the batch sizes for bookkeeping). bf16 is on where CUDA
     supports it and off on CPU; on CPU AdamW is torch's (no fused op to JIT-build)."""
@@ -72,6 +103,7 @@ def fill_ds_config(cfg: dict, *, micro_rows: int, gas: int, world: int, lr: floa
         # torch's fused CPU AdamW: one pass over each tensor (135M params: 0.10 s a step
         # against 0.43 s for the per-tensor loop, one thread)
         opt.setdefault("fused", True)
+    _fill_scheduler(cfg, lr_schedule)
     sched = cfg.get("scheduler", {}).get("params")
     if sched is not None:
         warmup = max(1, min(warmup_steps, total_steps))
@@ -79,7 +111,8 @@ def fill_ds_config(cfg: dict, *, micro_rows: int, gas: int, world: int, lr: floa
         # the engine starts a warmup schedule at iteration 1 (start_warmup_schedule), so
         # update k runs at iteration k; two more than our steps keeps the last one above
         # the cosine/decay floor
-        _fill(sched, "total_num_steps", max(total_steps + 2, warmup + 1))
+        if cfg["scheduler"].get("type") != "WarmupLR":  # constant after warm-up: no length
+            _fill(sched, "total_num_steps", max(total_steps + 2, warmup + 1))
         if cfg["scheduler"].get("type") in ("WarmupLR", "WarmupDecayLR"):
             _fill(sched, "warmup_max_lr", lr)
     zero = cfg.setdefault("zero_optimization", {"stage": 0})

@@ -149,7 +149,8 @@ class Trainer:
         # a provisional fill: zero.Init needs a valid config before the batch sizes are known
         pre_cfg = fill_ds_config(self.base_cfg, micro_rows=self.data_args.rows_per_batch, gas=1,
                                  world=self.dist.world, lr=a.lr, weight_decay=a.weight_decay, warmup_steps=1,
-                                 total_steps=2, max_grad_norm=a.max_grad_norm, device=self.dist.device)
+                                 total_steps=2, max_grad_norm=a.max_grad_norm, device=self.dist.device,
+                                 lr_schedule=a.lr_schedule)
         self.model, self.tokenizer, self.special, self._hf_ds = build_model(
             self.model_args, len(self.task.labels), pre_cfg, zero3=zero_stage(pre_cfg) == 3)
         self.pad_id = self.tokenizer.pad_token_id
@@ -182,7 +183,7 @@ class Trainer:
                                      world=dist.world, lr=a.lr, weight_decay=a.weight_decay,
                                      warmup_steps=a.warmup_steps, total_steps=self.total_steps,
                                      max_grad_norm=a.max_grad_norm, device=dist.device,
-                                     hidden_size=getattr(self.model.config, "hidden_size", None))
+                                     lr_schedule=a.lr_schedule, hidden_size=getattr(self.model.config, "hidden_size", None))
         derived = {"world_size": dist.world, "micro_batches_per_step": self.M, "gradient_accumulation_steps": self.gas,
                    "total_steps": self.total_steps, "train_examples": n_train, "batching": why,
                    "micro_batches_per_epoch": len(self.stream.plan(0)), "special_token_ids": list(self.special)}
