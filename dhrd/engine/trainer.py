@@ -183,7 +183,8 @@ class Trainer:
                                      world=dist.world, lr=a.lr, weight_decay=a.weight_decay,
                                      warmup_steps=a.warmup_steps, total_steps=self.total_steps,
                                      max_grad_norm=a.max_grad_norm, device=dist.device,
-                                     lr_schedule=a.lr_schedule, hidden_size=getattr(self.model.config, "hidden_size", None))
+                                     lr_schedule=a.lr_schedule,
+                                     hidden_size=getattr(self.model.config, "hidden_size", None))
         derived = {"world_size": dist.world, "micro_batches_per_step": self.M, "gradient_accumulation_steps": self.gas,
                    "total_steps": self.total_steps, "train_examples": n_train, "batching": why,
                    "micro_batches_per_epoch": len(self.stream.plan(0)), "special_token_ids": list(self.special)}
