@@ -80,6 +80,11 @@ def _fill_scheduler(cfg: dict, lr_schedule: str) -> None:
                          f"{sched['type']}: set its \"type\" to \"auto\" or drop the flag")
 
 
+def check_lr_schedule(cfg: dict, lr_schedule: str) -> None:
+    """The --lr_schedule / config check of fill_ds_config, before the model is loaded."""
+    _fill_scheduler(copy.deepcopy(cfg), lr_schedule)
+
+
 def fill_ds_config(cfg: dict, *, micro_rows: int, gas: int, world: int, lr: float, weight_decay: float,
                    warmup_steps: int, total_steps: int, max_grad_norm: float, device: torch.device,
                    hidden_size: int | None = None, lr_schedule: str = "auto") -> dict:
