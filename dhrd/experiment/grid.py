@@ -32,7 +32,8 @@ PATH_KEYS = ("train_file", "eval_file", "rationale_file", "model", "ds_config")
 RESERVED = ("output_dir", "resume", "seed", "method", "task", "config", "train_file", "eval_file",
             "rationale_file")
 SHORT = {"max_train_examples": "n", "alpha": "a", "beta": "b", "lr": "lr", "epochs": "ep", "lora": "lora",
-         "label_consistency": "cons", "rationale_fraction": "frac", "lm_sections": "lm", "alpha_schedule": "sched"}
+         "label_consistency": "cons", "rationale_fraction": "frac", "lm_sections": "lm", "alpha_schedule": "sched",
+         "lr_schedule": "lrs"}
 
 
 class GridError(ValueError):
