@@ -129,6 +129,9 @@ class TrainArgs:
     lr: float = 2e-4
     weight_decay: float = 0.01
     warmup_steps: int = 5
+    autocast: str = field(default="none", metadata={
+        "help": "bf16: mixed precision through DeepSpeed's torch_autocast (fp32 weights and optimizer, "
+                "bf16 matmuls; on CPUs with AVX512-BF16 or AMX ~2x faster); none: the weights' dtype"})
     lr_schedule: str = field(default="auto", metadata={
         "help": "after the linear warm-up: cosine, linear (transformers' default decay) or constant; "
                 "auto: the --ds_config's scheduler, cosine for the built-in config"})
@@ -172,6 +175,7 @@ class TrainArgs:
             raise ValueError("cot_max_new_tokens and cot_batch_size must be >= 1")
         _check_choice("batching", self.batching, ("auto", "exact", "packed"))
         _check_choice("lr_schedule", self.lr_schedule, ("auto", "cosine", "linear", "constant"))
+        _check_choice("autocast", self.autocast, ("none", "bf16"))
         if self.global_batch_size < 1:
             raise ValueError(f"global_batch_size={self.global_batch_size} must be >= 1")
         if self.micro_batches_per_step < 0:

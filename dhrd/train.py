@@ -30,7 +30,7 @@ def preflight(model_args, data_args, loss_args, train_args) -> None:
     what is wrong."""
     from dhrd.data.pipeline import HUB_PREFIX
     from dhrd.data.tasks import get_task
-    from dhrd.engine.ds_config import check_lr_schedule, load_ds_config
+    from dhrd.engine.ds_config import check_train_precision, load_ds_config
 
     get_task(data_args.task)
     if not data_args.train_file:
@@ -40,7 +40,10 @@ def preflight(model_args, data_args, loss_args, train_args) -> None:
                        ("rationale_file", data_args.rationale_file if needs_rationales else None)):
         if path and not path.startswith(HUB_PREFIX) and not os.path.isfile(path):
             raise FileNotFoundError(f"--{what} {path}: no such file")
-    check_lr_schedule(load_ds_config(train_args.ds_config), train_args.lr_schedule)
+    check_train_precision(load_ds_config(train_args.ds_config), train_args.lr_schedule, train_args.autocast)
+    if train_args.autocast != "none" and model_args.dtype not in ("auto", "float32"):
+        raise ValueError(f"--autocast {train_args.autocast} trains fp32 weights; --dtype {model_args.dtype} "
+                         "asks for half-precision ones: drop one")
     if model_args.model != "smollm2" and (os.sep in model_args.model or model_args.model.startswith(".")) \
             and not os.path.isdir(model_args.model):
         raise FileNotFoundError(f"--model {model_args.model}: no such directory")

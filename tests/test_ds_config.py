@@ -45,7 +45,7 @@ def test_deepspeed_builder_parses_the_result(monkeypatch):
     assert os.environ["TORCH_CUDA_ARCH_LIST"] == "9.0+PTX"  # JIT adds +PTX to the highest arch
 
 
-def _filled(world=1, device="cpu", **changes):
+def _filled(world=1, device="cpu", autocast="none", **changes):
     import torch
 
     from dhrd.engine.ds_config import fill_ds_config, load_ds_config
@@ -53,7 +53,7 @@ def _filled(world=1, device="cpu", **changes):
     cfg = load_ds_config(None)
     cfg.update(changes)
     return fill_ds_config(cfg, micro_rows=1, gas=2, world=world, lr=1e-3, weight_decay=0.0, warmup_steps=1,
-                          total_steps=4, max_grad_norm=1.0, device=torch.device(device))
+                          total_steps=4, max_grad_norm=1.0, device=torch.device(device), autocast=autocast)
 
 
 def test_auto_stage_is_0_for_one_fp32_process_and_2_otherwise():
@@ -153,3 +153,20 @@ def test_train_args_check_lr_schedule():
     assert TrainArgs(lr_schedule="linear").lr_schedule == "linear"
     with pytest.raises(ValueError, match="lr_schedule"):
         TrainArgs(lr_schedule="exponential")
+
+
+def test_autocast_bf16_is_deepspeeds_torch_autocast_with_fp32_weights():
+    """--autocast bf16 writes DeepSpeed's torch_autocast section and keeps its bf16/fp16
+    modes (half-precision weights) off; asking for both is refused, not resolved silently."""
+    cfg = _filled(autocast="bf16")
+    assert cfg["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"}
+    assert cfg["bf16"]["enabled"] is False and cfg["zero_optimization"]["stage"] == 0  # fp32 weights: stage 0
+    assert "torch_autocast" not in _filled()
+    with pytest.raises(ValueError, match="enables bf16"):
+        _filled(autocast="bf16", bf16={"enabled": True})
+    with pytest.raises(ValueError, match="enables fp16"):
+        _filled(autocast="bf16", fp16={"enabled": True})
+    with pytest.raises(ValueError, match="torch_autocast section"):
+        _filled(autocast="bf16", torch_autocast={"enabled": True, "dtype": "float16"})
+    with pytest.raises(ValueError, match="autocast='fp8'"):
+        _filled(autocast="fp8")

@@ -57,6 +57,30 @@ def test_loss_decreases_through_the_same_engine(setup, dhrd_run, method):
     assert meta["labels"] == ["entailment", "not_entailment"] and meta["alpha"] == cfg["loss"]["alpha"]
 
 
+def test_bf16_autocast_tracks_the_fp32_run(setup, dhrd_run):
+    """--autocast bf16 (DeepSpeed's torch_autocast: fp32 weights and AdamW, bf16 matmuls,
+    the fused LM-head loss included) trains the same run as fp32 to bf16 rounding: same
+    first-step losses within 3%, the same learning, fp32 weights in final/."""
+    from safetensors.torch import load_file
+
+    root, paths, model = setup
+    out = root / "dhrd-autocast"
+    proc = run_train(model, paths, out, *LEARN, "--method", "dhrd", "--autocast", "bf16")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    cfg = json.load(open(out / "config.json"))
+    assert cfg["deepspeed"]["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"}
+    assert cfg["deepspeed"]["bf16"]["enabled"] is False and cfg["deepspeed"]["zero_optimization"]["stage"] == 0
+    assert "bf16 autocast (fp32 weights and optimizer)" in proc.stdout + proc.stderr
+    for key in ("train/loss_total", "train/loss_cls", "train/loss_lm"):
+        ref, amp = losses(dhrd_run, key), losses(out, key)
+        assert amp[1] == pytest.approx(ref[1], rel=3e-2), key
+    total, lm = losses(out), losses(out, "train/loss_lm")
+    assert _mean(total, range(26, 31)) < _mean(total, range(1, 6)) - 0.15
+    assert _mean(lm, range(26, 31)) < _mean(lm, range(1, 6)) - 0.5
+    weights = load_file(str(out / "final" / "model.safetensors"))
+    assert {str(t.dtype) for t in weights.values()} == {"torch.float32"}
+
+
 def test_tensorboard_events_hold_the_scalars(dhrd_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -182,6 +206,9 @@ def test_ds_config_rejects_setups_that_cannot_skip_nonfinite_steps():
     (["--ds_config", "ds_configs/zero2.json", "--lr_schedule", "linear"],
      "--lr_schedule linear (WarmupDecayLR), but the DeepSpeed config names scheduler WarmupCosineLR"),
     (["--lr_schedule", "step"], "lr_schedule='step' is not one of"),
+    (["--autocast", "bf16", "--dtype", "bfloat16"], "--autocast bf16 trains fp32 weights; --dtype bfloat16"),
+    (["--autocast", "bf16", "--ds_config", "{tmp}/bf16.json"],
+     "--autocast bf16 keeps fp32 weights, but the DeepSpeed config enables bf16"),
     (["--config", "{tmp}/bad.yaml"], "{tmp}/bad.yaml:2: not valid YAML"),
     (["--config", "{tmp}/unknown.yaml"], "{tmp}/unknown.yaml: unknown field(s) lrr"),
     (["--model", "{tmp}/no/model"], "--model {tmp}/no/model: no such directory"),
@@ -193,6 +220,7 @@ def test_bad_arguments_fail_fast_with_one_named_line(setup, tmp_path, extra, mes
     root, paths, model = setup
     (tmp_path / "bad.yaml").write_text("lr: 1\nwarmup_steps: a: b\n")
     (tmp_path / "unknown.yaml").write_text("lrr: 1\n")
+    (tmp_path / "bf16.json").write_text('{"bf16": {"enabled": true}}')
     extra = [a.format(tmp=tmp_path) for a in extra]
     proc = run_train(model, paths, tmp_path / "out", "--max_steps", 1, *extra)
     assert proc.returncode == 2, proc.stderr[-3000:]

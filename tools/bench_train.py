@@ -167,6 +167,8 @@ def engine_worker(a, data: dict) -> int:
             "--export_final", "false", "--progress", "false", "--log_sequences", "0"]
     if a.ds_config:
         argv += ["--ds_config", a.ds_config]
+    if a.autocast != "none":
+        argv += ["--autocast", a.autocast]
     if data["rats"]:
         argv += ["--rationale_file", data["rats"]]
     model_args, data_args, loss_args, train_args, _ = parse_args(argv)
@@ -399,6 +401,7 @@ def parse(argv):
     p.add_argument("--pack_tokens", type=int, default=4096, help="the engine's --pack_tokens")
     p.add_argument("--rows_per_batch", type=int, default=1, help="the engine's --rows_per_batch")
     p.add_argument("--ds_config", help="the engine's DeepSpeed config (default: its built-in one)")
+    p.add_argument("--autocast", default="none", choices=["none", "bf16"], help="the engine's --autocast")
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads per worker (0: torch default)")

@@ -80,14 +80,46 @@ def _fill_scheduler(cfg: dict, lr_schedule: str) -> None:
                          f"{sched['type']}: set its \"type\" to \"auto\" or drop the flag")
 
 
-def check_lr_schedule(cfg: dict, lr_schedule: str) -> None:
-    """The --lr_schedule / config check of fill_ds_config, before the model is loaded."""
-    _fill_scheduler(copy.deepcopy(cfg), lr_schedule)
+def _fill_autocast(cfg: dict, autocast: str) -> None:
+    """``--autocast bf16``: DeepSpeed's ``torch_autocast`` section (fp32 weights, gradients
+    and optimizer; bf16 matmuls), which excludes its bf16/fp16 modes (bf16 weights)."""
+    if autocast == "none":
+        return
+    if autocast != "bf16":
+        raise ValueError(f"autocast={autocast!r}: expected none or bf16")
+    for mode in ("bf16", "fp16"):
+        if cfg.get(mode, {}).get("enabled") is True:
+            raise ValueError(f"--autocast bf16 keeps fp32 weights, but the DeepSpeed config enables {mode} "
+                             f"(half-precision weights): use one or the other")
+        if mode in cfg:
+            cfg[mode]["enabled"] = False
+    ac = cfg.setdefault("torch_autocast", {})
+    if ac.get("enabled") is False or ac.get("dtype", "bfloat16") not in ("bfloat16", "bf16"):
+        raise ValueError(f"--autocast bf16, but the DeepSpeed config's torch_autocast section is {ac}")
+    ac.update(enabled=True, dtype="bfloat16")
+
+
+def check_train_precision(cfg: dict, lr_schedule: str, autocast: str) -> None:
+    """The --lr_schedule / --autocast checks of fill_ds_config, before the model is loaded."""
+    cfg = copy.deepcopy(cfg)
+    _fill_scheduler(cfg, lr_schedule)
+    _fill_autocast(cfg, autocast)
+
+
+def autocast_enabled(cfg: dict) -> bool:
+    return cfg.get("torch_autocast", {}).get("enabled") is True
+
+
+def native_bf16_cpu() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX); without it torch
+    emulates bf16 matmuls, slower than fp32."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 
 
 def fill_ds_config(cfg: dict, *, micro_rows: int, gas: int, world: int, lr: float, weight_decay: float,
                    warmup_steps: int, total_steps: int, max_grad_norm: float, device: torch.device,
-                   hidden_size: int | None = None, lr_schedule: str = "auto") -> dict:
+                   hidden_size: int | None = None, lr_schedule: str = "auto", autocast: str = "none") -> dict:
     """A copy of ``cfg`` with every "auto" resolved. A micro-batch is ``micro_rows`` packed
     rows (DeepSpeed only uses the batch sizes for bookkeeping). bf16 is on where CUDA
     supports it and off on CPU; on CPU AdamW is torch's (no fused op to JIT-build)."""
@@ -96,6 +128,7 @@ def fill_ds_config(cfg: dict, *, micro_rows: int, gas: int, world: int, lr: floa
     _fill(cfg, "gradient_accumulation_steps", gas)
     _fill(cfg, "train_batch_size", micro_rows * gas * world)
     _fill(cfg, "gradient_clipping", max_grad_norm)
+    _fill_autocast(cfg, autocast)
     bf16 = cfg.setdefault("bf16", {})
     _fill(bf16, "enabled", bf16_available(device))
     if bf16["enabled"] and not bf16_available(device):

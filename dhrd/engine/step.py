@@ -50,7 +50,14 @@ class DualHeadLoss(nn.Module):
         if eval_only:
             return out.cls_logits
         a = self.loss_args
-        loss = dual_head_loss(out.hidden, self.model.lm_weight, lm_targets, out.cls_logits, cls_labels,
+        hidden, lm_weight = out.hidden, self.model.lm_weight
+        dev = hidden.device.type
+        if torch.is_autocast_enabled(dev):
+            # the LM head is a matmul like any Linear under autocast; the fused loss runs it
+            # by hand (torch.mm with out=, which autocast leaves alone), so cast here
+            dt = torch.get_autocast_dtype(dev)
+            hidden, lm_weight = hidden.to(dt), lm_weight.to(dt)
+        loss = dual_head_loss(hidden, lm_weight, lm_targets, out.cls_logits, cls_labels,
                               alpha=self.alpha, beta=a.beta, n_lm_tokens=n_lm_tokens, n_cls=n_cls,
                               impl=a.loss_impl, logit_softcap=self.model.logit_softcap,
                               lm_bias=self.model.lm_bias, label_smoothing=a.label_smoothing, z_loss=a.z_loss)

@@ -19,7 +19,15 @@ from ..fileio import atomic_write_json, repair_jsonl_tail
 from ..model.builder import build_model
 from . import checkpoint, locks, preemption
 from .dist import init_distributed
-from .ds_config import fill_ds_config, load_ds_config, sanitize_cuda_arch_list, start_warmup_schedule, zero_stage
+from .ds_config import (
+    autocast_enabled,
+    fill_ds_config,
+    load_ds_config,
+    native_bf16_cpu,
+    sanitize_cuda_arch_list,
+    start_warmup_schedule,
+    zero_stage,
+)
 from .evaluation import Evaluator
 from .flops import StepFlops, peak_tflops
 from .monitor import Monitor, log
@@ -150,7 +158,7 @@ class Trainer:
         pre_cfg = fill_ds_config(self.base_cfg, micro_rows=self.data_args.rows_per_batch, gas=1,
                                  world=self.dist.world, lr=a.lr, weight_decay=a.weight_decay, warmup_steps=1,
                                  total_steps=2, max_grad_norm=a.max_grad_norm, device=self.dist.device,
-                                 lr_schedule=a.lr_schedule)
+                                 lr_schedule=a.lr_schedule, autocast=a.autocast)
         self.model, self.tokenizer, self.special, self._hf_ds = build_model(
             self.model_args, len(self.task.labels), pre_cfg, zero3=zero_stage(pre_cfg) == 3)
         self.pad_id = self.tokenizer.pad_token_id
@@ -183,7 +191,7 @@ class Trainer:
                                      world=dist.world, lr=a.lr, weight_decay=a.weight_decay,
                                      warmup_steps=a.warmup_steps, total_steps=self.total_steps,
                                      max_grad_norm=a.max_grad_norm, device=dist.device,
-                                     lr_schedule=a.lr_schedule,
+                                     lr_schedule=a.lr_schedule, autocast=a.autocast,
                                      hidden_size=getattr(self.model.config, "hidden_size", None))
         derived = {"world_size": dist.world, "micro_batches_per_step": self.M, "gradient_accumulation_steps": self.gas,
                    "total_steps": self.total_steps, "train_examples": n_train, "batching": why,
@@ -196,6 +204,11 @@ class Trainer:
             log(0, f"world {dist.world}, device {dist.device}, ZeRO {zero_stage(self.ds_cfg)}{auto}, {self.M} "
                    f"micro-batches/step ({self.gas} per rank), {self.total_steps} steps, {n_train} train examples; "
                    f"batching {why}")
+            if autocast_enabled(self.ds_cfg):
+                slow = dist.device.type == "cpu" and not native_bf16_cpu()
+                log(0, "bf16 autocast (fp32 weights and optimizer)" + (
+                    "; warning: this CPU has no native bf16 (AVX512-BF16/AMX): bf16 matmuls are emulated, "
+                    "likely slower than fp32" if slow else ""))
 
     def _init_engine(self) -> None:
         import deepspeed
