@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from .grid import GridError, load_grid
-    from .runner import is_done, run_grid, slurm_command
+    from .runner import changed_args, is_done, run_grid, slurm_command
 
     args = _parser().parse_args(argv)
     try:
@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     root = args.root or os.path.join(os.path.dirname(grid.path), "results", grid.name)
     if args.cmd == "list" or (args.cmd == "run" and args.dry_run):
         for i, run in enumerate(grid.runs):
-            print(f"{i:4d}  {'done' if is_done(root, run) else '    '}  {run.name}")
+            state = "changed" if changed_args(grid, root, run) else "done" if is_done(root, run) else ""
+            print(f"{i:4d}  {state:7s}  {run.name}")
         print(f"{len(grid.runs)} runs in {grid.name} ({sum(is_done(root, r) for r in grid.runs)} done under {root})")
         if args.cmd == "run" and args.slurm:
             print("would submit: " + shlex.join(slurm_command(grid, root, args.grid, parallel=args.parallel)))
@@ -66,8 +67,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.index is not None and not 0 <= args.index < len(grid.runs):
             print(f"dhrd experiment: --index {args.index} outside 0..{len(grid.runs) - 1}", file=sys.stderr)
             return 2
-        outcomes = run_grid(grid, root, jobs=args.jobs, threads=args.threads, index=args.index,
-                            log=lambda m: print(m, flush=True))
+        try:
+            outcomes = run_grid(grid, root, jobs=args.jobs, threads=args.threads, index=args.index,
+                                log=lambda m: print(m, flush=True))
+        except GridError as e:
+            print(f"dhrd experiment: {e}", file=sys.stderr)
+            return 2
         failed = [o.run for o in outcomes if o.status == "failed"]
         if not args.no_aggregate:
             aggregate(grid, root)

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 
 from ..fileio import atomic_write, atomic_write_json
-from .grid import Grid, Run
+from .grid import PATH_KEYS, Grid, GridError, Run
 from .prepare import prepare_task
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -48,18 +48,58 @@ def prepare(grid: Grid, log=print) -> None:
             log(f"prepared {name}: {json.dumps(info)}")
 
 
+def run_args(grid: Grid, root: str, run: Run) -> dict:
+    """The trainer arguments run.yaml holds for ``run``."""
+    args = run.args(grid, run_dir(root, run))
+    args.setdefault("eval_mode", "auto")
+    args.setdefault("export_final", False)  # a grid compares dev scores; set it true to keep the weights
+    args["resume"] = "auto"  # fresh when there is no checkpoint, continues otherwise
+    return args
+
+
 def write_run_config(grid: Grid, root: str, run: Run) -> str:
     import yaml
 
     out = run_dir(root, run)
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, "run.yaml")
-    args = run.args(grid, out)
-    args.setdefault("eval_mode", "auto")
-    args.setdefault("export_final", False)  # a grid compares dev scores; set it true to keep the weights
-    args["resume"] = "auto"  # fresh when there is no checkpoint, continues otherwise
-    atomic_write(path, yaml.safe_dump(args, sort_keys=True))
+    atomic_write(path, yaml.safe_dump(run_args(grid, root, run), sort_keys=True))
     return path
+
+
+def _comparable(args: dict) -> dict:
+    """Arguments as compared across checkouts: paths by file name (the same grid run from
+    another clone or worktree names other absolute paths), the output directory not at all."""
+    return {k: os.path.basename(v.rstrip("/")) if k in PATH_KEYS and isinstance(v, str) else v
+            for k, v in args.items() if k != "output_dir"}
+
+
+def changed_args(grid: Grid, root: str, run: Run) -> dict[str, tuple]:
+    """{argument: (as the run was started, as the grid gives it now)} for a run already
+    started under ``root`` with other arguments; empty when it was not, or the same."""
+    import yaml
+
+    path = os.path.join(run_dir(root, run), "run.yaml")
+    if not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        old = _comparable(yaml.safe_load(f) or {})
+    new = _comparable(run_args(grid, root, run))
+    return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
+
+
+def refuse_changed_runs(grid: Grid, root: str, runs: list[Run]) -> None:
+    """A grid edited after some of its runs started would mix two recipes under one name
+    (a finished run is never rerun; an unfinished one would resume under new arguments)."""
+    changed = [(r, c) for r in runs if (c := changed_args(grid, root, r))]
+    if not changed:
+        return
+    shown = "; ".join(f"{r.name} (" + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in c.items()) + ")"
+                      for r, c in changed[:5])
+    more = f"; and {len(changed) - 5} more" if len(changed) > 5 else ""
+    raise GridError(f"{root}: {len(changed)} run(s) were started with other arguments than the grid now gives "
+                    f"them: {shown}{more}. Their results would mix two recipes: use another --root, or delete "
+                    f"those run directories to train them again")
 
 
 def train_command(config_path: str) -> list[str]:
@@ -114,6 +154,7 @@ def run_grid(grid: Grid, root: str, *, jobs: int = 1, threads: int | None = None
     record_grid(grid, root)
     prepare(grid, log)
     runs = grid.runs if index is None else [grid.runs[index]]
+    refuse_changed_runs(grid, root, runs)
     if threads is None:
         threads = max(1, (os.cpu_count() or 1) // max(jobs, 1))
     outcomes: list[Outcome] = []

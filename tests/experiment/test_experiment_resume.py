@@ -67,6 +67,19 @@ def test_killed_grid_resumes_without_rerunning_finished_runs(tmp_path):
                            timeout=120)
     assert again.returncode == 0 and "4 done, 0 to run" in again.stdout
 
+    # the grid edited after its runs trained: refused, not mixed in (finished runs would
+    # keep the old recipe under the same names); `list` names them
+    grid.write_text(GRID.replace("lr: 0.01", "lr: 0.02"))
+    mixed = subprocess.run(cmd + ["--no_aggregate"], cwd=REPO, env=child_env(), capture_output=True, text=True,
+                           timeout=120)
+    assert mixed.returncode == 2, mixed.stdout[-2000:] + mixed.stderr[-2000:]
+    assert "4 run(s) were started with other arguments than the grid now gives them" in mixed.stderr
+    assert "rte-pooled-s0 (lr: 0.01 -> 0.02)" in mixed.stderr and "Traceback" not in mixed.stderr
+    listed = subprocess.run([sys.executable, "-m", "dhrd.cli", "experiment", "list", str(grid), "--root", str(root)],
+                            cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0 and listed.stdout.count("changed") == 4, listed.stdout
+    assert first.stat().st_mtime == stamp
+
 
 def test_carve_keeps_ids_so_one_rationale_file_serves_both_splits(tmp_path):
     from dhrd.data.tasks import get_task
