@@ -131,7 +131,7 @@ class TrainArgs:
     warmup_steps: int = 5
     autocast: str = field(default="none", metadata={
         "help": "bf16: mixed precision through DeepSpeed's torch_autocast (fp32 weights and optimizer, "
-                "bf16 matmuls; on CPUs with AVX512-BF16 or AMX ~2x faster); none: the weights' dtype"})
+                "bf16 matmuls; 1.4-1.9x faster on a CPU with AVX512-BF16 or AMX); none: the weights' dtype"})
     lr_schedule: str = field(default="auto", metadata={
         "help": "after the linear warm-up: cosine, linear (transformers' default decay) or constant; "
                 "auto: the --ds_config's scheduler, cosine for the built-in config"})
