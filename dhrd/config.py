@@ -33,8 +33,9 @@ class ModelArgs:
     gguf_file: str | None = field(default=None, metadata={"help": "GGUF file inside --model"})
     dtype: str = field(default="auto", metadata={"help": "auto, float32, bfloat16, float16"})
     attn_implementation: str = field(default="auto", metadata={
-        "help": "auto (dhrd_segments on CPU, sdpa on CUDA), dhrd_segments (per-segment attention for packed "
-                "rows), flex_attention (a document block mask from the packed position ids), sdpa, eager, "
+        "help": "auto (dhrd_segments; on CUDA where torch's varlen kernel is unusable, sdpa), dhrd_segments (packed "
+                "rows: attention per segment, one varlen call on CUDA), flex_attention (a document block mask "
+                "from the packed position ids), sdpa, eager, "
                 "flash_attention_2"})
     pooling: str = field(default="last", metadata={"help": "last (paper) or mean over the task input"})
     head_inner_size: int | None = field(default=None, metadata={"help": "MLP width; default hidden size"})

@@ -64,5 +64,48 @@ def test_packed_rows_take_the_per_segment_path(monkeypatch):
 
 
 def test_auto_resolves_by_device():
-    assert sa.resolve("auto") == ("sdpa" if torch.cuda.is_available() else sa.NAME)
+    cuda = torch.cuda.is_available()
+    usable = cuda and sa.varlen_usable(torch.device("cuda", torch.cuda.current_device()), torch.bfloat16)
+    assert sa.resolve("auto") == (sa.NAME if not cuda or usable else "sdpa")
+    assert not sa.varlen_usable(torch.device("cpu"), torch.bfloat16)
     assert sa.resolve("eager") == "eager"
+
+
+def test_segment_plan_is_computed_once_per_batch(monkeypatch):
+    """The bounds (a device sync on CUDA) and the mask check run once per forward, not once
+    per layer; a new position tensor, or the same one changed in place, is planned again."""
+    model = tiny_backbone("llama", "dhrd_segments")
+    calls = []
+    real = sa.segment_bounds
+    monkeypatch.setattr(sa, "segment_bounds", lambda pos: calls.append(1) or real(pos))
+    ids = torch.randint(0, 100, (1, 16))
+    pos = torch.cat([torch.arange(7), torch.arange(9)])[None]
+    with torch.no_grad():
+        first = model(input_ids=ids, position_ids=pos, use_cache=False).logits
+        assert len(calls) == 1 and model.config.num_hidden_layers > 1
+        model(input_ids=ids, position_ids=pos.clone(), use_cache=False)
+        assert len(calls) == 2
+        pos[0, 7:] = torch.arange(7, 16)  # in place: now one segment of 16
+        whole = model(input_ids=ids, position_ids=pos, use_cache=False).logits
+        assert len(calls) == 3
+        assert float((whole - model(input_ids=ids, use_cache=False).logits).abs().max()) < 1e-5
+        assert float((first[:, 7:] - whole[:, 7:]).abs().max()) > 1e-3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="torch's varlen kernel is CUDA only")
+@pytest.mark.parametrize("arch", ARCHS)
+def test_varlen_packed_equals_alone_on_cuda(arch):
+    """On CUDA in bf16 packed rows take one varlen call; each segment's logits and the
+    gradient equal the segment run alone (bf16 tolerance), and auto picks it."""
+    if not sa.varlen_usable(torch.device("cuda"), torch.bfloat16):
+        pytest.skip("this torch has no usable varlen kernel")
+    assert sa.resolve("auto") == sa.NAME
+    model = tiny_backbone(arch, "dhrd_segments").cuda().to(torch.bfloat16)
+    ids = torch.randint(0, 100, (2, 40), generator=torch.Generator().manual_seed(2)).cuda()
+    segs = [(0, 17), (17, 30), (30, 40)]
+    pos = torch.cat([torch.arange(e - s) for s, e in segs])[None].expand(2, -1).cuda()
+    packed = model(input_ids=ids, position_ids=pos, use_cache=False).logits.float()
+    alone = torch.cat([model(input_ids=ids[:, s:e], use_cache=False).logits.float() for s, e in segs], dim=1)
+    assert float((packed - alone).abs().max()) < 0.05 * float(alone.abs().max())
+    packed.sum().backward()
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())

@@ -13,12 +13,15 @@
 # attention; flex: the packed-attention paths and ZeRO stages on one GPU (FlexAttention
 # with the document mask transformers builds from the packed position ids: only the
 # segments' blocks are computed; ZeRO-2, which on one GPU skips ZeRO-3's per-module
-# gather/release hooks); loss: tools/bench_loss.py on CUDA; tests: the CUDA tests.
-# SECTIONS=zero3,flex fits one 8-minute call at STEPS=10.
+# gather/release hooks); train: packed attention through torch's varlen kernel
+# (dhrd_segments) under zero3.json and under the built-in config (ZeRO stage "auto": 2 on one
+# GPU), against zero3.json + sdpa; qps: the lean classifier at the paper's 3B shape
+# (tools/bench_qps.py, 128-token inputs); loss: tools/bench_loss.py on CUDA; tests: the CUDA
+# tests. SECTIONS=train,qps,tests fits one 8-minute call at STEPS=8.
 set -u
 OUT=${OUT:-/tmp/gpu_out}
 WHL=${WHL:-.whl}
-STEPS=${STEPS:-10}
+STEPS=${STEPS:-8}
 SECTIONS=${SECTIONS:-zero3,loss,tests}   # which of the sections below to run
 want() { [[ ",$SECTIONS," == *",$1,"* ]]; }
 mkdir -p "$OUT"
@@ -45,7 +48,7 @@ times.sort()
 print(f"bf16 8192^3 matmul, random data: {2 * 8192**3 / times[5] / 1e9:.0f} TFLOP/s (median of 10)")
 PYEOF
 
-if want zero3; then
+if want zero3 || want flex || want train; then
 say "random-init llama-3.2-1b"
 timeout 90 $PY tools/make_random_model.py --shape llama-3.2-1b --tokenizer "$WHL/tok" --out /tmp/llama1b \
     --device cuda > "$OUT/make_model.log" 2>&1 || say "make_random_model failed: $(tail -1 "$OUT/make_model.log")"
@@ -55,6 +58,7 @@ COMMON=(--model /tmp/llama1b --task rte --train_file "$WHL/data/train.jsonl"
         --max_seq_len 1024 --micro_batches_per_step 8 --export_final false --progress false
         --warmup_steps 2 --lr 1e-4 --eval_every 0)
 DS_CFG=ds_configs/zero3.json
+fi
 summarise() {  # median over steps >= 3 of the run's metrics.jsonl
     $PY - "$1" "$2" <<'PYEOF' 2>&1 | tee -a "$OUT/summary.txt"
 import json, statistics, sys
@@ -72,6 +76,7 @@ print(f"{name}: {len(rows)} steps, tokens/s {med('perf/real_tokens_per_s'):.0f},
 PYEOF
 }
 
+if want zero3; then
 say "ZeRO-3 bf16, deepspeed launcher, sdpa, $DS_CFG"
 timeout 240 $PY /tmp/site/bin/deepspeed --num_gpus 1 dhrd/train.py --ds_config "$DS_CFG" "${COMMON[@]}" \
     --output_dir /tmp/z3_sdpa --attn_implementation sdpa > "$OUT/z3_sdpa.log" 2>&1
@@ -108,6 +113,31 @@ for run in "zero3 flex_attention ds_configs/zero3.json" "zero2 sdpa ds_configs/z
     say "rc $?"
     summarise "$stage $attn" "/tmp/${stage}_$attn/metrics.jsonl"
 done
+fi
+
+if want train; then
+# one process each (python, not the launcher: same engine, less start-up); "builtin" = no --ds_config
+for run in "zero3 sdpa ds_configs/zero3.json" "zero3 dhrd_segments ds_configs/zero3.json" \
+           "builtin dhrd_segments -"; do
+    read -r stage attn cfg <<< "$run"
+    say "$stage bf16, $attn, $cfg"
+    cfgarg=(); [ "$cfg" != "-" ] && cfgarg=(--ds_config "$cfg")
+    timeout 110 $PY dhrd/train.py "${cfgarg[@]}" "${COMMON[@]}" --output_dir "/tmp/t_${stage}_$attn" \
+        --attn_implementation "$attn" > "$OUT/t_${stage}_$attn.log" 2>&1
+    say "rc $?"
+    grep -m3 -E "ZeRO stage|attention|varlen" "$OUT/t_${stage}_$attn.log" | cut -c1-200 >> "$OUT/summary.txt"
+    summarise "$stage $attn" "/tmp/t_${stage}_$attn/metrics.jsonl"
+    [ -f "/tmp/t_${stage}_$attn/metrics.jsonl" ] && cp "/tmp/t_${stage}_$attn/metrics.jsonl" "$OUT/t_${stage}_$attn.metrics.jsonl"
+done
+fi
+
+if want qps; then
+say "lean classifier QPS, random-init llama-3.2-3b, bf16, 128-token inputs"
+timeout 130 $PY tools/bench_qps.py --random_init_config llama-3.2-3b --device cuda --dtype bfloat16 \
+    --skip cot,pipeline --n 2048 --batch_size 256 --min_words 99 --max_words 99 --repeats 3 \
+    --peak_tflops 989 > "$OUT/qps_3b.md" 2>&1
+say "rc $?"
+tail -12 "$OUT/qps_3b.md" >> "$OUT/summary.txt"
 fi
 
 if want loss; then

@@ -17,6 +17,7 @@ from ..config import resolved_config
 from ..data.order import ROW_COLUMNS, collate, data_order
 from ..fileio import atomic_write_json, repair_jsonl_tail
 from ..model.builder import build_model
+from ..model.segment_attention import attention_path
 from . import checkpoint, locks, preemption
 from .dist import init_distributed
 from .ds_config import (
@@ -203,7 +204,7 @@ class Trainer:
             auto = " (auto)" if self.base_cfg.get("zero_optimization", {}).get("stage") == "auto" else ""
             log(0, f"world {dist.world}, device {dist.device}, ZeRO {zero_stage(self.ds_cfg)}{auto}, {self.M} "
                    f"micro-batches/step ({self.gas} per rank), {self.total_steps} steps, {n_train} train examples; "
-                   f"batching {why}")
+                   f"batching {why}; attention {attention_path(self.model.config, dist.device)}")
             if autocast_enabled(self.ds_cfg):
                 slow = dist.device.type == "cpu" and not native_bf16_cpu()
                 log(0, "bf16 autocast (fp32 weights and optimizer)" + (

@@ -4,15 +4,24 @@ A packed row isolates its segments by restarting position ids; transformers turn
 into a block-diagonal [T x T] mask for ``sdpa``, and the kernel then computes (and
 masks away) all T^2 scores: a 1024-token row of six 170-token segments does ~6x the
 attention arithmetic of the segments alone, and a masked CPU kernel is slower still.
-``flash_attention_2`` solves this on CUDA (varlen from the position ids); this
-implementation, ``attn_implementation="dhrd_segments"``, does it with plain
-``scaled_dot_product_attention``: one causal call per segment, no mask. Anywhere it
-cannot be exact (no position ids, decoding with a cache, dropout, soft-capping, a
-position bias, a sliding window shorter than the row, non-causal modules) it hands the
-call to transformers' own ``sdpa`` with its mask, so results never depend on it.
+``flash_attention_2`` solves this on CUDA (varlen from the position ids) where
+flash-attn is installed; this implementation, ``attn_implementation="dhrd_segments"``,
+does it without it. On CUDA in bf16/fp16 it makes ONE call to torch's own varlen flash
+kernel (``torch.nn.attention.varlen.varlen_attn``) for every segment of every row, with
+cumulative segment lengths from the position ids; elsewhere (CPU) one causal
+``scaled_dot_product_attention`` call per segment, no mask. Where it cannot be exact (no
+position ids, decoding with a cache, dropout, soft-capping, a position bias, a sliding
+window shorter than the row, non-causal modules, a padding mask) it hands the call to
+transformers' own ``sdpa`` with its mask, so results never depend on it. On CUDA without
+a usable varlen kernel (fp32, an old torch) it hands packed rows to ``sdpa`` as well:
+there ~100 small per-segment calls a layer cost 2.2x sdpa's time (tools/GPU_RESULTS.md).
 """
 
 from __future__ import annotations
+
+import functools
+import inspect
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -44,12 +53,13 @@ def segment_sdpa_forward(module, query, key, value, attention_mask, dropout: flo
 
     bounds = None
     if _exact_here(module, query, key, dropout, kwargs):
-        pos = kwargs["position_ids"]
-        pos = pos.expand(query.shape[0], -1) if pos.shape[0] == 1 else pos
-        bounds = [segment_bounds(pos[b]) for b in range(query.shape[0])]
-    if bounds is None or not mask_is_segments(attention_mask, bounds, query.shape[2]):  # padding, custom masks
+        bounds = _packed_bounds(kwargs["position_ids"], attention_mask, query.shape[0], query.shape[2])
+    on_cuda = query.device.type == "cuda"
+    if bounds is None or (on_cuda and not varlen_usable(query.device, query.dtype)):  # padding, custom masks
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, is_causal=is_causal, **kwargs)
+    if on_cuda:
+        return varlen_forward(query, key, value, bounds, scaling), None
     gqa = query.shape[1] != key.shape[1]
     rows = []
     for b, row in enumerate(bounds):
@@ -58,6 +68,105 @@ def segment_sdpa_forward(module, query, key, value, attention_mask, dropout: flo
                                                               is_causal=True, scale=scaling, enable_gqa=gqa)
                                for s, e in row], dim=2))
     return torch.cat(rows, dim=0).transpose(1, 2).contiguous(), None
+
+
+# one packed batch goes through every layer with the same position-id and mask tensors:
+# compute its segment bounds (a device sync) and check its mask once, not once a layer
+_PLAN: dict = {}
+
+
+def _packed_bounds(pos: torch.Tensor, mask: torch.Tensor | None, batch: int, t: int):
+    """The rows' segment bounds when the mask says no more than the position ids, else None."""
+    key = (_tensor_key(pos), _tensor_key(mask), batch, t)
+    if _PLAN.get("key") is not None and all(map(_same, _PLAN["key"], key)):
+        return _PLAN["bounds"]
+    full = pos.expand(batch, -1) if pos.shape[0] == 1 else pos
+    bounds = [segment_bounds(full[b]) for b in range(batch)]
+    bounds = bounds if mask_is_segments(mask, bounds, t) else None
+    _PLAN.update(key=key, bounds=bounds, cu=None)
+    return bounds
+
+
+def _tensor_key(x: torch.Tensor | None):
+    """Identity and in-place version of a tensor, without keeping it alive."""
+    return None if x is None else (weakref.ref(x), x._version)
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, tuple) and isinstance(b, tuple):
+        return a[0]() is not None and a[0]() is b[0]() and a[1] == b[1]
+    return a == b
+
+
+@functools.lru_cache(maxsize=None)
+def _varlen_api():
+    """torch's varlen flash attention and the keywords this torch gives it, or None: torch
+    2.9/2.10 take ``is_causal``; later ones ``window_size=(-1, 0)``, ``scale`` and
+    ``enable_gqa``."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    params = inspect.signature(varlen_attn).parameters
+    if "is_causal" not in params and "window_size" not in params:
+        return None
+    return varlen_attn, frozenset(params)
+
+
+def varlen_forward(query, key, value, bounds, scaling):
+    """All segments of all rows in one varlen call: [B, H, T, D] in, [B, T, Hq, Dv] out."""
+    fn, params = _varlen_api()
+    b, hq, t, d = query.shape
+    hkv = key.shape[1]
+    cu = _PLAN.get("cu") if _PLAN.get("bounds") is bounds else None
+    if cu is None or cu[0].device != query.device:
+        ends = [r * t + e for r, row in enumerate(bounds) for _, e in row]
+        lens = [e - s for row in bounds for s, e in row]
+        cu = (torch.tensor([0, *ends], dtype=torch.int32, device=query.device), max(lens))
+        if _PLAN.get("bounds") is bounds:
+            _PLAN["cu"] = cu
+    q = query.transpose(1, 2).reshape(b * t, hq, d)
+    k = key.transpose(1, 2).reshape(b * t, hkv, d)
+    v = value.transpose(1, 2).reshape(b * t, hkv, value.shape[-1])
+    kw = {}
+    if "window_size" in params:
+        kw["window_size"] = (-1, 0)
+    else:
+        kw["is_causal"] = True
+    if hq != hkv:
+        if "enable_gqa" in params:
+            kw["enable_gqa"] = True
+        else:
+            k, v = (x.repeat_interleave(hq // hkv, dim=1) for x in (k, v))
+    if scaling is not None and abs(scaling - d ** -0.5) > 1e-12 * scaling:
+        if "scale" in params:
+            kw["scale"] = scaling
+        else:
+            q = q * (scaling * d ** 0.5)
+    out = fn(q, k, v, cu[0], cu[0], cu[1], cu[1], **kw)
+    return out.view(b, t, hq, value.shape[-1])
+
+
+@functools.lru_cache(maxsize=None)
+def varlen_usable(device: torch.device, dtype: torch.dtype) -> bool:
+    """Checked once per device and dtype: torch has the varlen kernel, it runs here, and on
+    two packed segments (GQA, forward and backward) it equals causal sdpa run on each."""
+    if device.type != "cuda" or dtype not in (torch.bfloat16, torch.float16) or _varlen_api() is None:
+        return False
+    try:
+        g = torch.Generator(device=device).manual_seed(0)
+        q = torch.randn(1, 4, 48, 64, device=device, dtype=dtype, generator=g, requires_grad=True)
+        k, v = (torch.randn(1, 2, 48, 64, device=device, dtype=dtype, generator=g, requires_grad=True)
+                for _ in range(2))
+        bounds = [[(0, 20), (20, 48)]]
+        got = varlen_forward(q, k, v, bounds, None)
+        want = torch.cat([F.scaled_dot_product_attention(q[:, :, s:e], k[:, :, s:e], v[:, :, s:e], is_causal=True,
+                                                         enable_gqa=True) for s, e in bounds[0]], 2).transpose(1, 2)
+        got.float().sum().backward()
+        ok = bool(torch.allclose(got.float(), want.float(), atol=2e-2)) and q.grad is not None
+        return ok and bool(torch.isfinite(q.grad).all())
+    except Exception:  # noqa: BLE001 - any failure means: not usable on this device
+        return False
 
 
 def mask_is_segments(mask: torch.Tensor | None, bounds: list[list[tuple[int, int]]], t: int) -> bool:
@@ -90,12 +199,25 @@ def register() -> str:
     return NAME
 
 
+def attention_path(config, device: torch.device) -> str:
+    """What a packed row's attention runs as, for the start-up log."""
+    name = getattr(config, "_attn_implementation", None) or "?"
+    if name != NAME:
+        return name
+    if device.type != "cuda":
+        return f"{NAME} (one sdpa call per segment)"
+    usable = varlen_usable(device, torch.bfloat16)
+    return f"{NAME} ({'torch varlen flash kernel, bf16/fp16' if usable else 'sdpa: no usable varlen kernel here'})"
+
+
 def resolve(name: str) -> str:
     """``auto``: this implementation on CPU (1.15-1.3x faster than masked sdpa for a
-    packed SmolLM2 row, forward + backward), ``sdpa`` on CUDA (where
-    ``flash_attention_2``, if installed, is the better choice for packed rows)."""
+    packed SmolLM2 row, forward + backward) and on CUDA where torch's varlen kernel runs
+    (bf16), else ``sdpa``."""
     if name == "auto":
-        name = "sdpa" if torch.cuda.is_available() else NAME
+        cuda = torch.cuda.is_available()
+        name = NAME if not cuda or varlen_usable(torch.device("cuda", torch.cuda.current_device()),
+                                                 torch.bfloat16) else "sdpa"
     if name == NAME:
         register()
     return name
