@@ -48,7 +48,7 @@ times.sort()
 print(f"bf16 8192^3 matmul, random data: {2 * 8192**3 / times[5] / 1e9:.0f} TFLOP/s (median of 10)")
 PYEOF
 
-if want zero3 || want flex || want train; then
+if want zero3 || want flex || want train || want shape; then
 say "random-init llama-3.2-1b"
 timeout 90 $PY tools/make_random_model.py --shape llama-3.2-1b --tokenizer "$WHL/tok" --out /tmp/llama1b \
     --device cuda > "$OUT/make_model.log" 2>&1 || say "make_random_model failed: $(tail -1 "$OUT/make_model.log")"
@@ -131,9 +131,27 @@ for run in "zero3 sdpa ds_configs/zero3.json" "zero3 dhrd_segments ds_configs/ze
 done
 fi
 
+if want shape; then
+# ZeRO stage 0 and 1 on one GPU (bf16 weights, fp32 master copy), and fewer, larger packs (same tokens a step)
+for st in 0 1; do
+    $PY -c "import json, sys; from dhrd.engine.ds_config import DEFAULT_CONFIG as c; c['zero_optimization'] = {'stage': $st}; json.dump(c, open('/tmp/stage$st.json', 'w'))"
+done
+for run in "stage0 8192 8 /tmp/stage0.json" "stage1 8192 8 /tmp/stage1.json" "builtin 16384 4 -" "builtin 32768 2 -"; do
+    read -r stage pack mb cfg <<< "$run"
+    say "$stage bf16, dhrd_segments, pack $pack x $mb"
+    cfgarg=(); [ "$cfg" != "-" ] && cfgarg=(--ds_config "$cfg")
+    timeout 100 $PY dhrd/train.py "${cfgarg[@]}" "${COMMON[@]}" --pack_tokens "$pack" --micro_batches_per_step "$mb" \
+        --max_seq_len 1024 --output_dir "/tmp/s_${stage}_$pack" > "$OUT/s_${stage}_$pack.log" 2>&1
+    say "rc $?"
+    grep -m1 -E "ZeRO" "$OUT/s_${stage}_$pack.log" | cut -c1-200 >> "$OUT/summary.txt"
+    grep -m3 -iE "error|Traceback" "$OUT/s_${stage}_$pack.log" | cut -c1-300 >> "$OUT/summary.txt"
+    summarise "$stage pack $pack x $mb" "/tmp/s_${stage}_$pack/metrics.jsonl"
+done
+fi
+
 if want qps; then
 say "lean classifier QPS, random-init llama-3.2-3b, bf16, 128-token inputs"
-timeout 130 $PY tools/bench_qps.py --random_init_config llama-3.2-3b --device cuda --dtype bfloat16 \
+timeout 130 $PY tools/bench_qps.py --model "$WHL/tok" --random_init_config llama-3.2-3b --device cuda --dtype bfloat16 \
     --skip cot,pipeline --n 2048 --batch_size 256 --min_words 99 --max_words 99 --repeats 3 \
     --peak_tflops 989 > "$OUT/qps_3b.md" 2>&1
 say "rc $?"
