@@ -147,7 +147,8 @@ class TrainArgs:
     keep_checkpoints: int = 2
     resume: str = field(default="none", metadata={"help": "none, auto, or a checkpoint directory"})
     ds_config: str | None = field(default=None, metadata={
-        "help": "DeepSpeed JSON; default: built in, ZeRO stage auto (0 for one fp32 process, else 2)"})
+        "help": "DeepSpeed JSON; default: built in, ZeRO stage auto (0 for one fp32 process, 1 for one "
+                "bf16/fp16 process, else 2)"})
     log_every: int = 1
     micro_batches_per_step: int = field(default=0, metadata={
         "help": "GLOBAL micro-batches (all ranks) per optimizer step; 0 = from global_batch_size and the "

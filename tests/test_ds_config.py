@@ -56,12 +56,14 @@ def _filled(world=1, device="cpu", autocast="none", **changes):
                           total_steps=4, max_grad_norm=1.0, device=torch.device(device), autocast=autocast)
 
 
-def test_auto_stage_is_0_for_one_fp32_process_and_2_otherwise():
+def test_auto_stage_is_0_for_one_fp32_process_1_for_one_half_process_and_2_otherwise():
     """The default config's ``"stage": "auto"``: one fp32 process has nothing to partition
-    (stage 0); several processes, or half precision, get ZeRO-2. An explicit stage stays."""
+    (stage 0); one half-precision process keeps fp32 master weights at stage 1; several
+    processes get ZeRO-2. An explicit stage stays."""
     assert _filled()["zero_optimization"]["stage"] == 0
     assert _filled(world=2)["zero_optimization"]["stage"] == 2
-    assert _filled(fp16={"enabled": True})["zero_optimization"]["stage"] == 2
+    assert _filled(fp16={"enabled": True})["zero_optimization"]["stage"] == 1
+    assert _filled(world=2, fp16={"enabled": True})["zero_optimization"]["stage"] == 2
     assert _filled(zero_optimization={"stage": 2})["zero_optimization"]["stage"] == 2
     assert _filled(world=4, zero_optimization={"stage": 3})["zero_optimization"]["stage"] == 3
 

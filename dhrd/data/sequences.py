@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from .report import DataReport
@@ -59,6 +60,15 @@ class SequenceBuilder:
         if len(ids) <= limit:
             return ids, False
         return ids[:1] + ids[len(ids) - limit + 1:], True
+
+    def input_ids_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """``input_ids`` of many texts in one tokenizer call (a fast tokenizer encodes them
+        in parallel), truncated the same way."""
+        if not texts:
+            return []
+        limit = self.spec.max_input_len
+        return [ids if len(ids) <= limit else ids[:1] + ids[len(ids) - limit + 1:]
+                for ids in self.tok(list(texts))["input_ids"]]
 
     def build(self, text: str, rationale: str | None, label: int | None) -> dict:
         spec = self.spec

@@ -22,7 +22,8 @@ DEFAULT_CONFIG = {
     # "auto": the shape TrainArgs.lr_schedule names (cosine unless told otherwise)
     "scheduler": {"type": "auto", "params": {}},
     # "auto": 0 for one fp32 process (nothing to partition; ZeRO-1/2 would add a flat
-    # fp32 copy of the weights and gradients and per-bucket copies), else 2 (resolve_stage)
+    # fp32 copy of the weights and gradients and per-bucket copies), 1 for one bf16/fp16
+    # process (fp32 master weights), else 2 (resolve_stage)
     "zero_optimization": {"stage": "auto"},
 }
 
@@ -176,9 +177,14 @@ def resolve_stage(world: int, *, half: bool) -> int:
     """The ZeRO stage of ``"stage": "auto"``: 0 for a single fp32 process, where there is
     nothing to partition and ZeRO-1/2 only add a flat fp32 copy of the weights and
     gradients plus a copy of every gradient through the reduce buckets (SmolLM2-135M on
-    one CPU core: 1.32x the examples/s and 1.4 GB less peak memory at stage 0); 2 otherwise
-    (several processes, or bf16/fp16, whose stage-0 optimizers are not measured here)."""
-    return 0 if world == 1 and not half else 2
+    one CPU core: 1.32x the examples/s and 1.4 GB less peak memory at stage 0); 1 for a
+    single bf16/fp16 process (stage 0 in half precision would update the half-precision
+    weights with no fp32 master copy; stage 1 keeps it and, unlike stage 2, reduces
+    gradients once a step instead of once a micro-batch: 1.07x stage 2's tokens/s for a
+    1B Llama on one H200, tools/GPU_RESULTS.md); 2 for several processes."""
+    if world == 1:
+        return 1 if half else 0
+    return 2
 
 
 def _check_skips_nonfinite(cfg: dict) -> None:

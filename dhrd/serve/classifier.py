@@ -110,16 +110,17 @@ class LeanClassifier:
         return cls(decoder.to(device), head, tokenizer, cfg, device)
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
-        return [self.builder.input_ids(t)[0] for t in texts]
+        return self.builder.input_ids_batch(texts)
 
     @torch.no_grad()
     def logits(self, batch: Sequence[Sequence[int]]) -> torch.Tensor:
         """Class logits (float32) of one right-padded batch of token id lists."""
         width = max(map(len, batch))
-        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-        for r, row in enumerate(batch):
-            ids[r, :len(row)] = torch.tensor(row)
-        ids = ids.to(self.device)
+        ids = torch.tensor([list(row) + [self.pad_id] * (width - len(row)) for row in batch], dtype=torch.long)
+        if self.device.type == "cuda":  # the copy then does not wait for the batch before it
+            ids = ids.pin_memory().to(self.device, non_blocking=True)
+        else:
+            ids = ids.to(self.device)
         positions = torch.arange(width, device=self.device).expand(len(batch), width)
         starts = torch.arange(len(batch), device=self.device) * width
         lengths = torch.tensor([len(row) for row in batch], device=self.device)
@@ -132,8 +133,12 @@ class LeanClassifier:
                     max_batch_tokens: int | None = None) -> torch.Tensor:
         """Class probabilities [N, C] in input order."""
         probs = torch.empty(len(ids), self.config.num_labels)
-        for batch in length_buckets([len(x) for x in ids], batch_size, max_batch_tokens):
-            probs[batch] = self.logits([ids[i] for i in batch]).softmax(-1).cpu()
+        if not ids:
+            return probs
+        batches = length_buckets([len(x) for x in ids], batch_size, max_batch_tokens)
+        # logits stay on the device until the end: no host sync between batches
+        out = torch.cat([self.logits([ids[i] for i in batch]) for batch in batches]).softmax(-1).cpu()
+        probs[torch.tensor([i for batch in batches for i in batch])] = out
         return probs
 
     def predict(self, texts: Sequence[str], batch_size: int = 32, max_batch_tokens: int | None = None) -> torch.Tensor:

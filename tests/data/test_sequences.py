@@ -97,3 +97,12 @@ def test_tokenize_items_caches(tmp_path, tok_ids):
     b.build = boom
     again = tokenize_items(items, b, cache_dir=str(tmp_path))
     assert again["input_ids"] == ds["input_ids"]
+
+
+def test_batched_input_ids_equal_one_at_a_time(tok_ids):
+    """The lean classifier's one-call encoding gives each text exactly ``input_ids``,
+    left truncation included."""
+    b = builder(tok_ids, max_seq_len=64, max_input_len=12)
+    texts = ["short one", "the premise " * 20, "", "a b c d e f g h i j k l"]
+    assert b.input_ids_batch(texts) == [b.input_ids(t)[0] for t in texts]
+    assert b.input_ids_batch([]) == []
