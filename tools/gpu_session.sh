@@ -48,7 +48,7 @@ times.sort()
 print(f"bf16 8192^3 matmul, random data: {2 * 8192**3 / times[5] / 1e9:.0f} TFLOP/s (median of 10)")
 PYEOF
 
-if want zero3 || want flex || want train || want shape; then
+if want zero3 || want flex || want train || want shape || want best; then
 say "random-init llama-3.2-1b"
 timeout 90 $PY tools/make_random_model.py --shape llama-3.2-1b --tokenizer "$WHL/tok" --out /tmp/llama1b \
     --device cuda > "$OUT/make_model.log" 2>&1 || say "make_random_model failed: $(tail -1 "$OUT/make_model.log")"
@@ -149,13 +149,28 @@ for run in "stage0 8192 8 /tmp/stage0.json" "stage1 8192 8 /tmp/stage1.json" "bu
 done
 fi
 
+if want best; then
+# the built-in config (ZeRO "auto": 1 on one bf16 GPU) at the default shape and with larger packs
+for run in "8192 8" "32768 2"; do
+    read -r pack mb <<< "$run"
+    say "builtin bf16, auto attention, pack $pack x $mb"
+    timeout 100 $PY dhrd/train.py "${COMMON[@]}" --pack_tokens "$pack" --micro_batches_per_step "$mb" \
+        --output_dir "/tmp/b_$pack" > "$OUT/b_$pack.log" 2>&1
+    say "rc $?"
+    grep -m1 -E "ZeRO" "$OUT/b_$pack.log" | cut -c1-250 >> "$OUT/summary.txt"
+    summarise "builtin pack $pack x $mb" "/tmp/b_$pack/metrics.jsonl"
+done
+fi
+
 if want qps; then
-say "lean classifier QPS, random-init llama-3.2-3b, bf16, 128-token inputs"
-timeout 130 $PY tools/bench_qps.py --model "$WHL/tok" --random_init_config llama-3.2-3b --device cuda --dtype bfloat16 \
-    --skip cot,pipeline --n 2048 --batch_size 256 --min_words 99 --max_words 99 --repeats 3 \
-    --peak_tflops 989 > "$OUT/qps_3b.md" 2>&1
-say "rc $?"
-tail -12 "$OUT/qps_3b.md" >> "$OUT/summary.txt"
+for bs in ${QPS_BATCHES:-256}; do
+    say "lean classifier QPS, random-init llama-3.2-3b, bf16, 128-token inputs, batch $bs"
+    timeout 130 $PY tools/bench_qps.py --model "$WHL/tok" --random_init_config llama-3.2-3b --device cuda \
+        --dtype bfloat16 --skip cot,pipeline --n 2048 --batch_size "$bs" --min_words 99 --max_words 99 \
+        --repeats 3 --peak_tflops 989 > "$OUT/qps_3b_$bs.md" 2>&1
+    say "rc $?"
+    tail -4 "$OUT/qps_3b_$bs.md" >> "$OUT/summary.txt"
+done
 fi
 
 if want loss; then
