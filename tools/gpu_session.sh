@@ -17,7 +17,8 @@
 # (dhrd_segments) under zero3.json and under the built-in config (ZeRO stage "auto": 2 on one
 # GPU), against zero3.json + sdpa; qps: the lean classifier at the paper's 3B shape
 # (tools/bench_qps.py, 128-token inputs); loss: tools/bench_loss.py on CUDA; tests: the CUDA
-# tests. SECTIONS=train,qps,tests fits one 8-minute call at STEPS=8.
+# tests; best: the built-in config at two pack shapes; compile: --compile on and off.
+# SECTIONS=train,qps,tests fits one 8-minute call at STEPS=8; so does STEPS=12 SECTIONS=compile,qps.
 set -u
 OUT=${OUT:-/tmp/gpu_out}
 WHL=${WHL:-.whl}
@@ -48,7 +49,7 @@ times.sort()
 print(f"bf16 8192^3 matmul, random data: {2 * 8192**3 / times[5] / 1e9:.0f} TFLOP/s (median of 10)")
 PYEOF
 
-if want zero3 || want flex || want train || want shape || want best; then
+if want zero3 || want flex || want train || want shape || want best || want compile; then
 say "random-init llama-3.2-1b"
 timeout 90 $PY tools/make_random_model.py --shape llama-3.2-1b --tokenizer "$WHL/tok" --out /tmp/llama1b \
     --device cuda > "$OUT/make_model.log" 2>&1 || say "make_random_model failed: $(tail -1 "$OUT/make_model.log")"
@@ -159,6 +160,19 @@ for run in "8192 8" "32768 2"; do
     say "rc $?"
     grep -m1 -E "ZeRO" "$OUT/b_$pack.log" | cut -c1-250 >> "$OUT/summary.txt"
     summarise "builtin pack $pack x $mb" "/tmp/b_$pack/metrics.jsonl"
+done
+fi
+
+if want compile; then
+# --compile (decoder blocks through torch.compile; attention eager) against the same run without
+for run in "8192 8 false" "8192 8 true" "32768 2 true"; do
+    read -r pack mb comp <<< "$run"
+    say "builtin bf16, auto attention, pack $pack x $mb, --compile $comp"
+    timeout 150 $PY dhrd/train.py "${COMMON[@]}" --pack_tokens "$pack" --micro_batches_per_step "$mb" \
+        --compile "$comp" --output_dir "/tmp/c_${pack}_$comp" > "$OUT/c_${pack}_$comp.log" 2>&1
+    say "rc $?"
+    grep -m3 -iE "error|Traceback" "$OUT/c_${pack}_$comp.log" | cut -c1-300 >> "$OUT/summary.txt"
+    summarise "builtin pack $pack x $mb compile $comp" "/tmp/c_${pack}_$comp/metrics.jsonl"
 done
 fi
 

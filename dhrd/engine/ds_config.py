@@ -100,11 +100,15 @@ def _fill_autocast(cfg: dict, autocast: str) -> None:
     ac.update(enabled=True, dtype="bfloat16")
 
 
-def check_train_precision(cfg: dict, lr_schedule: str, autocast: str) -> None:
-    """The --lr_schedule / --autocast checks of fill_ds_config, before the model is loaded."""
+def check_train_precision(cfg: dict, lr_schedule: str, autocast: str, compile: bool = False) -> None:
+    """The --lr_schedule / --autocast / --compile checks of fill_ds_config, before the model
+    is loaded."""
     cfg = copy.deepcopy(cfg)
     _fill_scheduler(cfg, lr_schedule)
     _fill_autocast(cfg, autocast)
+    if compile and cfg.get("zero_optimization", {}).get("stage") == 3:
+        raise ValueError("--compile with ZeRO-3: its per-module parameter gather/release hooks would run inside "
+                         "the compiled blocks; use ZeRO 0-2 (the built-in config's stage auto) or drop --compile")
 
 
 def autocast_enabled(cfg: dict) -> bool:

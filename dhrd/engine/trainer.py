@@ -17,6 +17,7 @@ from ..config import resolved_config
 from ..data.order import ROW_COLUMNS, collate, data_order
 from ..fileio import atomic_write_json, repair_jsonl_tail
 from ..model.builder import build_model
+from ..model.compile import compile_blocks
 from ..model.segment_attention import attention_path
 from . import checkpoint, locks, preemption
 from .dist import init_distributed
@@ -220,6 +221,10 @@ class Trainer:
             torch.float16 if ds_cfg.get("fp16", {}).get("enabled") else next(self.model.backbone.parameters()).dtype
         self.peak = peak_tflops(dist.device, dtype, self.train_args.peak_tflops)
         self.wrapper = DualHeadLoss(self.model, self.loss_args)
+        if self.train_args.compile:
+            n = compile_blocks(self.model.backbone)
+            if dist.rank == 0:
+                log(0, f"--compile: {n} decoder blocks compiled in place (the first steps pay the compile)")
         old_arch = sanitize_cuda_arch_list()
         if old_arch and dist.rank == 0:
             log(0, f"TORCH_CUDA_ARCH_LIST={old_arch!r} -> {os.environ['TORCH_CUDA_ARCH_LIST']!r} for DeepSpeed's "

@@ -45,6 +45,7 @@ def _exact_here(module, query, key, dropout, kwargs) -> bool:
             and getattr(module, "is_causal", True) and not (window and window < t))
 
 
+@torch.compiler.disable  # segment planning is Python (a device sync, a cache): eager under --compile
 def segment_sdpa_forward(module, query, key, value, attention_mask, dropout: float = 0.0,
                          scaling: float | None = None, is_causal: bool | None = None, **kwargs):
     """transformers' attention-function signature: query [B, Hq, T, D], key/value
