@@ -55,7 +55,9 @@ class SequenceBuilder:
     def input_ids(self, text: str) -> tuple[list[int], bool]:
         """x with the tokenizer's own special tokens (BOS), left-truncated to
         max_input_len keeping the first token: the end of x holds the question."""
-        ids = self.tok(text)["input_ids"]
+        return self._truncate(self.tok(text)["input_ids"])
+
+    def _truncate(self, ids: list[int]) -> tuple[list[int], bool]:
         limit = self.spec.max_input_len
         if len(ids) <= limit:
             return ids, False
@@ -66,9 +68,7 @@ class SequenceBuilder:
         in parallel), truncated the same way."""
         if not texts:
             return []
-        limit = self.spec.max_input_len
-        return [ids if len(ids) <= limit else ids[:1] + ids[len(ids) - limit + 1:]
-                for ids in self.tok(list(texts))["input_ids"]]
+        return [self._truncate(ids)[0] for ids in self.tok(list(texts))["input_ids"]]
 
     def build(self, text: str, rationale: str | None, label: int | None) -> dict:
         spec = self.spec
