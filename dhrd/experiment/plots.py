@@ -1,6 +1,7 @@
 """The grid's pictures (PNG, matplotlib, no display needed):
 
 * ``bars_<task>.png``: each variant's score, mean with a std error bar over seeds;
+  every score plot draws the majority-class score (the floor) as a dashed line;
 * ``learning_curve.png``: score against training-set size (``max_train_examples``), a
   line per method (the picture of Distilling Step-by-Step);
 * ``alpha.png``: score against alpha (pooled drawn at alpha 0);
@@ -35,6 +36,21 @@ def _save(fig, path: str) -> str:
     return path
 
 
+def _majority_line(ax, rows: list[dict], within: bool = False) -> float:
+    """The majority-class score of the task of ``rows`` as a dashed line; returns it (x100).
+    ``within``: only where it falls inside the plotted range (else named in a corner), so
+    that a curve far above chance is not squashed to a flat line."""
+    floor = 100 * rows[0].get("majority", float("nan"))
+    if floor != floor:
+        return 100.0
+    lo, hi = ax.get_ylim()
+    if within and not lo <= floor <= hi:
+        ax.text(0.01, 0.01, f"majority class {floor:.1f}", transform=ax.transAxes, fontsize=7, color="#aa3333")
+    else:
+        ax.axhline(floor, color="#aa3333", linestyle="--", linewidth=1, label="majority class")
+    return floor
+
+
 def bars(rows: list[dict], out_dir: str) -> list[str]:
     plt = _plt()
     files = []
@@ -44,7 +60,9 @@ def bars(rows: list[dict], out_dir: str) -> list[str]:
         names = [signature(r["variant"], task) for r in rs]
         ax.bar(range(len(rs)), [100 * r["mean"] for r in rs], yerr=[100 * r["std"] for r in rs], capsize=4,
                color=["#888888" if r["method"] == "pooled" else "#3b75af" for r in rs])
-        lo = min(100 * (r["mean"] - r["std"]) for r in rs)
+        floor = _majority_line(ax, rs)
+        ax.legend(fontsize=7, loc="lower right")
+        lo = min([100 * (r["mean"] - r["std"]) for r in rs] + [floor])
         ax.set_ylim(max(0, lo - 5), min(100, max(100 * (r["mean"] + r["std"]) for r in rs) + 3))
         ax.set_xticks(range(len(rs)), names, rotation=30, ha="right", fontsize=8)
         ax.set_ylabel("dev score (mean ± std over seeds)")
@@ -91,6 +109,7 @@ def _curve(rows, axis: str, out_path: str, xlabel: str, default=None, logx=False
             label = method + "".join(f" {k}={v}" for k, v in rest)
             ax.errorbar(xs, [pts[x][0] for x in xs], yerr=[pts[x][1] for x in xs], marker="o", capsize=3,
                         label=label)
+        _majority_line(ax, [r for r in rows if r["task"] == task], within=True)
         if logx:
             ax.set_xscale("log")
         ax.set_xlabel(xlabel)

@@ -121,7 +121,7 @@ def test_aggregation_recomputed_from_the_runs(tmp_path):
 
     grid = load_grid(str(write_grid(tmp_path)))
     root = str(tmp_path / "root")
-    fake_runs(grid, root)
+    labels = fake_runs(grid, root)
     res = write_results(grid, root, n_boot=200)
     rows = {(r["task"], r["variant"]): r for r in res["variants"]}
     # per variant: mean and std over seeds of the task score (CB: mean of accuracy and macro F1)
@@ -152,8 +152,23 @@ def test_aggregation_recomputed_from_the_runs(tmp_path):
         gaps[(t, f"{t}-dhrd-n100")]["relative_gain_pct"] for t in ("cb", "esnli")))
     csv_rows = open(os.path.join(root, "results.csv")).read().splitlines()
     assert len(csv_rows) == 1 + len(grid.runs)
+    # the ablations and DHRD's loss variants also against DHRD at the same size and seed
+    vs = {(g["task"], g["variant"]): g for g in res["vs_dhrd"]}
+    assert sorted(vs) == [("cb", "cb-dhrd-a0.3-n400"), ("esnli", "esnli-dhrd-a0.3-n400"),
+                          ("esnli", "esnli-shuffled-n400")]
+    g = vs[("esnli", "esnli-shuffled-n400")]
+    assert g["baseline"] == "esnli-dhrd-n400"
+    per_seed = [rows[("esnli", "esnli-shuffled-n400")]["scores"][s] - rows[("esnli", "esnli-dhrd-n400")]["scores"][s]
+                for s in range(3)]
+    assert g["gap_per_seed"] == pytest.approx(per_seed) and g["ci_low"] <= g["gap"] <= g["ci_high"]
+    # the majority-class floor: the score of always predicting the dev split's most common label
+    y = labels["esnli"]
+    top = max(set(y), key=y.count)
+    assert rows[("esnli", "esnli-pooled-n100")]["majority"] == pytest.approx(y.count(top) / len(y))
     md = open(os.path.join(root, "results.md")).read()
     assert "| esnli | dhrd-a0.3-n400 | pooled-n400 |" in md
+    assert "| esnli | shuffled-n400 | dhrd-n400 |" in md
+    assert f"| esnli | {len(y)} | {100 * y.count(top) / len(y):.2f} |" in md
 
     files = write_plots(grid, root, res["variants"])
     names = sorted(os.path.basename(f) for f in files)
