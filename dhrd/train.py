@@ -30,7 +30,7 @@ def preflight(model_args, data_args, loss_args, train_args) -> None:
     what is wrong."""
     from dhrd.data.pipeline import HUB_PREFIX
     from dhrd.data.tasks import get_task
-    from dhrd.engine.ds_config import check_train_precision, load_ds_config
+    from dhrd.engine.ds_config import check_train_settings, load_ds_config
 
     get_task(data_args.task)
     if not data_args.train_file:
@@ -40,7 +40,7 @@ def preflight(model_args, data_args, loss_args, train_args) -> None:
                        ("rationale_file", data_args.rationale_file if needs_rationales else None)):
         if path and not path.startswith(HUB_PREFIX) and not os.path.isfile(path):
             raise FileNotFoundError(f"--{what} {path}: no such file")
-    check_train_precision(load_ds_config(train_args.ds_config), train_args.lr_schedule, train_args.autocast,
+    check_train_settings(load_ds_config(train_args.ds_config), train_args.lr_schedule, train_args.autocast,
                           train_args.compile)
     if train_args.autocast != "none" and model_args.dtype not in ("auto", "float32"):
         raise ValueError(f"--autocast {train_args.autocast} trains fp32 weights; --dtype {model_args.dtype} "

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from dhrd.engine.ds_config import check_train_precision, load_ds_config
+from dhrd.engine.ds_config import check_train_settings, load_ds_config
 from dhrd.model.compile import compile_blocks, decoder_blocks
 from tests.distributed.train_helpers import losses, run_train, write_model, write_task
 from tests.helpers import tiny_backbone
@@ -43,8 +43,8 @@ def test_a_model_without_a_block_list_is_named():
 
 def test_compile_with_zero3_is_refused():
     with pytest.raises(ValueError, match="--compile with ZeRO-3"):
-        check_train_precision(load_ds_config("ds_configs/zero3.json"), "auto", "none", compile=True)
-    check_train_precision(load_ds_config(None), "auto", "none", compile=True)  # stage auto: fine
+        check_train_settings(load_ds_config("ds_configs/zero3.json"), "auto", "none", compile=True)
+    check_train_settings(load_ds_config(None), "auto", "none", compile=True)  # stage auto: fine
 
 
 def test_training_with_compile(tmp_path):

@@ -100,7 +100,7 @@ def _fill_autocast(cfg: dict, autocast: str) -> None:
     ac.update(enabled=True, dtype="bfloat16")
 
 
-def check_train_precision(cfg: dict, lr_schedule: str, autocast: str, compile: bool = False) -> None:
+def check_train_settings(cfg: dict, lr_schedule: str, autocast: str, compile: bool = False) -> None:
     """The --lr_schedule / --autocast / --compile checks of fill_ds_config, before the model
     is loaded."""
     cfg = copy.deepcopy(cfg)

@@ -52,18 +52,18 @@ def segment_sdpa_forward(module, query, key, value, attention_mask, dropout: flo
     [B, Hkv, T, D]; returns ([B, T, Hq, D], None)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    bounds = None
+    plan = None
     if _exact_here(module, query, key, dropout, kwargs):
-        bounds = _packed_bounds(kwargs["position_ids"], attention_mask, query.shape[0], query.shape[2])
+        plan = _packed_plan(kwargs["position_ids"], attention_mask, query.shape[0], query.shape[2])
     on_cuda = query.device.type == "cuda"
-    if bounds is None or (on_cuda and not varlen_usable(query.device, query.dtype)):  # padding, custom masks
+    if plan is None or (on_cuda and not varlen_usable(query.device, query.dtype)):  # padding, custom masks
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, is_causal=is_causal, **kwargs)
     if on_cuda:
-        return varlen_forward(query, key, value, bounds, scaling), None
+        return varlen_forward(query, key, value, plan, scaling), None
     gqa = query.shape[1] != key.shape[1]
     rows = []
-    for b, row in enumerate(bounds):
+    for b, row in enumerate(plan.bounds):
         q, k, v = query[b:b + 1], key[b:b + 1], value[b:b + 1]
         rows.append(torch.cat([F.scaled_dot_product_attention(q[:, :, s:e], k[:, :, s:e], v[:, :, s:e],
                                                               is_causal=True, scale=scaling, enable_gqa=gqa)
@@ -71,21 +71,38 @@ def segment_sdpa_forward(module, query, key, value, attention_mask, dropout: flo
     return torch.cat(rows, dim=0).transpose(1, 2).contiguous(), None
 
 
+class SegmentPlan:
+    """One packed batch's segments: per row the (start, end) of each segment, and, built on
+    first use, the varlen kernel's cumulative lengths on the device with the longest
+    segment (one host-to-device copy per batch, not one per layer)."""
+
+    def __init__(self, bounds: list[list[tuple[int, int]]]):
+        self.bounds = bounds
+        self._cu: tuple[torch.Tensor, int] | None = None
+
+    def cu(self, t: int, device: torch.device) -> tuple[torch.Tensor, int]:
+        if self._cu is None or self._cu[0].device != device:
+            ends = [r * t + e for r, row in enumerate(self.bounds) for _, e in row]
+            lens = [e - s for row in self.bounds for s, e in row]
+            self._cu = (torch.tensor([0, *ends], dtype=torch.int32, device=device), max(lens))
+        return self._cu
+
+
 # one packed batch goes through every layer with the same position-id and mask tensors:
-# compute its segment bounds (a device sync) and check its mask once, not once a layer
-_PLAN: dict = {}
+# plan its segments (a device sync) and check its mask once, not once a layer
+_LAST: dict = {}
 
 
-def _packed_bounds(pos: torch.Tensor, mask: torch.Tensor | None, batch: int, t: int):
-    """The rows' segment bounds when the mask says no more than the position ids, else None."""
+def _packed_plan(pos: torch.Tensor, mask: torch.Tensor | None, batch: int, t: int) -> SegmentPlan | None:
+    """The rows' segment plan when the mask says no more than the position ids, else None."""
     key = (_tensor_key(pos), _tensor_key(mask), batch, t)
-    if _PLAN.get("key") is not None and all(map(_same, _PLAN["key"], key)):
-        return _PLAN["bounds"]
+    if _LAST.get("key") is not None and all(map(_same, _LAST["key"], key)):
+        return _LAST["plan"]
     full = pos.expand(batch, -1) if pos.shape[0] == 1 else pos
     bounds = [segment_bounds(full[b]) for b in range(batch)]
-    bounds = bounds if mask_is_segments(mask, bounds, t) else None
-    _PLAN.update(key=key, bounds=bounds, cu=None)
-    return bounds
+    plan = SegmentPlan(bounds) if mask_is_segments(mask, bounds, t) else None
+    _LAST.update(key=key, plan=plan)
+    return plan
 
 
 def _tensor_key(x: torch.Tensor | None):
@@ -114,18 +131,12 @@ def _varlen_api():
     return varlen_attn, frozenset(params)
 
 
-def varlen_forward(query, key, value, bounds, scaling):
+def varlen_forward(query, key, value, plan: SegmentPlan, scaling):
     """All segments of all rows in one varlen call: [B, H, T, D] in, [B, T, Hq, Dv] out."""
     fn, params = _varlen_api()
     b, hq, t, d = query.shape
     hkv = key.shape[1]
-    cu = _PLAN.get("cu") if _PLAN.get("bounds") is bounds else None
-    if cu is None or cu[0].device != query.device:
-        ends = [r * t + e for r, row in enumerate(bounds) for _, e in row]
-        lens = [e - s for row in bounds for s, e in row]
-        cu = (torch.tensor([0, *ends], dtype=torch.int32, device=query.device), max(lens))
-        if _PLAN.get("bounds") is bounds:
-            _PLAN["cu"] = cu
+    cu = plan.cu(t, query.device)
     q = query.transpose(1, 2).reshape(b * t, hq, d)
     k = key.transpose(1, 2).reshape(b * t, hkv, d)
     v = value.transpose(1, 2).reshape(b * t, hkv, value.shape[-1])
@@ -148,21 +159,28 @@ def varlen_forward(query, key, value, bounds, scaling):
     return out.view(b, t, hq, value.shape[-1])
 
 
-@functools.lru_cache(maxsize=None)
 def varlen_usable(device: torch.device, dtype: torch.dtype) -> bool:
     """Checked once per device and dtype: torch has the varlen kernel, it runs here, and on
     two packed segments (GQA, forward and backward) it equals causal sdpa run on each."""
     if device.type != "cuda" or dtype not in (torch.bfloat16, torch.float16) or _varlen_api() is None:
         return False
+    index = torch.cuda.current_device() if device.index is None else device.index
+    return _varlen_checked(index, dtype)  # "cuda" and "cuda:0" are one device: one check
+
+
+@functools.lru_cache(maxsize=None)
+def _varlen_checked(index: int, dtype: torch.dtype) -> bool:
+    device = torch.device("cuda", index)
     try:
         g = torch.Generator(device=device).manual_seed(0)
         q = torch.randn(1, 4, 48, 64, device=device, dtype=dtype, generator=g, requires_grad=True)
         k, v = (torch.randn(1, 2, 48, 64, device=device, dtype=dtype, generator=g, requires_grad=True)
                 for _ in range(2))
-        bounds = [[(0, 20), (20, 48)]]
-        got = varlen_forward(q, k, v, bounds, None)
+        plan = SegmentPlan([[(0, 20), (20, 48)]])
+        got = varlen_forward(q, k, v, plan, None)
         want = torch.cat([F.scaled_dot_product_attention(q[:, :, s:e], k[:, :, s:e], v[:, :, s:e], is_causal=True,
-                                                         enable_gqa=True) for s, e in bounds[0]], 2).transpose(1, 2)
+                                                         enable_gqa=True) for s, e in plan.bounds[0]], 2)
+        want = want.transpose(1, 2)
         got.float().sum().backward()
         ok = bool(torch.allclose(got.float(), want.float(), atol=2e-2)) and q.grad is not None
         return ok and bool(torch.isfinite(q.grad).all())
