@@ -5,7 +5,8 @@
 * ``learning_curve.png``: score against training-set size (``max_train_examples``), a
   line per method (the picture of Distilling Step-by-Step);
 * ``alpha.png``: score against alpha (pooled drawn at alpha 0);
-* ``loss_<task>.png``: training loss curves (classification term), mean over seeds, read
+* ``loss_<task>.png``: training loss curves (classification term), mean over seeds, a panel
+  per data/model setting (pooled beside the variants trained like it), read
   back from the runs' TensorBoard event files.
 A plot whose axis the grid does not vary is not drawn. Returns the files written.
 """
@@ -138,31 +139,44 @@ def read_scalars(tb_dir: str, tag: str) -> list[tuple[int, float]]:
     return sorted(by_step.items())
 
 
+def _setting(run) -> str:
+    """A run's data and model settings (its axes but the loss-only ones): the runs that
+    share one are drawn in one panel, pooled beside the DHRD variants trained like it."""
+    from .aggregate import LOSS_ONLY
+
+    axes = [f"{k}={v}" for k, v in run.overrides if k not in LOSS_ONLY]
+    return ", ".join(axes) or "defaults"
+
+
 def loss_curves(grid: Grid, root: str, out_dir: str, tag: str = "train/loss_cls") -> list[str]:
+    """Per task one figure, one panel per data/model setting (so a panel holds a handful of
+    lines), a line per variant: the mean over seeds, smoothed over ~4% of the run."""
     plt = _plt()
     files = []
     for task in sorted({r.task for r in grid.runs}):
-        curves: dict[str, list[list[tuple[int, float]]]] = {}
+        panels: dict[str, dict[str, list[list[tuple[int, float]]]]] = {}
         for run in grid.runs:
             if run.task != task or not is_done(root, run):
                 continue
             pts = read_scalars(os.path.join(run_dir(root, run), "tensorboard"), tag)
             if pts:
-                curves.setdefault(signature(run.variant, task), []).append(pts)
-        if not curves:
+                panels.setdefault(_setting(run), {}).setdefault(signature(run.variant, task), []).append(pts)
+        if not panels:
             continue
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for name, runs in sorted(curves.items()):
-            steps = sorted(set.intersection(*(set(s for s, _ in pts) for pts in runs)))
-            vals = [statistics.mean(dict(pts)[s] for pts in runs) for s in steps]
-            k = max(1, len(steps) // 50)  # a running mean over ~2% of the run
-            smooth = [statistics.mean(vals[max(0, i - k):i + 1]) for i in range(len(vals))]
-            ax.plot(steps, smooth, label=name)
-        ax.set_xlabel("optimizer step")
-        ax.set_ylabel(f"{tag} (mean over seeds, smoothed)")
-        ax.set_title(task)
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
+        fig, axs = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+        for ax, (setting, curves) in zip(axs[0], sorted(panels.items())):
+            for name, runs in sorted(curves.items()):
+                steps = sorted(set.intersection(*(set(s for s, _ in pts) for pts in runs)))
+                vals = [statistics.mean(dict(pts)[s] for pts in runs) for s in steps]
+                k = max(1, len(steps) // 25)
+                smooth = [statistics.mean(vals[max(0, i - k):i + 1]) for i in range(len(vals))]
+                ax.plot(steps, smooth, label=f"{name} ({len(runs)} seed{'s' if len(runs) > 1 else ''})",
+                        linestyle="--" if name.startswith("pooled") else "-")
+            ax.set_xlabel("optimizer step")
+            ax.set_ylabel(f"{tag} (mean over seeds, smoothed)")
+            ax.set_title(f"{task}: {setting}", fontsize=9)
+            ax.legend(fontsize=7)
+            ax.grid(alpha=0.3)
         files.append(_save(fig, os.path.join(out_dir, f"loss_{task}.png")))
     return files
 
