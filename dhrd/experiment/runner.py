@@ -74,17 +74,61 @@ def _comparable(args: dict) -> dict:
             for k, v in args.items() if k != "output_dir"}
 
 
+# where a run writes, not what it computes
+_OUTPUT_KEYS = ("output_dir", "cache_dir", "tensorboard_dir")
+
+
+def resolved_args(argv: list[str]) -> dict:
+    """Every trainer field as train.py resolves ``argv`` (defaults and the --method preset
+    filled in), flat: what a run's config.json records."""
+    from dataclasses import asdict
+
+    from ..config import apply_method, explicit_fields, parse_args
+
+    *objs, _ = parse_args(argv)
+    apply_method(objs[2], objs[1], explicit_fields(argv))
+    return {k: v for obj in objs for k, v in asdict(obj).items()}
+
+
+def _started_config(out: str) -> dict | None:
+    """The resolved arguments a started run recorded (config.json), flat; None before it
+    wrote one."""
+    path = os.path.join(out, "config.json")
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        cfg = json.load(f)
+    return {k: v for sec in ("model", "data", "loss", "train") for k, v in (cfg.get(sec) or {}).items()}
+
+
 def changed_args(grid: Grid, root: str, run: Run) -> dict[str, tuple]:
     """{argument: (as the run was started, as the grid gives it now)} for a run already
-    started under ``root`` with other arguments; empty when it was not, or the same."""
+    started under ``root`` with other arguments; empty when it was not, or the same.
+    Compared as resolved (config.json against what train.py would make of the grid's
+    arguments now), so a changed default or --method preset counts, not only an edited
+    grid; a field the run did not record (added to the trainer since) is not compared."""
+    import tempfile
+
     import yaml
 
-    path = os.path.join(run_dir(root, run), "run.yaml")
+    out = run_dir(root, run)
+    path = os.path.join(out, "run.yaml")
     if not os.path.exists(path):
         return {}
-    with open(path, encoding="utf-8") as f:
-        old = _comparable(yaml.safe_load(f) or {})
-    new = _comparable(run_args(grid, root, run))
+    started = _started_config(out)
+    if started is None:  # stopped before config.json: compare the arguments as given
+        with open(path, encoding="utf-8") as f:
+            old = _comparable(yaml.safe_load(f) or {})
+        new = _comparable(run_args(grid, root, run))
+    else:
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+            yaml.safe_dump(run_args(grid, root, run), f)
+        try:
+            now = resolved_args(train_command(f.name)[2:])
+        finally:
+            os.unlink(f.name)
+        old = _comparable({k: v for k, v in started.items() if k not in _OUTPUT_KEYS})
+        new = _comparable({k: v for k, v in now.items() if k in started and k not in _OUTPUT_KEYS})
     return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
 
 

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import fields
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 from tests.distributed.train_helpers import REPO, child_env, write_model, write_task  # noqa: E402
@@ -98,3 +99,32 @@ def test_carve_keeps_ids_so_one_rationale_file_serves_both_splits(tmp_path):
         assert ex.fields["hypothesis"] == by_id[ex.id]["hypothesis"]
     assert not {e.fields["premise"] for e in dev} & {e.fields["premise"] for e in train}
     assert sorted(int(e.id) for e in dev + train) == list(range(30))
+
+
+def test_changed_args_compares_what_the_run_resolved(tmp_path, monkeypatch):
+    """A started run is compared as train.py resolved it (its config.json): a changed
+    --method preset or default counts as a change even where the grid file is the same,
+    and spelling out a default the run already had does not."""
+    from dhrd import config
+    from dhrd.experiment.grid import load_grid
+    from dhrd.experiment.runner import changed_args, resolved_args, run_dir, train_command, write_run_config
+
+    text = GRID.replace("model: ./model", "model: smollm2")
+    (tmp_path / "grid.yaml").write_text(text)
+    grid = load_grid(str(tmp_path / "grid.yaml"))
+    root = str(tmp_path / "root")
+    run = next(r for r in grid.runs if r.name == "rte-dhrd-s0")
+    flat = resolved_args(train_command(write_run_config(grid, root, run))[2:])
+    sections = {sec: {f.name: flat[f.name] for f in fields(cls)}
+                for sec, cls in zip(("model", "data", "loss", "train"), config.ARG_CLASSES)}
+    (tmp_path / "root" / "runs" / "rte-dhrd-s0" / "config.json").write_text(json.dumps(sections))
+    assert os.path.dirname(run_dir(root, run)) == str(tmp_path / "root" / "runs")
+    assert changed_args(grid, root, run) == {}
+
+    monkeypatch.setitem(config.METHODS, "dhrd", (0.3, 1.0, "teacher"))  # a new preset, same grid file
+    assert changed_args(grid, root, run) == {"alpha": (1.0, 0.3)}
+    monkeypatch.undo()
+
+    for common, expected in (("head: mlp", {}), ("head: linear", {"head": ("mlp", "linear")})):
+        (tmp_path / "grid.yaml").write_text(text.replace("save_every: 2}", f"save_every: 2, {common}}}"))
+        assert changed_args(load_grid(str(tmp_path / "grid.yaml")), root, run) == expected
