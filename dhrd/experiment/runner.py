@@ -106,30 +106,56 @@ def changed_args(grid: Grid, root: str, run: Run) -> dict[str, tuple]:
     started under ``root`` with other arguments; empty when it was not, or the same.
     Compared as resolved (config.json against what train.py would make of the grid's
     arguments now), so a changed default or --method preset counts, not only an edited
-    grid; a field the run did not record (added to the trainer since) is not compared."""
-    import tempfile
-
+    grid; a field the run did not record (added to the trainer since) is not compared. A
+    run not started yet is compared with the started seeds of its variant."""
     import yaml
 
     out = run_dir(root, run)
     path = os.path.join(out, "run.yaml")
     if not os.path.exists(path):
-        return {}
+        return _changed_from_siblings(grid, root, run)
     started = _started_config(out)
     if started is None:  # stopped before config.json: compare the arguments as given
         with open(path, encoding="utf-8") as f:
             old = _comparable(yaml.safe_load(f) or {})
         new = _comparable(run_args(grid, root, run))
     else:
-        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-            yaml.safe_dump(run_args(grid, root, run), f)
-        try:
-            now = resolved_args(train_command(f.name)[2:])
-        finally:
-            os.unlink(f.name)
+        now = _resolve_now(grid, root, run)
         old = _comparable({k: v for k, v in started.items() if k not in _OUTPUT_KEYS})
         new = _comparable({k: v for k, v in now.items() if k in started and k not in _OUTPUT_KEYS})
     return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
+
+
+def _resolve_now(grid: Grid, root: str, run: Run) -> dict:
+    """What train.py would resolve the run's arguments to today."""
+    import tempfile
+
+    import yaml
+
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        yaml.safe_dump(run_args(grid, root, run), f)
+    try:
+        return resolved_args(train_command(f.name)[2:])
+    finally:
+        os.unlink(f.name)
+
+
+def _changed_from_siblings(grid: Grid, root: str, run: Run) -> dict[str, tuple]:
+    """For a run not started yet: how it would resolve unlike the started seeds of its own
+    variant (a default or preset changed in between would make one variant two recipes)."""
+    for other in grid.runs:
+        if other.variant != run.variant or other is run:
+            continue
+        started = _started_config(run_dir(root, other))
+        if started is None:
+            continue
+        now = _resolve_now(grid, root, run)
+        skip = set(_OUTPUT_KEYS) | {"seed"}
+        old = _comparable({k: v for k, v in started.items() if k not in skip})
+        new = _comparable({k: v for k, v in now.items() if k in started and k not in skip})
+        diff = {k: (old.get(k), new.get(k)) for k in sorted(old) if old.get(k) != new.get(k)}
+        return {f"{k} (seed {other.seed} had it)": v for k, v in diff.items()}
+    return {}
 
 
 def refuse_changed_runs(grid: Grid, root: str, runs: list[Run]) -> None:

@@ -121,8 +121,11 @@ def test_changed_args_compares_what_the_run_resolved(tmp_path, monkeypatch):
     assert os.path.dirname(run_dir(root, run)) == str(tmp_path / "root" / "runs")
     assert changed_args(grid, root, run) == {}
 
+    sibling = next(r for r in grid.runs if r.name == "rte-dhrd-s1")  # not started: compared with seed 0
+    assert changed_args(grid, root, sibling) == {}
     monkeypatch.setitem(config.METHODS, "dhrd", (0.3, 1.0, "teacher"))  # a new preset, same grid file
     assert changed_args(grid, root, run) == {"alpha": (1.0, 0.3)}
+    assert changed_args(grid, root, sibling) == {"alpha (seed 0 had it)": (1.0, 0.3)}
     monkeypatch.undo()
 
     for common, expected in (("head: mlp", {}), ("head: linear", {"head": ("mlp", "linear")})):
