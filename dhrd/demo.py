@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     if res["gaps"]:
         print(verdict(res["gaps"]))
     print("\nMeasured with 3 seeds on 1500-example dev splits: README 'Does it help?' "
-          "(experiments/cpu_small.yaml).")
+          "(experiments/cpu_small.yaml; tables and plots in experiments/results/cpu_small/).")
     return 0
 
 
