@@ -9,9 +9,8 @@ against DHRD at the same settings for the ablations (label_only, shuffled,
 rationale_only) and for DHRD with a changed loss axis (alpha, its schedule, ...): the
 question those variants ask is whether they beat DHRD, not pooled. Per task, the score
 of always predicting the dev split's most common label, the floor every method must
-clear. The score
-is the task's metric, or the mean of its metrics where it has several (CB: accuracy and
-F1; MultiRC: F1a and EM), as in the paper. Tasks scored per group (MultiRC's EM) are
+clear. The score is the task's metric, or the mean of its metrics where it has several
+(CB: accuracy and F1; MultiRC: F1a and EM), as in the paper. Tasks scored per group (MultiRC's EM) are
 resampled by group.
 """
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import statistics
 
-from .aggregate import signature
+from .aggregate import baseline_key, signature
 from .grid import Grid
 from .runner import is_done, run_dir
 
@@ -142,9 +142,7 @@ def read_scalars(tb_dir: str, tag: str) -> list[tuple[int, float]]:
 def _setting(run) -> str:
     """A run's data and model settings (its axes but the loss-only ones): the runs that
     share one are drawn in one panel, pooled beside the DHRD variants trained like it."""
-    from .aggregate import LOSS_ONLY
-
-    axes = [f"{k}={v}" for k, v in run.overrides if k not in LOSS_ONLY]
+    axes = [f"{k}={v}" for k, v in baseline_key(run)[2]]
     return ", ".join(axes) or "defaults"
 
 

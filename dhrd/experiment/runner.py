@@ -120,10 +120,15 @@ def changed_args(grid: Grid, root: str, run: Run) -> dict[str, tuple]:
             old = _comparable(yaml.safe_load(f) or {})
         new = _comparable(run_args(grid, root, run))
     else:
-        now = _resolve_now(grid, root, run)
-        old = _comparable({k: v for k, v in started.items() if k not in _OUTPUT_KEYS})
-        new = _comparable({k: v for k, v in now.items() if k in started and k not in _OUTPUT_KEYS})
+        return _resolved_diff(started, _resolve_now(grid, root, run), set(_OUTPUT_KEYS))
     return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
+
+
+def _resolved_diff(started: dict, now: dict, skip: set[str]) -> dict[str, tuple]:
+    """{field: (recorded, resolved now)} over the fields the started run recorded."""
+    old = _comparable({k: v for k, v in started.items() if k not in skip})
+    new = _comparable({k: v for k, v in now.items() if k in started and k not in skip})
+    return {k: (old.get(k), new.get(k)) for k in sorted(old) if old.get(k) != new.get(k)}
 
 
 def _resolve_now(grid: Grid, root: str, run: Run) -> dict:
@@ -149,11 +154,7 @@ def _changed_from_siblings(grid: Grid, root: str, run: Run) -> dict[str, tuple]:
         started = _started_config(run_dir(root, other))
         if started is None:
             continue
-        now = _resolve_now(grid, root, run)
-        skip = set(_OUTPUT_KEYS) | {"seed"}
-        old = _comparable({k: v for k, v in started.items() if k not in skip})
-        new = _comparable({k: v for k, v in now.items() if k in started and k not in skip})
-        diff = {k: (old.get(k), new.get(k)) for k in sorted(old) if old.get(k) != new.get(k)}
+        diff = _resolved_diff(started, _resolve_now(grid, root, run), set(_OUTPUT_KEYS) | {"seed"})
         return {f"{k} (seed {other.seed} had it)": v for k, v in diff.items()}
     return {}
 
