@@ -88,14 +88,15 @@ def test_environment_variables_in_paths(tmp_path, monkeypatch):
     assert dict(next(r for r in grid.runs if r.task == "cb").files)["train_file"] == "/fallback/cb.jsonl"
 
 
-def fake_runs(grid, root, n_eval=300):
-    """Finished runs with predictions: pooled right 70% of the time, dhrd variants 75%."""
+def fake_runs(grid, root, n_eval=300, accuracy=None):
+    """Finished runs with predictions: pooled right 70% of the time, dhrd variants 75%
+    (or ``accuracy(run)``)."""
     rng = random.Random(0)
     labels = {t: [rng.randrange(3) for _ in range(n_eval)] for t in grid.tasks}
     for run in grid.runs:
         out = run_dir(root, run)
         os.makedirs(out, exist_ok=True)
-        p = 0.70 if run.method == "pooled" else 0.75
+        p = accuracy(run) if accuracy else 0.70 if run.method == "pooled" else 0.75
         r = random.Random(hash(run.name) % 1000)
         with open(os.path.join(out, "eval_predictions.jsonl"), "w") as f:
             for i, y in enumerate(labels[run.task]):
@@ -178,6 +179,43 @@ def test_aggregation_recomputed_from_the_runs(tmp_path):
         assert os.path.getsize(f) > 5000 and open(f, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     assert read_scalars(os.path.join(root, "runs", "cb-pooled-n100-s0", "tensorboard"), "train/loss_cls")[0] == \
         (1, pytest.approx(1.1))
+
+
+def test_dhrd_against_the_strongest_pooled_on_the_same_data(tmp_path):
+    """A DHRD variant whose pooled twin is weak is also compared with the best pooled
+    variant of the same training set (here the linear head's), paired per seed."""
+    path = tmp_path / "grid.yaml"
+    path.write_text("""
+name: heads
+model: smollm2
+seeds: [0, 1, 2]
+tasks:
+  esnli: {train_file: d/train.jsonl, eval_file: d/dev.jsonl, rationale_file: d/r.jsonl}
+blocks:
+  - methods: [pooled, dhrd]
+    axes: {max_train_examples: [100, 400]}
+  - methods: [pooled, dhrd]
+    axes: {max_train_examples: [400], head: [linear]}
+  - methods: [dhrd]
+    axes: {max_train_examples: [400], alpha: [0.3]}
+""")
+    grid = load_grid(str(path))
+    root = str(tmp_path / "root")
+    acc = {"esnli-pooled-n400": 0.6, "esnli-pooled-headlinear-n400": 0.8}
+    fake_runs(grid, root, accuracy=lambda run: acc.get(run.variant, 0.7))
+    res = write_results(grid, root, n_boot=200)
+    scores = {r["variant"]: r["scores"] for r in res["variants"]}
+    best = {g["variant"]: g for g in res["vs_best_pooled"]}
+    # n100 has one pooled variant (the twin); the linear-head DHRD's twin is the best one
+    assert sorted(best) == ["esnli-dhrd-a0.3-n400", "esnli-dhrd-n400"]
+    for variant, g in best.items():
+        assert g["baseline"] == "esnli-pooled-headlinear-n400"
+        per_seed = [a - b for a, b in zip(scores[variant], scores["esnli-pooled-headlinear-n400"])]
+        assert g["gap_per_seed"] == pytest.approx(per_seed) and g["ci_low"] <= g["gap"] <= g["ci_high"]
+        assert g["gap"] < 0  # 70% against 80%
+    assert json.load(open(os.path.join(root, "results.json")))["vs_best_pooled"][0]["variant"] == \
+        "esnli-dhrd-a0.3-n400"
+    assert "| esnli | dhrd-n400 | pooled-headlinear-n400 |" in open(os.path.join(root, "results.md")).read()
 
 
 def test_paired_bootstrap_sees_a_real_difference_and_no_difference():
