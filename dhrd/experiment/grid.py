@@ -52,8 +52,7 @@ class Run:
     @property
     def name(self) -> str:
         parts = [self.task, self.method]
-        parts += [f"{SHORT.get(k, k)}{_fmt(os.path.basename(str(v).rstrip('/')) if k == 'model' else v)}"
-                  for k, v in self.overrides]
+        parts += [_part(k, v) for k, v in self.overrides]
         return "-".join(parts) + f"-s{self.seed}"
 
     @property
@@ -80,9 +79,17 @@ class Grid:
     slurm: dict[str, Any]
 
 
+def _part(key: str, value) -> str:
+    """One axis in a run name: short key + value ('n500', 'a0.3'); a switch is its name when
+    on and 'no' + its name when off ('lora', 'nolora')."""
+    short = SHORT.get(key, key)
+    if isinstance(value, bool):
+        return short if value else f"no{short}"
+    return short + _fmt(os.path.basename(str(value).rstrip("/")) if key == "model" else value)
+
+
 def _fmt(v) -> str:
-    s = str(v).lower() if isinstance(v, bool) else str(v)
-    return re.sub(r"[^A-Za-z0-9.+]", "_", s)
+    return re.sub(r"[^A-Za-z0-9.+]", "_", str(v))
 
 
 def _expand(value: str, base: str, is_file: bool = True) -> str:

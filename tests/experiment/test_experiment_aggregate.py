@@ -11,7 +11,7 @@ import statistics
 import pytest
 
 from dhrd.experiment.aggregate import paired_bootstrap, write_results
-from dhrd.experiment.grid import GridError, load_grid
+from dhrd.experiment.grid import GridError, Run, load_grid
 from dhrd.experiment.plots import read_scalars, write_plots
 from dhrd.experiment.runner import DONE, run_dir, slurm_command
 
@@ -52,6 +52,9 @@ def test_grid_expands_blocks_into_named_runs(tmp_path):
     assert args["train_file"] == str(tmp_path / "d" / "train.jsonl")  # relative to the grid file
     assert args["max_train_examples"] == 100 and args["seed"] == 1 and args["method"] == "dhrd"
     assert args["lr"] == 5e-5 and args["output_dir"] == "/out"
+    # a switch axis is named by its key: on 'lora', off 'nolora'
+    assert Run("esnli", "dhrd", 0, (("lora", True), ("lr", 2e-4))).name == "esnli-dhrd-lora-lr0.0002-s0"
+    assert Run("esnli", "pooled", 1, (("lora", False),)).variant == "esnli-pooled-nolora"
 
 
 @pytest.mark.parametrize("text,message", [
