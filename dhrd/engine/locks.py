@@ -10,6 +10,8 @@ pid. Only global rank 0 takes these locks.
 
 * ``OutputDirLock``: one run per output directory. A second job on the same
   ``--output_dir`` stops with a clear message while the first is alive.
+  The experiment harness claims a run's directory the same way (another file name)
+  before it starts the run, so two harnesses on one root never start the same run.
 * ``cache_lock``: the tokenised-data cache is built by one job at a time; the others wait
   and then load what it wrote (the cache key covers data, tokenizer and spec).
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import time
 
 import job_lock
 
@@ -31,6 +34,16 @@ CACHE_LOCK = ".dhrd-cache-build.lock"
 # the lock file is written right after O_EXCL creation; a holder is checked for life only
 # once the file is this old (job_lock's default is 10 s: a second is plenty here)
 _MIN_AGE = datetime.timedelta(seconds=1)
+
+
+def _young(path: str) -> float:
+    """Seconds until a lock file is old enough for its holder to be checked (0: it is; a
+    file gone meanwhile: try again at once)."""
+    try:
+        age = time.time() - os.stat(path).st_mtime
+    except FileNotFoundError:
+        return 0.01
+    return max(0.0, _MIN_AGE.total_seconds() + 0.2 - age)
 
 
 class OutputDirInUse(RuntimeError):
@@ -63,8 +76,8 @@ class OutputDirLock:
     """Held from the start of a run to its end (``release``, also at interpreter exit).
     ``acquire`` raises ``OutputDirInUse`` when a live job holds the directory."""
 
-    def __init__(self, output_dir: str):
-        self.path = os.path.join(output_dir, OUTPUT_LOCK)
+    def __init__(self, output_dir: str, name: str = OUTPUT_LOCK):
+        self.path = os.path.join(output_dir, name)
         self._stack: contextlib.ExitStack | None = None
 
     def acquire(self) -> OutputDirLock:
@@ -72,6 +85,12 @@ class OutputDirLock:
         _drop_own_leftover(self.path)
         stack = contextlib.ExitStack()
         lock = stack.enter_context(job_lock.JobLock(self.path, minimumtimeforiterativelocks=_MIN_AGE))
+        wait = _young(self.path)
+        if not lock and wait:  # too young to be checked for life: a holder killed just now looks alive
+            stack.close()
+            time.sleep(wait)
+            stack = contextlib.ExitStack()
+            lock = stack.enter_context(job_lock.JobLock(self.path, minimumtimeforiterativelocks=_MIN_AGE))
         if not lock:
             stack.close()
             who, host = holder(self.path)

@@ -1,7 +1,7 @@
 """``dhrd experiment``: run a grid of (task x method x seed x overrides) through the real
 engine and aggregate it into tables and plots.
 
-    dhrd experiment list GRID.yaml                      the runs, and which are done
+    dhrd experiment list GRID.yaml                      the runs, which are done, which a harness holds
     dhrd experiment run GRID.yaml --root R [--jobs N]   run what is missing, then aggregate
     dhrd experiment run GRID.yaml --root R --slurm      submit a Slurm job array instead
     dhrd experiment run GRID.yaml --root R --slurm --dry_run   print the sbatch command only
@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from .grid import GridError, load_grid
-    from .runner import changed_args, is_done, run_grid, slurm_command
+    from .runner import changed_args, claimed_by, is_done, run_grid, slurm_command
 
     args = _parser().parse_args(argv)
     try:
@@ -52,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "list" or (args.cmd == "run" and args.dry_run):
         for i, run in enumerate(grid.runs):
             state = "changed" if changed_args(grid, root, run) else "done" if is_done(root, run) else ""
-            print(f"{i:4d}  {state:7s}  {run.name}")
+            holder = "" if state == "done" else claimed_by(root, run)
+            print(f"{i:4d}  {state or ('claimed' if holder else ''):7s}  {run.name}"
+                  + (f"  (by {holder})" if holder else ""))
         print(f"{len(grid.runs)} runs in {grid.name} ({sum(is_done(root, r) for r in grid.runs)} done under {root})")
         if args.cmd == "run" and args.slurm:
             print("would submit: " + shlex.join(slurm_command(grid, root, args.grid, parallel=args.parallel)))
@@ -74,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"dhrd experiment: {e}", file=sys.stderr)
             return 2
         failed = [o.run for o in outcomes if o.status == "failed"]
+        busy = [o.run for o in outcomes if o.status == "busy"]
+        if busy:
+            print(f"{len(busy)} run(s) left to the harness that holds them: {', '.join(busy)}")
         if not args.no_aggregate:
             aggregate(grid, root)
         if failed:

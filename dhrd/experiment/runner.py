@@ -10,7 +10,11 @@ process per run, one output directory per run under the experiment root.
 Resumable at two levels: a finished run is skipped; an unfinished one is started again with
 ``--resume auto`` (the engine continues from its last checkpoint; set ``save_every`` in the
 grid's ``common`` so that there is one). Runs go N at a time on one machine (threads split
-between them), or one per Slurm array task (``index``).
+between them), or one per Slurm array task (``index``). Several harnesses may share a root
+(two machines on one file system, a local harness beside a Slurm array): each claims a run
+(``<root>/runs/<name>/.dhrd-claim.lock``, naming its process or Slurm job) before starting
+it and skips a run a live harness holds, so none is started twice; a dead holder's claim
+is taken over.
 """
 
 from __future__ import annotations
@@ -23,12 +27,14 @@ import sys
 import time
 from dataclasses import dataclass
 
+from ..engine.locks import OutputDirInUse, OutputDirLock, holder
 from ..fileio import atomic_write, atomic_write_json
 from .grid import PATH_KEYS, Grid, GridError, Run
 from .prepare import prepare_task
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DONE = "DONE"
+CLAIM = ".dhrd-claim.lock"
 
 
 def run_dir(root: str, run: Run) -> str:
@@ -37,6 +43,25 @@ def run_dir(root: str, run: Run) -> str:
 
 def is_done(root: str, run: Run) -> bool:
     return os.path.exists(os.path.join(run_dir(root, run), DONE))
+
+
+def claim(root: str, run: Run) -> OutputDirLock | None:
+    """Take ``run`` for this harness until ``release()``; None when a live harness (this
+    machine's pid, or a Slurm job) holds it."""
+    try:
+        return OutputDirLock(run_dir(root, run), name=CLAIM).acquire()
+    except OutputDirInUse:
+        return None
+
+
+def claimed_by(root: str, run: Run) -> str | None:
+    """'pid 123 on host' / 'Slurm job 45 on node' of a run's claim file, or None (no
+    liveness check: a crashed holder's file stays until a harness takes it over)."""
+    path = os.path.join(run_dir(root, run), CLAIM)
+    if not os.path.exists(path):
+        return None
+    who, host = holder(path)
+    return f"{who} on {host}"
 
 
 def prepare(grid: Grid, log=print) -> None:
@@ -201,7 +226,7 @@ def finish(root: str, run: Run, returncode: int) -> bool:
 @dataclass
 class Outcome:
     run: str
-    status: str  # done (earlier), ok, failed
+    status: str  # done (earlier), ok, failed, busy (another harness holds it)
     seconds: float = 0.0
 
 
@@ -237,20 +262,37 @@ def run_grid(grid: Grid, root: str, *, jobs: int = 1, threads: int | None = None
             pending.append(run)
     log(f"{grid.name}: {len(runs)} runs, {len(runs) - len(pending)} done, {len(pending)} to run, "
         f"{jobs} at a time, {threads} threads each")
-    active: list[tuple[Run, subprocess.Popen, float]] = []
+    active: list[tuple[Run, subprocess.Popen, float, OutputDirLock]] = []
     while pending or active:
         while pending and len(active) < jobs:
             run = pending.pop(0)
+            lock = claim(root, run)
+            if lock is None:
+                log(f"skip {run.name}: another harness runs it ({claimed_by(root, run) or 'it just ended'}; "
+                    f"if that holder died on another machine, remove {os.path.join(run_dir(root, run), CLAIM)})")
+                outcomes.append(Outcome(run.name, "busy"))
+                continue
+            if is_done(root, run):  # another harness finished it after this one listed it
+                lock.release()
+                outcomes.append(Outcome(run.name, "done"))
+                continue
             log(f"start {run.name}")
-            active.append((run, start(grid, root, run, threads), time.time()))
+            try:
+                active.append((run, start(grid, root, run, threads), time.time(), lock))
+            except BaseException:
+                lock.release()
+                raise
+        if not active:
+            break
         time.sleep(0.5)
         for item in list(active):
-            run, proc, t0 = item
+            run, proc, t0, lock = item
             if proc.poll() is None:
                 continue
             active.remove(item)
             proc._dhrd_log.close()
             ok = finish(root, run, proc.returncode)
+            lock.release()
             outcomes.append(Outcome(run.name, "ok" if ok else "failed", time.time() - t0))
             log(f"{'done' if ok else 'FAILED'} {run.name} ({time.time() - t0:.0f}s)"
                 + ("" if ok else f": see {os.path.join(run_dir(root, run), 'train.log')}"))

@@ -57,7 +57,7 @@ def test_killed_grid_resumes_without_rerunning_finished_runs(tmp_path):
     assert first.stat().st_mtime == stamp and _headers(root / "runs" / "rte-pooled-s0") == 1  # never rerun
     for name in ("rte-pooled-s0", "rte-pooled-s1", "rte-dhrd-s0", "rte-dhrd-s1"):
         run = root / "runs" / name
-        assert (run / "DONE").exists() and not (run / "checkpoints").exists()
+        assert (run / "DONE").exists() and not (run / "checkpoints").exists(), out.stdout[-3000:]
         preds = [json.loads(x) for x in open(run / "eval_predictions.jsonl")]
         assert len(preds) == 16 and {"id", "label", "pred"} <= set(preds[0])
     md = (root / "results.md").read_text()
