@@ -283,6 +283,9 @@ def format_markdown(grid: Grid, rows, gaps, avg, n_done: int, vs_dhrd=(), vs_bes
         lines += _gap_table("Against the strongest pooled classifier on the same data (the best pooled variant "
                             "at the same training set and steps, chosen on this dev split: this favours pooled)",
                             vs_best, pct)
-    if gaps or vs_dhrd:
-        lines += ["", "An interval that contains 0 means the difference is within the noise of this grid."]
+    n = len(gaps) + len(vs_dhrd) + len(vs_best)
+    if n:
+        lines += ["", "An interval that contains 0 means the difference is within the noise of this grid. "
+                  f"These tables hold {n} comparisons: even with no real difference anywhere, about "
+                  f"{n / 20:.1f} of their 95% intervals would exclude 0 by chance."]
     return "\n".join(lines) + "\n"

@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from .grid import GridError, load_grid
-    from .runner import changed_args, claimed_by, is_done, run_grid, slurm_command
+    from .runner import changed_args, claimed_by, is_done, progress, run_grid, slurm_command
 
     args = _parser().parse_args(argv)
     try:
@@ -53,8 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         for i, run in enumerate(grid.runs):
             state = "changed" if changed_args(grid, root, run) else "done" if is_done(root, run) else ""
             holder = "" if state == "done" else claimed_by(root, run)
+            notes = [] if state == "done" else [x for x in (progress(root, run), holder and f"by {holder}") if x]
             print(f"{i:4d}  {state or ('claimed' if holder else ''):7s}  {run.name}"
-                  + (f"  (by {holder})" if holder else ""))
+                  + (f"  ({', '.join(notes)})" if notes else ""))
         print(f"{len(grid.runs)} runs in {grid.name} ({sum(is_done(root, r) for r in grid.runs)} done under {root})")
         if args.cmd == "run" and args.slurm:
             print("would submit: " + shlex.join(slurm_command(grid, root, args.grid, parallel=args.parallel)))

@@ -64,6 +64,34 @@ def claimed_by(root: str, run: Run) -> str | None:
     return f"{who} on {host}"
 
 
+def progress(root: str, run: Run) -> str | None:
+    """'step 120/252' of a started run (its last logged training step and the total its
+    config.json planned), or None before its first step."""
+    out = run_dir(root, run)
+    step = None
+    try:
+        with open(os.path.join(out, "metrics.jsonl"), "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 4096))
+            for line in f.read().decode("utf-8", "replace").splitlines()[::-1]:
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue  # a line cut by the seek or by a kill
+                if rec.get("kind") == "train":
+                    step = rec.get("step")
+                    break
+    except OSError:
+        return None
+    if step is None:
+        return None
+    try:
+        with open(os.path.join(out, "config.json"), encoding="utf-8") as f:
+            total = (json.load(f).get("derived") or {}).get("total_steps")
+    except (OSError, ValueError):
+        total = None
+    return f"step {step}/{total}" if total else f"step {step}"
+
+
 def prepare(grid: Grid, log=print) -> None:
     """Carve the tasks' data (and import rationales) where the grid asks and it is missing."""
     for name, spec in grid.tasks.items():

@@ -127,3 +127,20 @@ def test_a_claim_whose_holder_was_killed_a_moment_ago_is_taken_over(grid):
     assert lock is not None
     lock.release()
     assert not os.path.exists(os.path.join(runner.run_dir(root, run), runner.CLAIM))
+
+
+def test_list_shows_how_far_a_started_run_got(grid, capsys):
+    grid, root, _ = grid
+    run = grid.runs[1]
+    out = runner.run_dir(root, run)
+    os.makedirs(out)
+    assert runner.progress(root, run) is None  # not started
+    with open(os.path.join(out, "config.json"), "w") as f:
+        f.write('{"train": {}, "derived": {"total_steps": 20}}')
+    with open(os.path.join(out, "metrics.jsonl"), "w") as f:
+        for step in range(1, 8):
+            f.write('{"kind": "train", "step": %d, "train/loss_total": 1.0}\n' % step)
+        f.write('{"kind": "eval", "step": 7}\n{"kind": "train", "st')  # killed mid-line
+    assert runner.progress(root, run) == "step 7/20"
+    assert experiment_main(["list", grid.path, "--root", root]) == 0
+    assert f"{run.name}  (step 7/20)" in capsys.readouterr().out
