@@ -264,6 +264,14 @@ def test_the_shipped_grids_load_and_dry_run(capsys):
     assert {r.task for r in cpu.runs} == {"esnli", "cqa", "anli1"} and all(len(r.seed.__str__()) for r in cpu.runs)
     sizes = {dict(r.overrides).get("max_train_examples") for r in cpu.runs if r.method in ("pooled", "dhrd")}
     assert len(sizes) >= 2
+    # tools/run_experiments.py is the same command under its tools/ name
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, os.path.join(repo, "tools", "run_experiments.py"), "list",
+                          os.path.join(repo, "experiments", "gpu_paper.yaml"), "--root", "/nonexistent/root"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and f"{len(paper.runs)} runs in gpu_paper" in out.stdout, out.stderr[-2000:]
 
 
 def test_learning_curve_joins_sizes_trained_for_equal_steps(tmp_path):
