@@ -214,20 +214,69 @@ def signature(variant: str, task: str) -> str:
     return variant[len(task) + 1:]
 
 
-def average_over_tasks(gaps: list[dict]) -> list[dict]:
+def tasks_above_chance(results: list[RunResult], rows: list[dict], n_perm: int = 20) -> dict[str, float]:
+    """Per task, the chance level of its best variant: the score of that variant's own
+    predictions shuffled across the dev examples (same label distribution, no link to
+    the input; averaged over permutations and seeds). The majority class is not the
+    floor for every metric: a macro F1 rewards spreading predictions over labels. A task
+    whose best variant does not clear its chance level by two binomial standard errors
+    says nothing about DHRD: its gaps are noise around chance, and averaged with other
+    tasks they hide or fake an effect."""
+    from ..data.tasks import get_task
+
+    chance: dict[str, float] = {}
+    for task in sorted({r["task"] for r in rows}):
+        best = max((r for r in rows if r["task"] == task), key=lambda r: r["mean"])
+        scores = []
+        for res in (r for r in results if r.run.task == task and r.run.variant == best["variant"]):
+            rng = random.Random(res.run.seed)
+            for _ in range(n_perm):
+                preds = list(res.preds)
+                rng.shuffle(preds)
+                scores.append(task_score(get_task(task), preds, res.labels, res.groups)[0])
+        chance[task] = statistics.mean(scores)
+    return chance
+
+
+def _above(row: dict) -> bool:
+    se = math.sqrt(max(row["mean"] * (1 - row["mean"]), 1e-12) / max(row["n_eval"], 1))
+    return row["mean"] - row["chance"] > 2 * se
+
+
+def average_over_tasks(gaps: list[dict], learned: dict[str, bool] | None = None) -> list[dict]:
+    """Per variant signature, the mean gap and relative gain over tasks; with ``learned``
+    also over the tasks above chance only."""
     by: dict[str, list[dict]] = {}
     for g in gaps:
         by.setdefault(signature(g["variant"], g["task"]), []).append(g)
-    return [{"variant": sig, "tasks": [g["task"] for g in gs],
-             "relative_gain_pct": statistics.mean(g["relative_gain_pct"] for g in gs),
-             "gap": statistics.mean(g["gap"] for g in gs)} for sig, gs in sorted(by.items())]
+    out = []
+    for sig, gs in sorted(by.items()):
+        row = {"variant": sig, "tasks": [g["task"] for g in gs],
+               "relative_gain_pct": statistics.mean(g["relative_gain_pct"] for g in gs),
+               "gap": statistics.mean(g["gap"] for g in gs)}
+        if learned is not None:
+            above = [g for g in gs if learned.get(g["task"])]
+            row["tasks_above_chance"] = [g["task"] for g in above]
+            row["gap_above_chance"] = statistics.mean(g["gap"] for g in above) if above else None
+            row["relative_gain_pct_above_chance"] = (statistics.mean(g["relative_gain_pct"] for g in above)
+                                                     if above else None)
+        out.append(row)
+    return out
 
 
 def write_results(grid: Grid, root: str, n_boot: int = 1000) -> dict:
     results = load_results(grid, root)
     rows, gaps, vs_dhrd = summarize(results, n_boot=n_boot)
     vs_best = vs_best_pooled(results, rows, n_boot=n_boot)
-    avg = average_over_tasks(gaps)
+    chance = tasks_above_chance(results, rows)
+    for r in rows:
+        r["chance"] = chance[r["task"]]
+    learned = {}
+    for r in rows:  # a task is above chance when its best variant is
+        learned[r["task"]] = learned.get(r["task"], False) or _above(r)
+    for r in rows:
+        r["task_above_chance"] = learned[r["task"]]
+    avg = average_over_tasks(gaps, learned)
     with open(os.path.join(root, "results.csv"), "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["task", "variant", "method", "axes", "seed", "score", "metrics", "n_eval"])
@@ -262,21 +311,34 @@ def format_markdown(grid: Grid, rows, gaps, avg, n_done: int, vs_dhrd=(), vs_bes
     lines = [f"# {grid.name}: results", "",
              f"{n_done} of {len(grid.runs)} runs finished. Backbone: `{grid.model}`. Score: the task metric "
              "(the mean of its metrics where it has several), on the dev split, x100. Majority class: the "
-             "score of predicting the dev split's most common label everywhere.", "",
-             "| task | dev examples | majority class |", "|---|---|---|"]
+             "score of predicting the dev split's most common label everywhere. Chance: the score of the "
+             "best variant's own predictions shuffled across the dev examples; above chance: its mean "
+             "clears that by more than two binomial standard errors.", "",
+             "| task | dev examples | majority class | best variant | chance (its predictions shuffled) "
+             "| above chance |", "|---|---|---|---|---|---|"]
     for task in sorted({r["task"] for r in rows}):
-        r = next(r for r in rows if r["task"] == task)
-        lines.append(f"| {task} | {r['n_eval']} | {pct(r['majority'])} |")
+        rs = [r for r in rows if r["task"] == task]
+        best = max(rs, key=lambda r: r["mean"])
+        above = rs[0].get("task_above_chance")
+        lines.append(f"| {task} | {best['n_eval']} | {pct(best['majority'])} | "
+                     f"{pct(best['mean'])} ({signature(best['variant'], task)}) | "
+                     f"{pct(best['chance']) if 'chance' in best else '?'} | "
+                     f"{'?' if above is None else 'yes' if above else 'no: its gaps are noise around chance'} |")
     lines += ["", "| task | variant | seeds | score mean ± std | per seed |", "|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['task']} | {signature(r['variant'], r['task'])} | {r['n']} | "
                      f"{pct(r['mean'])} ± {pct(r['std'])} | {' / '.join(pct(s) for s in r['scores'])} |")
     if gaps:
         lines += _gap_table("Against the pooled baseline (paired: same seed, same examples)", gaps, pct)
-        lines += ["", "## Average over tasks", "", "| variant | tasks | gap | relative gain |", "|---|---|---|---|"]
+        lines += ["", "## Average over tasks", "",
+                  "| variant | tasks | gap | relative gain | tasks above chance | gap | relative gain |",
+                  "|---|---|---|---|---|---|---|"]
         for a in avg:
+            above = a.get("tasks_above_chance") or []
             lines.append(f"| {a['variant']} | {', '.join(a['tasks'])} | {pct(a['gap'])} | "
-                         f"{a['relative_gain_pct']:+.2f}% |")
+                         f"{a['relative_gain_pct']:+.2f}% | {', '.join(above) or 'none'} | "
+                         + (f"{pct(a['gap_above_chance'])} | {a['relative_gain_pct_above_chance']:+.2f}% |"
+                            if above else "- | - |"))
     if vs_dhrd:
         lines += _gap_table("Against DHRD at the same settings (ablations and loss variants; paired)", vs_dhrd, pct)
     if vs_best:

@@ -172,7 +172,11 @@ def test_aggregation_recomputed_from_the_runs(tmp_path):
     md = open(os.path.join(root, "results.md")).read()
     assert "| esnli | dhrd-a0.3-n400 | pooled-n400 |" in md
     assert "| esnli | shuffled-n400 | dhrd-n400 |" in md
-    assert f"| esnli | {len(y)} | {100 * y.count(top) / len(y):.2f} |" in md
+    assert f"| esnli | {len(y)} | {100 * y.count(top) / len(y):.2f} | " in md
+    # every fake method scores 70-75% against a ~33% floor: both tasks are above chance,
+    # and the average over them equals the average over all tasks
+    assert all(r["task_above_chance"] for r in res["variants"])
+    assert avg["tasks_above_chance"] == ["cb", "esnli"] and avg["gap_above_chance"] == pytest.approx(avg["gap"])
 
     files = write_plots(grid, root, res["variants"])
     names = sorted(os.path.basename(f) for f in files)
@@ -219,6 +223,25 @@ blocks:
     assert json.load(open(os.path.join(root, "results.json")))["vs_best_pooled"][0]["variant"] == \
         "esnli-dhrd-a0.3-n400"
     assert "| esnli | dhrd-n400 | pooled-headlinear-n400 |" in open(os.path.join(root, "results.md")).read()
+
+
+def test_a_task_no_method_learns_is_left_out_of_the_average_above_chance(tmp_path):
+    """CB at chance (every run predicts the majority label or random labels), e-SNLI
+    learned: the plain average mixes both, the average above chance is e-SNLI's gap."""
+    grid = load_grid(str(write_grid(tmp_path)))
+    root = str(tmp_path / "root")
+    fake_runs(grid, root, accuracy=lambda run: 0.34 if run.task == "cb" else
+              0.70 if run.method == "pooled" else 0.75)
+    res = write_results(grid, root, n_boot=100)
+    above = {r["task"]: r["task_above_chance"] for r in res["variants"]}
+    assert above == {"cb": False, "esnli": True}
+    gaps = {(g["task"], g["variant"]): g["gap"] for g in res["gaps"]}
+    avg = {a["variant"]: a for a in res["average"]}["dhrd-n100"]
+    assert avg["tasks"] == ["cb", "esnli"] and avg["tasks_above_chance"] == ["esnli"]
+    assert avg["gap"] == pytest.approx((gaps[("cb", "cb-dhrd-n100")] + gaps[("esnli", "esnli-dhrd-n100")]) / 2)
+    assert avg["gap_above_chance"] == pytest.approx(gaps[("esnli", "esnli-dhrd-n100")])
+    md = open(os.path.join(root, "results.md")).read()
+    assert "no: its gaps are noise around chance" in md and "| dhrd-n100 | cb, esnli | " in md
 
 
 def test_paired_bootstrap_sees_a_real_difference_and_no_difference():
