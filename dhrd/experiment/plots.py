@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import statistics
 
-from .aggregate import baseline_key, signature
+from .aggregate import LOSS_ONLY, baseline_key, signature
 from .grid import Grid
 from .runner import is_done, run_dir
 
@@ -52,19 +52,36 @@ def _majority_line(ax, rows: list[dict], within: bool = False) -> float:
     return floor
 
 
+METHOD_ORDER = {"pooled": 0, "dhrd": 1}  # then the ablations
+METHOD_COLOR = {"pooled": "#888888", "dhrd": "#3b75af"}  # ablations: orange
+
+
+def _bar_order(r: dict) -> tuple:
+    """Bars grouped by data/model setting (the axes pooled shares), pooled first, then DHRD
+    and its loss variants, then the ablations: each group reads as 'against its baseline'."""
+    setting = tuple(sorted((k, str(v)) for k, v in r["axes"].items() if k not in LOSS_ONLY))
+    return setting, METHOD_ORDER.get(r["method"], 2), r["variant"]
+
+
 def bars(rows: list[dict], out_dir: str) -> list[str]:
     plt = _plt()
     files = []
     for task in sorted({r["task"] for r in rows}):
-        rs = [r for r in rows if r["task"] == task]
+        rs = sorted((r for r in rows if r["task"] == task), key=_bar_order)
         fig, ax = plt.subplots(figsize=(max(4, 0.9 * len(rs) + 2), 4))
         names = [signature(r["variant"], task) for r in rs]
         ax.bar(range(len(rs)), [100 * r["mean"] for r in rs], yerr=[100 * r["std"] for r in rs], capsize=4,
-               color=["#888888" if r["method"] == "pooled" else "#3b75af" for r in rs])
-        floor = _majority_line(ax, rs)
-        ax.legend(fontsize=7, loc="lower right")
-        lo = min([100 * (r["mean"] - r["std"]) for r in rs] + [floor])
+               color=[METHOD_COLOR.get(r["method"], "#e08a2c") for r in rs])
+        for i in range(1, len(rs)):  # a thin rule between data/model settings
+            if _bar_order(rs[i])[0] != _bar_order(rs[i - 1])[0]:
+                ax.axvline(i - 0.5, color="#cccccc", linewidth=0.8)
+        # the scale follows the bars (differences of a point or two stay visible); the
+        # majority-class line is drawn where it falls inside, else named in a corner
+        lo = min(100 * (r["mean"] - r["std"]) for r in rs)
         ax.set_ylim(max(0, lo - 5), min(100, max(100 * (r["mean"] + r["std"]) for r in rs) + 3))
+        _majority_line(ax, rs, within=True)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="lower right")
         ax.set_xticks(range(len(rs)), names, rotation=30, ha="right", fontsize=8)
         ax.set_ylabel("dev score (mean ± std over seeds)")
         ax.set_title(task)
