@@ -45,6 +45,7 @@ def test_loss_decreases_through_the_same_engine(setup, dhrd_run, method):
         assert proc.returncode == 0, proc.stderr[-4000:]
     cfg = json.load(open(out / "config.json"))
     assert cfg["loss"]["alpha"] == (1.0 if method == "dhrd" else 0.0)
+    _check_provenance(cfg["environment"])
     total, lm = losses(out), losses(out, "train/loss_lm")
     assert _mean(total, range(26, 31)) < _mean(total, range(1, 6)) - 0.15
     if method == "pooled":
@@ -55,6 +56,23 @@ def test_loss_decreases_through_the_same_engine(setup, dhrd_run, method):
     assert [h["step"] for h in ev["history"]] == [15, 30] and 0.0 <= ev["metrics"]["accuracy"] <= 1.0
     meta = json.load(open(out / "final" / "dhrd_config.json"))
     assert meta["labels"] == ["entailment", "not_entailment"] and meta["alpha"] == cfg["loss"]["alpha"]
+
+
+def _check_provenance(env: dict) -> None:
+    """The code (git commit of this checkout, dirty or not) and library versions that
+    trained a run, as the test process sees them."""
+    import importlib.metadata
+    import subprocess
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    head = subprocess.run(["git", "-C", repo, "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode == 0:
+        assert env["git"]["commit"] == head.stdout.strip() and isinstance(env["git"]["dirty"], bool)
+    else:
+        assert env["git"] is None
+    assert env["packages"]["torch"] == importlib.metadata.version("torch")
+    assert env["packages"]["deepspeed"] == importlib.metadata.version("deepspeed")
+    assert env["argv"][0].endswith("train.py") and env["host"] and env["started"]
 
 
 def test_bf16_autocast_tracks_the_fp32_run(setup, dhrd_run):

@@ -69,3 +69,7 @@ def test_signalled_run_checkpoints_exits_75_and_resumes(tmp_path):
     assert f"at step {marker['step']}" in again.stdout + again.stderr
     assert not (out / preemption.MARKER).exists()  # consumed by the resumed run
     assert json.loads((out / "eval_results.json").read_text())["step"] == 40
+    # config.json says what trained the run now and what trained its first steps
+    cfg = json.loads((out / "config.json").read_text())
+    assert len(cfg["earlier_starts"]) == 1 and cfg["earlier_starts"][0]["argv"][-2:] != ["--resume", "auto"]
+    assert cfg["environment"]["argv"][-2:] == ["--resume", "auto"]

@@ -6,6 +6,7 @@ bf16, checkpoint shards) is left to it."""
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import time
@@ -19,7 +20,7 @@ from ..fileio import atomic_write_json, repair_jsonl_tail
 from ..model.builder import build_model
 from ..model.compile import compile_blocks
 from ..model.segment_attention import attention_path
-from . import checkpoint, locks, preemption
+from . import checkpoint, locks, preemption, provenance
 from .dist import init_distributed
 from .ds_config import (
     autocast_enabled,
@@ -199,9 +200,11 @@ class Trainer:
                    "total_steps": self.total_steps, "train_examples": n_train, "batching": why,
                    "micro_batches_per_epoch": len(self.stream.plan(0)), "special_token_ids": list(self.special)}
         if dist.rank == 0:
-            atomic_write_json(os.path.join(self.out, "config.json"),
-                              {**resolved_config(self.model_args, self.data_args, self.loss_args, a),
-                               "derived": derived, "deepspeed": self.ds_cfg}, indent=2)
+            path = os.path.join(self.out, "config.json")
+            atomic_write_json(path, {**resolved_config(self.model_args, self.data_args, self.loss_args, a),
+                                     "derived": derived, "deepspeed": self.ds_cfg,
+                                     **provenance.with_history(provenance.environment(), _read_json(path))},
+                              indent=2)
             auto = " (auto)" if self.base_cfg.get("zero_optimization", {}).get("stage") == "auto" else ""
             log(0, f"world {dist.world}, device {dist.device}, ZeRO {zero_stage(self.ds_cfg)}{auto}, {self.M} "
                    f"micro-batches/step ({self.gas} per rank), {self.total_steps} steps, {n_train} train examples; "
@@ -345,3 +348,12 @@ def run(model_args, data_args, loss_args, train_args) -> dict:
         return trainer.train()
     finally:
         trainer.close()
+
+
+def _read_json(path: str) -> dict | None:
+    """A previous start's config.json, or None (first start, or a file cut by a kill)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None

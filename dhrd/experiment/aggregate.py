@@ -18,6 +18,7 @@ resampled by group.
 
 from __future__ import annotations
 
+import collections
 import csv
 import json
 import math
@@ -48,6 +49,7 @@ class RunResult:
     groups: list | None
     score: float
     metrics: dict[str, float] = field(default_factory=dict)
+    code: str = "unrecorded"  # the git commit(s) that trained it (config.json's environment)
 
 
 def task_score(task, preds, labels, groups) -> tuple[float, dict]:
@@ -77,8 +79,26 @@ def load_results(grid: Grid, root: str) -> list[RunResult]:
             continue
         labels, preds, groups = read_predictions(os.path.join(run_dir(root, run), "eval_predictions.jsonl"))
         score, metrics = task_score(get_task(run.task), preds, labels, groups)
-        out.append(RunResult(run, labels, preds, groups, score, metrics))
+        out.append(RunResult(run, labels, preds, groups, score, metrics, code=run_code(run_dir(root, run))))
     return out
+
+
+def run_code(out: str) -> str:
+    """'<commit 10>' (+ '-dirty') of the code that trained a run, earlier starts of a
+    resumed run first ('a1b2c3d4e5 > f6...'); 'unrecorded' for runs older than the record."""
+    try:
+        with open(os.path.join(out, "config.json"), encoding="utf-8") as f:
+            cfg = json.load(f)
+    except (OSError, ValueError):
+        return "unrecorded"
+    names = []
+    for env in [*(cfg.get("earlier_starts") or []), cfg.get("environment")]:
+        git = (env or {}).get("git")
+        name = "unrecorded" if env is None else "no git" if git is None else \
+            git["commit"][:10] + ("-dirty" if git.get("dirty") else "")
+        if not names or names[-1] != name:
+            names.append(name)
+    return " > ".join(names)
 
 
 def baseline_key(run: Run) -> tuple:
@@ -279,11 +299,12 @@ def write_results(grid: Grid, root: str, n_boot: int = 1000) -> dict:
     avg = average_over_tasks(gaps, learned)
     with open(os.path.join(root, "results.csv"), "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["task", "variant", "method", "axes", "seed", "score", "metrics", "n_eval"])
+        w.writerow(["task", "variant", "method", "axes", "seed", "score", "metrics", "n_eval", "code"])
         for r in sorted(results, key=lambda r: (r.run.task, r.run.variant, r.run.seed)):
             w.writerow([r.run.task, r.run.variant, r.run.method, json.dumps(dict(r.run.overrides)), r.run.seed,
-                        f"{r.score:.6f}", json.dumps(r.metrics), len(r.labels)])
-    md = format_markdown(grid, rows, gaps, avg, n_done=len(results), vs_dhrd=vs_dhrd, vs_best=vs_best)
+                        f"{r.score:.6f}", json.dumps(r.metrics), len(r.labels), r.code])
+    md = format_markdown(grid, rows, gaps, avg, n_done=len(results), vs_dhrd=vs_dhrd, vs_best=vs_best,
+                         code=collections.Counter(r.code for r in results))
     with open(os.path.join(root, "results.md"), "w") as f:
         f.write(md)
     with open(os.path.join(root, "results.json"), "w") as f:
@@ -306,7 +327,7 @@ def _gap_table(title: str, gaps: list[dict], pct) -> list[str]:
     return lines
 
 
-def format_markdown(grid: Grid, rows, gaps, avg, n_done: int, vs_dhrd=(), vs_best=()) -> str:
+def format_markdown(grid: Grid, rows, gaps, avg, n_done: int, vs_dhrd=(), vs_best=(), code=None) -> str:
     pct = lambda x: f"{100 * x:.2f}"  # noqa: E731
     lines = [f"# {grid.name}: results", "",
              f"{n_done} of {len(grid.runs)} runs finished. Backbone: `{grid.model}`. Score: the task metric "
@@ -314,6 +335,8 @@ def format_markdown(grid: Grid, rows, gaps, avg, n_done: int, vs_dhrd=(), vs_bes
              "score of predicting the dev split's most common label everywhere. Chance: the score of the "
              "best variant's own predictions shuffled across the dev examples; above chance: its mean "
              "clears that by more than two binomial standard errors.", "",
+             *(["Code (git commit that trained the runs, and how many): "
+                + ", ".join(f"{k} ({v})" for k, v in sorted(code.items())) + ".", ""] if code else []),
              "| task | dev examples | majority class | best variant | chance (its predictions shuffled) "
              "| above chance |", "|---|---|---|---|---|---|"]
     for task in sorted({r["task"] for r in rows}):

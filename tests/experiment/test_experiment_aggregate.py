@@ -244,6 +244,27 @@ def test_a_task_no_method_learns_is_left_out_of_the_average_above_chance(tmp_pat
     assert "no: its gaps are noise around chance" in md and "| dhrd-n100 | cb, esnli | " in md
 
 
+def test_results_name_the_code_that_trained_each_run(tmp_path):
+    """results.csv carries each run's git commit (a resumed run: every start's, in
+    order); results.md counts the runs per commit, so a grid that spans code changes says so."""
+    import csv
+
+    grid = load_grid(str(write_grid(tmp_path)))
+    root = str(tmp_path / "root")
+    fake_runs(grid, root)
+    env = lambda commit, dirty=False: {"git": {"commit": commit, "dirty": dirty}}  # noqa: E731
+    with open(os.path.join(root, "runs", "esnli-dhrd-n100-s0", "config.json"), "w") as f:
+        json.dump({"environment": env("b" * 40, True), "earlier_starts": [env("a" * 40)]}, f)
+    with open(os.path.join(root, "runs", "esnli-dhrd-n100-s1", "config.json"), "w") as f:
+        json.dump({"environment": {"git": None}, "earlier_starts": []}, f)
+    write_results(grid, root, n_boot=50)
+    code = {r["variant"] + "-s" + r["seed"]: r["code"] for r in csv.DictReader(open(os.path.join(root, "results.csv")))}
+    assert code["esnli-dhrd-n100-s0"] == "a" * 10 + " > " + "b" * 10 + "-dirty"
+    assert code["esnli-dhrd-n100-s1"] == "no git" and code["esnli-dhrd-n100-s2"] == "unrecorded"
+    md = open(os.path.join(root, "results.md")).read()
+    assert f"{'a' * 10} > {'b' * 10}-dirty (1), no git (1), unrecorded ({len(grid.runs) - 2})." in md
+
+
 def test_paired_bootstrap_sees_a_real_difference_and_no_difference():
     from dhrd.data.tasks import get_task
     from dhrd.experiment.aggregate import RunResult
