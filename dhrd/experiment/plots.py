@@ -178,8 +178,12 @@ def loss_curves(grid: Grid, root: str, out_dir: str, tag: str = "train/loss_cls"
                 panels.setdefault(_setting(run), {}).setdefault(signature(run.variant, task), []).append(pts)
         if not panels:
             continue
-        fig, axs = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
-        for ax, (setting, curves) in zip(axs[0], sorted(panels.items())):
+        cols = min(3, len(panels))  # rows of at most three panels: readable at any grid size
+        nrows = -(-len(panels) // cols)
+        fig, axs = plt.subplots(nrows, cols, figsize=(5.5 * cols, 4 * nrows), squeeze=False)
+        for ax in axs.flat[len(panels):]:
+            ax.set_visible(False)
+        for ax, (setting, curves) in zip(axs.flat, sorted(panels.items())):
             for name, runs in sorted(curves.items()):
                 steps = sorted(set.intersection(*(set(s for s, _ in pts) for pts in runs)))
                 vals = [statistics.mean(dict(pts)[s] for pts in runs) for s in steps]
