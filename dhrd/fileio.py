@@ -84,6 +84,15 @@ def read_json(path: str):
         raise ValueError(f"{path}: not valid JSON ({e})") from None
 
 
+def read_json_or_none(path: str):
+    """A JSON file's value, or None where it is missing, unreadable or not valid JSON (a
+    record a killed writer cut short, one older code never wrote): for optional records."""
+    try:
+        return read_json(path)
+    except (OSError, ValueError):
+        return None
+
+
 def repair_jsonl_tail(path: str) -> int:
     """A process killed while appending may leave half a line at the end of a JSONL log;
     cut it, so the lines a resumed run appends stay parseable. Returns the bytes cut."""

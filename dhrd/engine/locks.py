@@ -83,14 +83,14 @@ class OutputDirLock:
     def acquire(self) -> OutputDirLock:
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         _drop_own_leftover(self.path)
-        stack = contextlib.ExitStack()
-        lock = stack.enter_context(job_lock.JobLock(self.path, minimumtimeforiterativelocks=_MIN_AGE))
-        wait = _young(self.path)
-        if not lock and wait:  # too young to be checked for life: a holder killed just now looks alive
-            stack.close()
-            time.sleep(wait)
+        for attempt in range(2):
             stack = contextlib.ExitStack()
             lock = stack.enter_context(job_lock.JobLock(self.path, minimumtimeforiterativelocks=_MIN_AGE))
+            wait = 0.0 if lock or attempt else _young(self.path)
+            if not wait:
+                break
+            stack.close()  # too young to be checked for life (a holder killed just now looks alive)
+            time.sleep(wait)
         if not lock:
             stack.close()
             who, host = holder(self.path)

@@ -6,7 +6,6 @@ bf16, checkpoint shards) is left to it."""
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import time
@@ -16,7 +15,7 @@ import torch
 from ..alpha_schedule import alpha_at
 from ..config import resolved_config
 from ..data.order import ROW_COLUMNS, collate, data_order
-from ..fileio import atomic_write_json, repair_jsonl_tail
+from ..fileio import atomic_write_json, read_json_or_none, repair_jsonl_tail
 from ..model.builder import build_model
 from ..model.compile import compile_blocks
 from ..model.segment_attention import attention_path
@@ -203,7 +202,7 @@ class Trainer:
             path = os.path.join(self.out, "config.json")
             atomic_write_json(path, {**resolved_config(self.model_args, self.data_args, self.loss_args, a),
                                      "derived": derived, "deepspeed": self.ds_cfg,
-                                     **provenance.with_history(provenance.environment(), _read_json(path))},
+                                     **provenance.with_history(provenance.environment(), read_json_or_none(path))},
                               indent=2)
             auto = " (auto)" if self.base_cfg.get("zero_optimization", {}).get("stage") == "auto" else ""
             log(0, f"world {dist.world}, device {dist.device}, ZeRO {zero_stage(self.ds_cfg)}{auto}, {self.M} "
@@ -349,11 +348,3 @@ def run(model_args, data_args, loss_args, train_args) -> dict:
     finally:
         trainer.close()
 
-
-def _read_json(path: str) -> dict | None:
-    """A previous start's config.json, or None (first start, or a file cut by a kill)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None

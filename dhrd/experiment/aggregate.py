@@ -27,6 +27,7 @@ import random
 import statistics
 from dataclasses import dataclass, field
 
+from ..fileio import read_json_or_none
 from .grid import Grid, Run
 from .runner import is_done, run_dir
 
@@ -86,10 +87,8 @@ def load_results(grid: Grid, root: str) -> list[RunResult]:
 def run_code(out: str) -> str:
     """'<commit 10>' (+ '-dirty') of the code that trained a run, earlier starts of a
     resumed run first ('a1b2c3d4e5 > f6...'); 'unrecorded' for runs older than the record."""
-    try:
-        with open(os.path.join(out, "config.json"), encoding="utf-8") as f:
-            cfg = json.load(f)
-    except (OSError, ValueError):
+    cfg = read_json_or_none(os.path.join(out, "config.json"))
+    if not isinstance(cfg, dict):
         return "unrecorded"
     names = []
     for env in [*(cfg.get("earlier_starts") or []), cfg.get("environment")]:
@@ -234,7 +233,7 @@ def signature(variant: str, task: str) -> str:
     return variant[len(task) + 1:]
 
 
-def tasks_above_chance(results: list[RunResult], rows: list[dict], n_perm: int = 20) -> dict[str, float]:
+def chance_levels(results: list[RunResult], rows: list[dict], n_perm: int = 20) -> dict[str, float]:
     """Per task, the chance level of its best variant: the score of that variant's own
     predictions shuffled across the dev examples (same label distribution, no link to
     the input; averaged over permutations and seeds). The majority class is not the
@@ -288,12 +287,11 @@ def write_results(grid: Grid, root: str, n_boot: int = 1000) -> dict:
     results = load_results(grid, root)
     rows, gaps, vs_dhrd = summarize(results, n_boot=n_boot)
     vs_best = vs_best_pooled(results, rows, n_boot=n_boot)
-    chance = tasks_above_chance(results, rows)
+    chance = chance_levels(results, rows)
     for r in rows:
         r["chance"] = chance[r["task"]]
-    learned = {}
-    for r in rows:  # a task is above chance when its best variant is
-        learned[r["task"]] = learned.get(r["task"], False) or _above(r)
+    # a task is above chance when one of its variants (then its best) is
+    learned = {t: any(_above(r) for r in rows if r["task"] == t) for t in chance}
     for r in rows:
         r["task_above_chance"] = learned[r["task"]]
     avg = average_over_tasks(gaps, learned)

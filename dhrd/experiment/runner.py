@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 
 from ..engine.locks import OutputDirInUse, OutputDirLock, holder
-from ..fileio import atomic_write, atomic_write_json
+from ..fileio import atomic_write, atomic_write_json, read_json_or_none
 from .grid import PATH_KEYS, Grid, GridError, Run
 from .prepare import prepare_task
 
@@ -84,11 +84,8 @@ def progress(root: str, run: Run) -> str | None:
         return None
     if step is None:
         return None
-    try:
-        with open(os.path.join(out, "config.json"), encoding="utf-8") as f:
-            total = (json.load(f).get("derived") or {}).get("total_steps")
-    except (OSError, ValueError):
-        total = None
+    cfg = read_json_or_none(os.path.join(out, "config.json"))
+    total = (cfg.get("derived") or {}).get("total_steps") if isinstance(cfg, dict) else None
     return f"step {step}/{total}" if total else f"step {step}"
 
 
