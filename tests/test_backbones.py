@@ -41,3 +41,21 @@ def test_smollm2_dual_head(tmp_path_factory, monkeypatch):
     assert not torch.equal(out.cls_logits[0], out.cls_logits[1])  # the pooled token sees its input
     _, _, _, again = logits()
     torch.testing.assert_close(out.cls_logits, again.cls_logits, rtol=0, atol=0)
+
+
+@needs_smollm2
+def test_concurrent_first_conversions_share_one_directory(tmp_path):
+    """Two processes that find no converted SmolLM2 at once (a grid's first two runs)
+    each convert it and both succeed; one directory is left, no temporary ones."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from dhrd.model.backbones import smollm2_dir; "
+            "print(smollm2_dir(cache_root=sys.argv[1]))")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
+    assert {out.strip().splitlines()[-1] for out, _ in outs} == {str(tmp_path / "smollm2-135m-instruct")}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["smollm2-135m-instruct"]
+    assert (tmp_path / "smollm2-135m-instruct" / "model.safetensors").stat().st_size > 100e6

@@ -24,12 +24,14 @@ import json
 import math
 import os
 import random
+import shutil
 import statistics
 from dataclasses import dataclass, field
 
 from ..fileio import read_json_or_none
-from .grid import Grid, Run
-from .runner import is_done, run_dir
+from .grid import Grid, GridError, Run
+from .records import RECORDS, make_record, read_records, write_records
+from .runner import DONE, run_dir
 
 # axes that do not change a pooled run (alpha 0, no LM term): the pooled baseline of a
 # run is found with these left out
@@ -58,36 +60,46 @@ def task_score(task, preds, labels, groups) -> tuple[float, dict]:
     return sum(metrics[m] for m in task.metrics) / len(task.metrics), metrics
 
 
-def read_predictions(path: str) -> tuple[list[int], list[int], list | None]:
-    """(labels, predictions, groups) from a run's eval_predictions.jsonl: the classifier's
-    predictions, or the CoT decoder's where the run had no classifier (rationale_only)."""
-    labels, preds, groups = [], [], []
-    with open(path) as f:
-        for line in f:
-            row = json.loads(line)
-            labels.append(row["label"])
-            preds.append(row["pred"] if "pred" in row else row["cot_pred"])
-            groups.append(row.get("group"))
-    return labels, preds, (groups if any(g is not None for g in groups) else None)
+def collect_records(grid: Grid, root: str) -> dict[str, dict]:
+    """The root's records (records.jsonl) brought up to date with its finished run
+    directories and written back: what the aggregation reads, and what survives the
+    run directories (see records.py)."""
+    records = dict(read_records(root))
+    changed = False
+    for run in grid.runs:
+        out = run_dir(root, run)
+        if not os.path.exists(os.path.join(out, DONE)):
+            continue
+        finished = (read_json_or_none(os.path.join(out, DONE)) or {}).get("finished")
+        rec = records.get(run.name)
+        if finished is not None and rec is not None and rec.get("finished") == finished:
+            continue  # recorded from this directory already (a finished run is never rerun)
+        records[run.name] = make_record(out, run)
+        changed = True
+    if changed:
+        write_records(root, records, [r.name for r in grid.runs])
+    return records
 
 
 def load_results(grid: Grid, root: str) -> list[RunResult]:
     from ..data.tasks import get_task
 
+    records = collect_records(grid, root)
     out = []
     for run in grid.runs:
-        if not is_done(root, run):
+        rec = records.get(run.name)
+        if rec is None:
             continue
-        labels, preds, groups = read_predictions(os.path.join(run_dir(root, run), "eval_predictions.jsonl"))
-        score, metrics = task_score(get_task(run.task), preds, labels, groups)
-        out.append(RunResult(run, labels, preds, groups, score, metrics, code=run_code(run_dir(root, run))))
+        score, metrics = task_score(get_task(run.task), rec["preds"], rec["labels"], rec.get("groups"))
+        out.append(RunResult(run, rec["labels"], rec["preds"], rec.get("groups"), score, metrics,
+                             code=run_code(rec.get("config"))))
     return out
 
 
-def run_code(out: str) -> str:
-    """'<commit 10>' (+ '-dirty') of the code that trained a run, earlier starts of a
-    resumed run first ('a1b2c3d4e5 > f6...'); 'unrecorded' for runs older than the record."""
-    cfg = read_json_or_none(os.path.join(out, "config.json"))
+def run_code(cfg: dict | None) -> str:
+    """'<commit 10>' (+ '-dirty') of the code that trained a run (its config.json, as
+    recorded), earlier starts of a resumed run first ('a1b2c3d4e5 > f6...'); 'unrecorded'
+    for runs older than the record."""
     if not isinstance(cfg, dict):
         return "unrecorded"
     names = []
@@ -310,6 +322,36 @@ def write_results(grid: Grid, root: str, n_boot: int = 1000) -> dict:
                   f, indent=1)
     return {"variants": rows, "gaps": gaps, "average": avg, "vs_dhrd": vs_dhrd, "vs_best_pooled": vs_best,
             "markdown": md}
+
+
+PUBLISHED = ("results.md", "results.csv", "results.json", RECORDS)
+
+
+def publish_results(grid: Grid, root: str, dest: str, check_only: bool = False) -> str:
+    """Copy a root's results, plots and records into ``dest`` (a folder to commit, beside
+    the grid file). Refused when ``dest`` records runs that the root does not: the copy
+    would drop them."""
+    have = set(read_records(root)) | {r.name for r in grid.runs if os.path.exists(os.path.join(run_dir(root, r), DONE))}
+    lost = sorted(set(read_records(dest)) - have)
+    if lost:
+        shown = ", ".join(lost[:5]) + (f" and {len(lost) - 5} more" if len(lost) > 5 else "")
+        raise GridError(f"{os.path.join(dest, RECORDS)} holds {len(lost)} finished run(s) that {root} does not "
+                        f"({shown}): publishing would drop them. Bring them into the root first (where "
+                        f"{os.path.join(root, RECORDS)} is missing: copy the file there), then aggregate again")
+    if check_only:
+        return dest
+    os.makedirs(dest, exist_ok=True)
+    for name in PUBLISHED:
+        if os.path.exists(os.path.join(root, name)) and os.path.abspath(root) != os.path.abspath(dest):
+            shutil.copyfile(os.path.join(root, name), os.path.join(dest, name))
+    if not os.path.exists(os.path.join(dest, "grid.yaml")) or not os.path.samefile(grid.path,
+                                                                                   os.path.join(dest, "grid.yaml")):
+        shutil.copyfile(grid.path, os.path.join(dest, "grid.yaml"))  # the grid these results are of
+    src, dst = os.path.join(root, "plots"), os.path.join(dest, "plots")
+    if os.path.isdir(src) and os.path.abspath(src) != os.path.abspath(dst):
+        shutil.rmtree(dst, ignore_errors=True)  # the plots of this aggregation, no stale ones
+        shutil.copytree(src, dst)
+    return dest
 
 
 def _gap_table(title: str, gaps: list[dict], pct) -> list[str]:

@@ -5,7 +5,12 @@ engine and aggregate it into tables and plots.
     dhrd experiment run GRID.yaml --root R [--jobs N]   run what is missing, then aggregate
     dhrd experiment run GRID.yaml --root R --slurm      submit a Slurm job array instead
     dhrd experiment run GRID.yaml --root R --slurm --dry_run   print the sbatch command only
-    dhrd experiment aggregate GRID.yaml --root R        results.md / results.csv / plots/
+    dhrd experiment aggregate GRID.yaml --root R        results.md / results.csv / plots/ / records.jsonl
+    dhrd experiment aggregate GRID.yaml --root R --publish DIR   the same, also copied into DIR (to commit)
+
+A finished run is kept in <root>/records.jsonl (its predictions, config and loss curves):
+a root holding that file can lose its run directories, and a new root continues the grid
+from a copy of it (cp DIR/records.jsonl NEWROOT/).
 """
 
 from __future__ import annotations
@@ -35,20 +40,27 @@ def _parser() -> argparse.ArgumentParser:
             s.add_argument("--no_aggregate", action="store_true", help="skip aggregation after the runs")
         if name == "aggregate":
             s.add_argument("--n_boot", type=int, default=1000, help="bootstrap resamples")
+            s.add_argument("--publish", default=None,
+                           help="also copy results, plots and records.jsonl into this folder (e.g. to commit)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     from .grid import GridError, load_grid
-    from .runner import changed_args, claimed_by, is_done, progress, run_grid, slurm_command
 
     args = _parser().parse_args(argv)
     try:
         grid = load_grid(args.grid)
-    except GridError as e:
+        root = args.root or os.path.join(os.path.dirname(grid.path), "results", grid.name)
+        return _command(args, grid, root)
+    except GridError as e:  # a bad grid, a grid changed under its runs, a damaged records file
         print(f"dhrd experiment: {e}", file=sys.stderr)
         return 2
-    root = args.root or os.path.join(os.path.dirname(grid.path), "results", grid.name)
+
+
+def _command(args, grid, root: str) -> int:
+    from .runner import changed_args, claimed_by, is_done, progress, run_grid, slurm_command
+
     if args.cmd == "list" or (args.cmd == "run" and args.dry_run):
         for i, run in enumerate(grid.runs):
             state = "changed" if changed_args(grid, root, run) else "done" if is_done(root, run) else ""
@@ -70,12 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.index is not None and not 0 <= args.index < len(grid.runs):
             print(f"dhrd experiment: --index {args.index} outside 0..{len(grid.runs) - 1}", file=sys.stderr)
             return 2
-        try:
-            outcomes = run_grid(grid, root, jobs=args.jobs, threads=args.threads, index=args.index,
-                                log=lambda m: print(m, flush=True))
-        except GridError as e:
-            print(f"dhrd experiment: {e}", file=sys.stderr)
-            return 2
+        outcomes = run_grid(grid, root, jobs=args.jobs, threads=args.threads, index=args.index,
+                            log=lambda m: print(m, flush=True))
         failed = [o.run for o in outcomes if o.status == "failed"]
         busy = [o.run for o in outcomes if o.status == "busy"]
         if busy:
@@ -86,19 +94,23 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{len(failed)} run(s) failed: {', '.join(failed)}", file=sys.stderr)
             return 1
         return 0
-    aggregate(grid, root, n_boot=args.n_boot)
+    aggregate(grid, root, n_boot=args.n_boot, publish=args.publish)
     return 0
 
 
-def aggregate(grid, root: str, n_boot: int = 1000) -> None:
-    from .aggregate import write_results
+def aggregate(grid, root: str, n_boot: int = 1000, publish: str | None = None) -> None:
+    from .aggregate import publish_results, write_results
     from .plots import write_plots
 
+    if publish:  # refused before any work when it would drop runs the folder holds
+        publish_results(grid, root, publish, check_only=True)
     res = write_results(grid, root, n_boot=n_boot)
     files = write_plots(grid, root, res["variants"]) if res["variants"] else []
     print(res["markdown"])
     plots = f", {len(files)} plot(s) in {os.path.join(root, 'plots')}" if files else ""
-    print(f"wrote {os.path.join(root, 'results.md')}, results.csv" + plots)
+    print(f"wrote {os.path.join(root, 'results.md')}, results.csv, records.jsonl" + plots)
+    if publish:
+        print(f"published into {publish_results(grid, root, publish)}")
 
 
 if __name__ == "__main__":

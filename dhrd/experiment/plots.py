@@ -7,7 +7,7 @@
 * ``alpha.png``: score against alpha (pooled drawn at alpha 0);
 * ``loss_<task>.png``: training loss curves (classification term), mean over seeds, a panel
   per data/model setting (pooled beside the variants trained like it), read
-  back from the runs' TensorBoard event files.
+  back from the runs' records (their TensorBoard event files, see records.py).
 A plot whose axis the grid does not vary is not drawn. Returns the files written.
 """
 
@@ -18,7 +18,7 @@ import statistics
 
 from .aggregate import LOSS_ONLY, baseline_key, signature
 from .grid import Grid
-from .runner import is_done, run_dir
+from .records import read_records
 
 
 def _plt():
@@ -144,18 +144,6 @@ def _preset_alpha(row) -> float | None:
     return METHODS[row["method"]][0] if row["method"] in ("dhrd", "pooled") else None
 
 
-def read_scalars(tb_dir: str, tag: str) -> list[tuple[int, float]]:
-    """(step, value) of one scalar from the TensorBoard event files under ``tb_dir``."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(tb_dir, size_guidance={"scalars": 0})
-    acc.Reload()
-    if tag not in acc.Tags().get("scalars", []):
-        return []
-    by_step = {e.step: e.value for e in acc.Scalars(tag)}  # a resumed run's redone steps: the last value
-    return sorted(by_step.items())
-
-
 def _setting(run) -> str:
     """A run's data and model settings (its axes but the loss-only ones): the runs that
     share one are drawn in one panel, pooled beside the DHRD variants trained like it."""
@@ -167,13 +155,15 @@ def loss_curves(grid: Grid, root: str, out_dir: str, tag: str = "train/loss_cls"
     """Per task one figure, one panel per data/model setting (so a panel holds a handful of
     lines), a line per variant: the mean over seeds, smoothed over ~4% of the run."""
     plt = _plt()
+    records = read_records(root)
     files = []
     for task in sorted({r.task for r in grid.runs}):
         panels: dict[str, dict[str, list[list[tuple[int, float]]]]] = {}
         for run in grid.runs:
-            if run.task != task or not is_done(root, run):
+            rec = records.get(run.name)
+            if run.task != task or rec is None:
                 continue
-            pts = read_scalars(os.path.join(run_dir(root, run), "tensorboard"), tag)
+            pts = [tuple(p) for p in (rec.get("curves") or {}).get(tag, [])]
             if pts:
                 panels.setdefault(_setting(run), {}).setdefault(signature(run.variant, task), []).append(pts)
         if not panels:

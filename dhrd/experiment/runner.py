@@ -31,6 +31,7 @@ from ..engine.locks import OutputDirInUse, OutputDirLock, holder
 from ..fileio import atomic_write, atomic_write_json, read_json_or_none
 from .grid import PATH_KEYS, Grid, GridError, Run
 from .prepare import prepare_task
+from .records import read_records
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DONE = "DONE"
@@ -42,7 +43,9 @@ def run_dir(root: str, run: Run) -> str:
 
 
 def is_done(root: str, run: Run) -> bool:
-    return os.path.exists(os.path.join(run_dir(root, run), DONE))
+    """Finished: its directory says so, or the root's records.jsonl holds it (the run
+    directory may be gone: a records file committed or copied from elsewhere)."""
+    return os.path.exists(os.path.join(run_dir(root, run), DONE)) or run.name in read_records(root)
 
 
 def claim(root: str, run: Run) -> OutputDirLock | None:
@@ -140,14 +143,17 @@ def resolved_args(argv: list[str]) -> dict:
     return {k: v for obj in objs for k, v in asdict(obj).items()}
 
 
-def _started_config(out: str) -> dict | None:
-    """The resolved arguments a started run recorded (config.json), flat; None before it
-    wrote one."""
-    path = os.path.join(out, "config.json")
-    if not os.path.exists(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        cfg = json.load(f)
+def _started_config(root: str, run: Run) -> dict | None:
+    """The resolved arguments a started run recorded (its config.json, or its record's
+    where only the record is left), flat; None before it wrote one."""
+    path = os.path.join(run_dir(root, run), "config.json")
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            cfg = json.load(f)
+    else:
+        cfg = (read_records(root).get(run.name) or {}).get("config")
+        if not isinstance(cfg, dict):
+            return None
     return {k: v for sec in ("model", "data", "loss", "train") for k, v in (cfg.get(sec) or {}).items()}
 
 
@@ -160,17 +166,15 @@ def changed_args(grid: Grid, root: str, run: Run) -> dict[str, tuple]:
     run not started yet is compared with the started seeds of its variant."""
     import yaml
 
-    out = run_dir(root, run)
-    path = os.path.join(out, "run.yaml")
+    started = _started_config(root, run)
+    if started is not None:
+        return _resolved_diff(started, _resolve_now(grid, root, run), set(_OUTPUT_KEYS))
+    path = os.path.join(run_dir(root, run), "run.yaml")
     if not os.path.exists(path):
         return _changed_from_siblings(grid, root, run)
-    started = _started_config(out)
-    if started is None:  # stopped before config.json: compare the arguments as given
-        with open(path, encoding="utf-8") as f:
-            old = _comparable(yaml.safe_load(f) or {})
-        new = _comparable(run_args(grid, root, run))
-    else:
-        return _resolved_diff(started, _resolve_now(grid, root, run), set(_OUTPUT_KEYS))
+    with open(path, encoding="utf-8") as f:  # stopped before config.json: compare the arguments as given
+        old = _comparable(yaml.safe_load(f) or {})
+    new = _comparable(run_args(grid, root, run))
     return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
 
 
@@ -201,7 +205,7 @@ def _changed_from_siblings(grid: Grid, root: str, run: Run) -> dict[str, tuple]:
     for other in grid.runs:
         if other.variant != run.variant or other is run:
             continue
-        started = _started_config(run_dir(root, other))
+        started = _started_config(root, other)
         if started is None:
             continue
         diff = _resolved_diff(started, _resolve_now(grid, root, run), set(_OUTPUT_KEYS) | {"seed"})

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import tempfile
 
 import torch
 
@@ -56,10 +57,22 @@ def convert_gguf(gguf_path: str, out_dir: str, dtype: torch.dtype = torch.float3
                 except AttributeError:
                     setattr(obj, attr, None)
     model.is_quantized = False
-    tmp = out_dir + ".tmp"
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    os.replace(tmp, out_dir)
+    # several processes may convert at once (a grid's first runs, ranks of one job): each
+    # writes its own folder and the first to finish renames it into place
+    parent, base = os.path.split(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=base + ".tmp-", dir=parent)
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        try:
+            os.replace(tmp, out_dir)
+        except OSError:
+            if not os.path.exists(os.path.join(out_dir, "config.json")):
+                raise
+            # another process put its (identical) conversion in place first
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 

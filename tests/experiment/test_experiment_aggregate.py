@@ -12,7 +12,8 @@ import pytest
 
 from dhrd.experiment.aggregate import paired_bootstrap, write_results
 from dhrd.experiment.grid import GridError, Run, load_grid
-from dhrd.experiment.plots import read_scalars, write_plots
+from dhrd.experiment.plots import write_plots
+from dhrd.experiment.records import RecordsError, read_curves, read_records
 from dhrd.experiment.runner import DONE, run_dir, slurm_command
 
 GRID = """
@@ -184,8 +185,55 @@ def test_aggregation_recomputed_from_the_runs(tmp_path):
                      "loss_esnli.png"]
     for f in files:
         assert os.path.getsize(f) > 5000 and open(f, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
-    assert read_scalars(os.path.join(root, "runs", "cb-pooled-n100-s0", "tensorboard"), "train/loss_cls")[0] == \
+    assert read_curves(os.path.join(root, "runs", "cb-pooled-n100-s0", "tensorboard"))["train/loss_cls"][0] == \
         (1, pytest.approx(1.1))
+
+
+def test_records_keep_the_results_when_run_directories_are_lost(tmp_path):
+    """records.jsonl holds each finished run's predictions and loss curves: the same
+    results and plots without the run directories; recorded runs count as done; a run
+    the grid no longer lists keeps its record; a damaged file names its line."""
+    from dhrd.experiment.runner import is_done
+
+    grid = load_grid(str(write_grid(tmp_path)))
+    root = str(tmp_path / "root")
+    fake_runs(grid, root)
+    first = write_results(grid, root, n_boot=100)
+    recs = read_records(root)
+    assert sorted(recs) == sorted(r.name for r in grid.runs)
+    rec = recs["esnli-dhrd-n100-s1"]
+    preds = [json.loads(x) for x in open(os.path.join(root, "runs", "esnli-dhrd-n100-s1", "eval_predictions.jsonl"))]
+    assert rec["preds"] == [p["pred"] for p in preds] and rec["labels"] == [p["label"] for p in preds]
+    assert rec["curves"]["train/loss_cls"][9] == [10, pytest.approx(0.1)]
+    md = open(os.path.join(root, "results.md")).read()
+
+    import shutil
+
+    shutil.rmtree(os.path.join(root, "runs"))
+    again = write_results(grid, root, n_boot=100)
+    assert again["gaps"] == first["gaps"] and again["variants"] == first["variants"]
+    assert open(os.path.join(root, "results.md")).read() == md
+    assert all(is_done(root, r) for r in grid.runs)
+    files = write_plots(grid, root, again["variants"])
+    assert sum(os.path.basename(f).startswith("loss_") for f in files) == 2
+
+    # a smaller grid: the records of the runs it drops stay in the file
+    small = tmp_path / "small" / "grid.yaml"
+    small.parent.mkdir()
+    small.write_text(open(write_grid(tmp_path)).read().replace("[100, 400]", "[100]"))
+    os.makedirs(os.path.join(root, "runs", "esnli-pooled-n100-s0"))  # one run finished again here
+    fake_runs(load_grid(str(small)), root)
+    write_results(load_grid(str(small)), root, n_boot=50)
+    assert sorted(read_records(root)) == sorted(r.name for r in grid.runs)
+
+    path = os.path.join(root, "records.jsonl")
+    lines = open(path).read().splitlines()
+    open(path, "w").write("\n".join(lines[:3] + [lines[3][: len(lines[3]) // 2]] + lines[4:]) + "\n")
+    with pytest.raises(RecordsError, match=r"records.jsonl, line 4: not JSON"):
+        write_results(grid, root, n_boot=50)
+    open(path, "w").write("\n".join(lines[:1] + ['{"run": "x", "task": "esnli"}']) + "\n")
+    with pytest.raises(RecordsError, match=r"line 2: missing field\(s\) method, seed, labels, preds"):
+        is_done(root, next(r for r in grid.runs if "n400" in r.name))  # (no run directory left)
 
 
 def test_dhrd_against_the_strongest_pooled_on_the_same_data(tmp_path):
@@ -329,3 +377,42 @@ def test_learning_curve_joins_sizes_trained_for_equal_steps(tmp_path):
     args = ("max_train_examples", str(tmp_path / "lc.png"), "training examples", None, True)
     assert _curve(rows, *args) is None
     assert _curve(rows, *args, companions=("epochs",)) == str(tmp_path / "lc.png")
+
+
+def test_publish_copies_results_and_refuses_to_drop_recorded_runs(tmp_path, capsys):
+    """``aggregate --publish DIR`` leaves DIR with the results, plots and records (what a
+    fresh clone needs to re-aggregate and continue); a DIR recording runs the root lacks
+    is refused before anything is written; a damaged records file is a clear error."""
+    from dhrd.experiment.cli import main
+
+    grid_path = write_grid(tmp_path)
+    grid = load_grid(str(grid_path))
+    root, dest = str(tmp_path / "root"), str(tmp_path / "published")
+    fake_runs(grid, root)
+    assert main(["aggregate", str(grid_path), "--root", root, "--publish", dest, "--n_boot", "50"]) == 0
+    assert open(os.path.join(dest, "grid.yaml")).read() == grid_path.read_text()
+    for name in ("results.md", "results.csv", "results.json", "records.jsonl", "plots/bars_cb.png"):
+        assert open(os.path.join(dest, name), "rb").read() == open(os.path.join(root, name), "rb").read(), name
+    # a new root that lost half of the runs may not publish over the full record
+    other = str(tmp_path / "other")
+    half = load_grid(str(grid_path))
+    fake_runs(half, other)
+    import shutil
+
+    for run in half.runs[: len(half.runs) // 2]:
+        shutil.rmtree(run_dir(other, run))
+    before = open(os.path.join(dest, "records.jsonl")).read()
+    assert main(["aggregate", str(grid_path), "--root", other, "--publish", dest, "--n_boot", "50"]) == 2
+    err = capsys.readouterr().err
+    assert f"holds {len(half.runs) // 2} finished run(s) that {other} does not" in err and "Traceback" not in err
+    assert open(os.path.join(dest, "records.jsonl")).read() == before and not os.path.exists(
+        os.path.join(other, "results.md"))
+    # continuing from the published records: copied into the new root, every run is done
+    shutil.copyfile(os.path.join(dest, "records.jsonl"), os.path.join(other, "records.jsonl"))
+    assert main(["list", str(grid_path), "--root", other]) == 0
+    assert f"({len(grid.runs)} done under {other})" in capsys.readouterr().out
+    with open(os.path.join(other, "records.jsonl"), "a") as f:
+        f.write("{not json\n")
+    assert main(["list", str(grid_path), "--root", other]) == 2
+    err = capsys.readouterr().err
+    assert f"records.jsonl, line {len(grid.runs) + 1}: not JSON" in err and "Traceback" not in err

@@ -1,0 +1,120 @@
+"""A grid's finished runs in one small file, ``<root>/records.jsonl``: per run, one line
+with its dev predictions (and labels), the configuration and provenance it recorded
+(config.json) and its training-loss curves. Everything the aggregation and the plots
+read is in it, so an experiment outlives its run directories (checkpoints and event
+files on a scratch disk that is wiped, a machine that is replaced): commit records.jsonl
+with results.md, and a fresh clone re-aggregates the grid and continues it, a recorded
+run counting as done (``dhrd experiment run --root R`` where R holds the file).
+
+About 8 KB a run (1500 dev examples): a few hundred runs stay well under the size of
+one checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from ..fileio import atomic_write_lines, read_json_or_none
+from .grid import GridError
+
+RECORDS = "records.jsonl"
+REQUIRED = ("run", "task", "method", "seed", "labels", "preds")
+# the scalars kept from a run's TensorBoard files (what plots.loss_curves draws)
+CURVE_PREFIX = "train/loss"
+
+
+class RecordsError(GridError):
+    """A records file that cannot be read: names the file, line and field."""
+
+
+def records_path(root: str) -> str:
+    return os.path.join(root, RECORDS)
+
+
+def read_predictions(path: str) -> tuple[list[int], list[int], list | None]:
+    """(labels, predictions, groups) from a run's eval_predictions.jsonl: the classifier's
+    predictions, or the CoT decoder's where the run had no classifier (rationale_only)."""
+    labels, preds, groups = [], [], []
+    with open(path) as f:
+        for line in f:
+            row = json.loads(line)
+            labels.append(row["label"])
+            preds.append(row["pred"] if "pred" in row else row["cot_pred"])
+            groups.append(row.get("group"))
+    return labels, preds, (groups if any(g is not None for g in groups) else None)
+
+
+def read_curves(tb_dir: str, prefix: str = CURVE_PREFIX) -> dict[str, list[tuple[int, float]]]:
+    """{tag: [(step, value), ...]} of the scalars under ``tb_dir`` whose tag starts with
+    ``prefix``; a resumed run's redone steps keep their last value."""
+    if not os.path.isdir(tb_dir):
+        return {}
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(tb_dir, size_guidance={"scalars": 0})
+    acc.Reload()
+    out = {}
+    for tag in acc.Tags().get("scalars", []):
+        if tag.startswith(prefix):
+            out[tag] = sorted({e.step: e.value for e in acc.Scalars(tag)}.items())
+    return out
+
+
+def make_record(out: str, run) -> dict:
+    """The record of a finished run from its output directory ``out``."""
+    labels, preds, groups = read_predictions(os.path.join(out, "eval_predictions.jsonl"))
+    done = read_json_or_none(os.path.join(out, "DONE")) or {}
+    curves = {tag: [[s, float(f"{v:.6g}")] for s, v in pts]
+              for tag, pts in read_curves(os.path.join(out, "tensorboard")).items()}
+    return {"run": run.name, "task": run.task, "method": run.method, "seed": run.seed,
+            "finished": done.get("finished"), "labels": labels, "preds": preds, "groups": groups,
+            "config": read_json_or_none(os.path.join(out, "config.json")), "curves": curves}
+
+
+_cache: dict[str, tuple[tuple, dict]] = {}
+
+
+def read_records(root: str) -> dict[str, dict]:
+    """{run name: record} of ``root``'s records file ({} without one). A line that is not
+    a record is an error naming the file, line and field: a damaged file must not make
+    finished runs look unfinished (they would be trained again, and their results lost)."""
+    path = records_path(root)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return {}
+    key = (st.st_mtime_ns, st.st_size)
+    if path in _cache and _cache[path][0] == key:
+        return _cache[path][1]
+    out: dict[str, dict] = {}
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError as e:
+                raise RecordsError(f"{path}, line {lineno}: not JSON ({e})") from None
+            if not isinstance(rec, dict):
+                raise RecordsError(f"{path}, line {lineno}: a record is a JSON object, not {type(rec).__name__}")
+            missing = [k for k in REQUIRED if k not in rec]
+            if missing:
+                raise RecordsError(f"{path}, line {lineno}: missing field(s) {', '.join(missing)}")
+            if not isinstance(rec["preds"], list) or len(rec["preds"]) != len(rec["labels"]):
+                raise RecordsError(f"{path}, line {lineno}, run {rec['run']!r}: field 'preds' must be a list as long "
+                                   f"as 'labels' ({len(rec['labels'])})")
+            if rec["run"] in out:
+                raise RecordsError(f"{path}, line {lineno}: run {rec['run']!r} is recorded twice")
+            out[rec["run"]] = rec
+    _cache[path] = (key, out)
+    return out
+
+
+def write_records(root: str, records: dict[str, dict], order: list[str]) -> str:
+    """Write ``records`` (runs in ``order`` first, as the grid lists them, then any others:
+    a run the grid no longer lists keeps its record), one line each, atomically."""
+    names = [n for n in order if n in records] + sorted(n for n in records if n not in set(order))
+    path = records_path(root)
+    atomic_write_lines(path, (json.dumps(records[n], separators=(",", ":"), sort_keys=True) for n in names))
+    return path
