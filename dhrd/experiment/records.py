@@ -6,8 +6,8 @@ files on a scratch disk that is wiped, a machine that is replaced): commit recor
 with results.md, and a fresh clone re-aggregates the grid and continues it, a recorded
 run counting as done (``dhrd experiment run --root R`` where R holds the file).
 
-About 8 KB a run (1500 dev examples): a few hundred runs stay well under the size of
-one checkpoint.
+About 10 KB a run (1500 dev examples; labels and predictions below 10 as one string of
+digits, the loss curves at most 128 points): a few hundred runs stay a few MB.
 """
 
 from __future__ import annotations
@@ -20,8 +20,10 @@ from .grid import GridError
 
 RECORDS = "records.jsonl"
 REQUIRED = ("run", "task", "method", "seed", "labels", "preds")
-# the scalars kept from a run's TensorBoard files (what plots.loss_curves draws)
-CURVE_PREFIX = "train/loss"
+# the scalars kept from a run's TensorBoard files (plots.loss_curves draws the first),
+# as at most CURVE_POINTS means over consecutive steps
+CURVES = ("train/loss_cls", "train/loss_lm")
+CURVE_POINTS = 128
 
 
 class RecordsError(GridError):
@@ -45,28 +47,46 @@ def read_predictions(path: str) -> tuple[list[int], list[int], list | None]:
     return labels, preds, (groups if any(g is not None for g in groups) else None)
 
 
-def read_curves(tb_dir: str, prefix: str = CURVE_PREFIX) -> dict[str, list[tuple[int, float]]]:
-    """{tag: [(step, value), ...]} of the scalars under ``tb_dir`` whose tag starts with
-    ``prefix``; a resumed run's redone steps keep their last value."""
+def read_curves(tb_dir: str, tags=CURVES) -> dict[str, list[tuple[int, float]]]:
+    """{tag: [(step, value), ...]} of the scalars ``tags`` under ``tb_dir`` (those it
+    has); a resumed run's redone steps keep their last value."""
     if not os.path.isdir(tb_dir):
         return {}
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     acc = EventAccumulator(tb_dir, size_guidance={"scalars": 0})
     acc.Reload()
-    out = {}
-    for tag in acc.Tags().get("scalars", []):
-        if tag.startswith(prefix):
-            out[tag] = sorted({e.step: e.value for e in acc.Scalars(tag)}.items())
+    have = set(acc.Tags().get("scalars", []))
+    return {tag: sorted({e.step: e.value for e in acc.Scalars(tag)}.items()) for tag in tags if tag in have}
+
+
+def thin(points: list[tuple[int, float]], n: int = CURVE_POINTS) -> list[list]:
+    """At most ``n`` points: the mean of each run of consecutive points, at its last step
+    (what a smoothed loss plot draws anyway), 4 significant digits."""
+    k = -(-len(points) // n) if points else 1
+    out = []
+    for i in range(0, len(points), k):
+        chunk = points[i:i + k]
+        out.append([chunk[-1][0], float(f"{sum(v for _, v in chunk) / len(chunk):.4g}")])
     return out
 
 
+def encode_ints(xs: list[int]) -> str | list[int]:
+    """Labels or predictions that are all 0-9 as one string of digits (half the size of
+    a JSON list); others as the list."""
+    return "".join(map(str, xs)) if all(isinstance(x, int) and 0 <= x <= 9 for x in xs) else list(xs)
+
+
+def decode_ints(v) -> list[int]:
+    return [int(c) for c in v] if isinstance(v, str) else list(v)
+
+
 def make_record(out: str, run) -> dict:
-    """The record of a finished run from its output directory ``out``."""
+    """The record of a finished run from its output directory ``out`` (labels and
+    predictions as lists: encoded only in the file)."""
     labels, preds, groups = read_predictions(os.path.join(out, "eval_predictions.jsonl"))
     done = read_json_or_none(os.path.join(out, "DONE")) or {}
-    curves = {tag: [[s, float(f"{v:.6g}")] for s, v in pts]
-              for tag, pts in read_curves(os.path.join(out, "tensorboard")).items()}
+    curves = {tag: thin(pts) for tag, pts in read_curves(os.path.join(out, "tensorboard")).items()}
     return {"run": run.name, "task": run.task, "method": run.method, "seed": run.seed,
             "finished": done.get("finished"), "labels": labels, "preds": preds, "groups": groups,
             "config": read_json_or_none(os.path.join(out, "config.json")), "curves": curves}
@@ -101,9 +121,14 @@ def read_records(root: str) -> dict[str, dict]:
             missing = [k for k in REQUIRED if k not in rec]
             if missing:
                 raise RecordsError(f"{path}, line {lineno}: missing field(s) {', '.join(missing)}")
-            if not isinstance(rec["preds"], list) or len(rec["preds"]) != len(rec["labels"]):
-                raise RecordsError(f"{path}, line {lineno}, run {rec['run']!r}: field 'preds' must be a list as long "
-                                   f"as 'labels' ({len(rec['labels'])})")
+            try:
+                rec["labels"], rec["preds"] = decode_ints(rec["labels"]), decode_ints(rec["preds"])
+            except (TypeError, ValueError):
+                raise RecordsError(f"{path}, line {lineno}, run {rec['run']!r}: fields 'labels' and 'preds' must be "
+                                   "lists of class indices or strings of digits") from None
+            if len(rec["preds"]) != len(rec["labels"]):
+                raise RecordsError(f"{path}, line {lineno}, run {rec['run']!r}: field 'preds' has {len(rec['preds'])} "
+                                   f"predictions for {len(rec['labels'])} labels")
             if rec["run"] in out:
                 raise RecordsError(f"{path}, line {lineno}: run {rec['run']!r} is recorded twice")
             out[rec["run"]] = rec
@@ -116,5 +141,8 @@ def write_records(root: str, records: dict[str, dict], order: list[str]) -> str:
     a run the grid no longer lists keeps its record), one line each, atomically."""
     names = [n for n in order if n in records] + sorted(n for n in records if n not in set(order))
     path = records_path(root)
-    atomic_write_lines(path, (json.dumps(records[n], separators=(",", ":"), sort_keys=True) for n in names))
+    lines = (json.dumps({**records[n], "labels": encode_ints(records[n]["labels"]),
+                         "preds": encode_ints(records[n]["preds"])}, separators=(",", ":"), sort_keys=True)
+             for n in names)
+    atomic_write_lines(path, lines)
     return path

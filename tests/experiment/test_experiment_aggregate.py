@@ -204,7 +204,8 @@ def test_records_keep_the_results_when_run_directories_are_lost(tmp_path):
     rec = recs["esnli-dhrd-n100-s1"]
     preds = [json.loads(x) for x in open(os.path.join(root, "runs", "esnli-dhrd-n100-s1", "eval_predictions.jsonl"))]
     assert rec["preds"] == [p["pred"] for p in preds] and rec["labels"] == [p["label"] for p in preds]
-    assert rec["curves"]["train/loss_cls"][9] == [10, pytest.approx(0.1)]
+    assert rec["curves"]["train/loss_cls"][9] == [10, pytest.approx(0.1)]  # 10 steps: all kept
+    assert f'"preds":"{"".join(str(p["pred"]) for p in preds)}"' in open(os.path.join(root, "records.jsonl")).read()
     md = open(os.path.join(root, "results.md")).read()
 
     import shutil
@@ -416,3 +417,15 @@ def test_publish_copies_results_and_refuses_to_drop_recorded_runs(tmp_path, caps
     assert main(["list", str(grid_path), "--root", other]) == 2
     err = capsys.readouterr().err
     assert f"records.jsonl, line {len(grid.runs) + 1}: not JSON" in err and "Traceback" not in err
+
+
+def test_record_curves_are_thinned_to_bucket_means_and_labels_round_trip():
+    from dhrd.experiment.records import decode_ints, encode_ints, thin
+
+    pts = [(s, float(s)) for s in range(1, 257)]
+    out = thin(pts, 128)
+    assert len(out) == 128 and out[0] == [2, 1.5] and out[-1] == [256, 255.5]
+    assert thin(pts[:100], 128) == [[s, v] for s, v in pts[:100]] and thin([], 128) == []
+    assert len(thin(pts[:129], 128)) == 65  # buckets of 2: never more than asked
+    assert encode_ints([0, 2, 1]) == "021" and decode_ints("021") == [0, 2, 1]
+    assert encode_ints([3, 12]) == [3, 12] and decode_ints([3, 12]) == [3, 12]
