@@ -30,6 +30,10 @@ def _parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name)
         s.add_argument("grid", help="grid YAML file (experiments/*.yaml)")
         s.add_argument("--root", default=None, help="experiment root [results/<grid name> beside the grid file]")
+        if name in ("list", "run"):
+            s.add_argument("--only", action="append", default=None, metavar="GLOB",
+                           help="only the runs whose name matches this glob (repeatable: any of them), e.g. "
+                                "'esnli-*-n1000-*': the most informative block first, the rest later")
         if name == "run":
             s.add_argument("--jobs", type=int, default=1, help="runs at a time on this machine")
             s.add_argument("--threads", type=int, default=None, help="CPU threads per run [cores / jobs]")
@@ -52,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         grid = load_grid(args.grid)
         root = args.root or os.path.join(os.path.dirname(grid.path), "results", grid.name)
+        if getattr(args, "only", None):
+            grid = select_runs(grid, args.only)
         return _command(args, grid, root)
     except GridError as e:  # a bad grid, a grid changed under its runs, a damaged records file
         print(f"dhrd experiment: {e}", file=sys.stderr)
@@ -96,6 +102,21 @@ def _command(args, grid, root: str) -> int:
         return 0
     aggregate(grid, root, n_boot=args.n_boot, publish=args.publish)
     return 0
+
+
+def select_runs(grid, patterns: list[str]):
+    """The grid with only the runs matching one of the glob patterns (an error when none
+    does: a mistyped pattern must not look like a finished grid)."""
+    import dataclasses
+    import fnmatch
+
+    from .grid import GridError
+
+    runs = [r for r in grid.runs if any(fnmatch.fnmatchcase(r.name, p) for p in patterns)]
+    if not runs:
+        raise GridError(f"--only {' '.join(patterns)}: no run of {grid.name} matches (dhrd experiment list shows "
+                        "their names)")
+    return dataclasses.replace(grid, runs=runs)
 
 
 def aggregate(grid, root: str, n_boot: int = 1000, publish: str | None = None) -> None:

@@ -33,7 +33,11 @@ RESERVED = ("output_dir", "resume", "seed", "method", "task", "config", "train_f
             "rationale_file")
 SHORT = {"max_train_examples": "n", "alpha": "a", "beta": "b", "lr": "lr", "epochs": "ep", "lora": "lora",
          "label_consistency": "cons", "rationale_fraction": "frac", "lm_sections": "lm", "alpha_schedule": "sched",
-         "lr_schedule": "lrs"}
+         "lr_schedule": "lrs", "rationales": "rat"}
+# axes the harness resolves itself (not trainer arguments): ``rationales`` picks one of the
+# task's named rationale files (``rationale_sources``; the task's own ``rationale_file`` is
+# the source named by ``rationale_source``, default "palm")
+HARNESS_AXES = ("rationales",)
 
 
 class GridError(ValueError):
@@ -64,7 +68,8 @@ class Run:
         """Every trainer argument of this run (common < the task's settings < block axes)."""
         out = {**grid.common, "model": grid.model, **dict(self.task_args), **dict(self.files),
                "task": self.task, "method": self.method,
-               "seed": self.seed, **dict(self.overrides), "output_dir": output_dir}
+               "seed": self.seed, **{k: v for k, v in self.overrides if k not in HARNESS_AXES},
+               "output_dir": output_dir}
         return out
 
 
@@ -114,9 +119,13 @@ def _expand(value: str, base: str, is_file: bool = True) -> str:
 FILE_KEYS = ("train_file", "eval_file", "rationale_file")
 
 
+TASK_KEYS = ("prepare", "rationale_source", "rationale_sources")
+
+
 def _task_settings(spec: dict) -> dict:
-    """A task spec's own trainer arguments: everything but its files and prepare section."""
-    return {k: v for k, v in spec.items() if k not in (*FILE_KEYS, "prepare")}
+    """A task spec's own trainer arguments: everything but its files, rationale sources and
+    prepare section."""
+    return {k: v for k, v in spec.items() if k not in (*FILE_KEYS, *TASK_KEYS)}
 
 
 def _trainer_fields() -> dict[str, type]:
@@ -168,6 +177,11 @@ def _read_tasks(path: str, raw_tasks, base: str) -> dict[str, dict]:
             if key not in spec:
                 raise GridError(f"{path}: tasks.{name}: missing {key!r}")
         tasks[name] = {k: _expand(v, base) if k in PATH_KEYS and isinstance(v, str) else v for k, v in spec.items()}
+        sources = spec.get("rationale_sources") or {}
+        if not isinstance(sources, dict) or not all(isinstance(v, str) for v in sources.values()):
+            raise GridError(f"{path}: tasks.{name}.rationale_sources: a mapping of source name to rationale file")
+        tasks[name]["rationale_sources"] = {k: _expand(v, base) for k, v in sources.items()}
+        tasks[name]["rationale_source"] = str(spec.get("rationale_source", "palm"))
         _check_args(f"{path}: tasks.{name}", _task_settings(spec))
         if "prepare" in spec:
             prep = dict(spec["prepare"] or {})
@@ -190,7 +204,7 @@ def _block_runs(where: str, block, tasks: dict, seeds: list[int], base: str) -> 
         if m not in METHODS:
             raise GridError(f"{where}: unknown method {m!r} (one of {', '.join(METHODS)})")
     axes = dict(block.get("axes") or {})
-    _check_args(where + ".axes", axes)
+    _check_args(where + ".axes", {k: v for k, v in axes.items() if k not in HARNESS_AXES})
     for k, v in axes.items():
         if not isinstance(v, list) or not v:
             raise GridError(f"{where}.axes.{k}: a non-empty list of values")
@@ -206,8 +220,29 @@ def _block_runs(where: str, block, tasks: dict, seeds: list[int], base: str) -> 
         files = tuple((k, v) for k, v in tasks[task].items() if k in FILE_KEYS)
         own = tuple(_task_settings(tasks[task]).items())
         for values in itertools.product(*(axes[k] for k in keys)):
-            runs.append(Run(task, method, seed, tuple(zip(keys, values)), files, own))
+            overrides, run_files = _rationale_source(where, task, tasks[task], dict(zip(keys, values)), files)
+            runs.append(Run(task, method, seed, overrides, run_files, own))
     return runs
+
+
+def _rationale_source(where: str, task: str, spec: dict, overrides: dict, files: tuple):
+    """Resolve a ``rationales`` axis value to the task's rationale file. The task's default
+    source is left out of the run's name, so its runs are the runs of a block without the
+    axis (the same recipe, one run)."""
+    source = overrides.get("rationales")
+    if source is None:
+        return tuple(overrides.items()), files
+    if source == spec["rationale_source"]:
+        del overrides["rationales"]
+        return tuple(overrides.items()), files
+    sources = spec["rationale_sources"]
+    if source not in sources:
+        known = ", ".join([spec["rationale_source"], *sources])
+        raise GridError(f"{where}.axes.rationales: task {task!r} has no rationale source {source!r} (known: {known})")
+    files = tuple((k, sources[source] if k == "rationale_file" else v) for k, v in files)
+    if "rationale_file" not in dict(files):
+        files += (("rationale_file", sources[source]),)
+    return tuple(overrides.items()), files
 
 
 def load_grid(path: str) -> Grid:

@@ -10,6 +10,12 @@ A task spec's ``prepare`` section (grid.py):
       group_by: premise     # rows sharing this field go to the same side (e-SNLI: 3 hypotheses a premise)
       seed: 0
       palm: {root: ${DHRD_DATA}/palm-cot, split: valid}   # or omit and give rationale_file yourself
+      human:                # the rows' own human explanations, as named rationale sources
+        human: [explanation_1]                                 # one per example
+        human3: [explanation_1, explanation_2, explanation_3]  # k per example (a list each)
+
+with the task's ``rationale_sources: {human: data/esnli/rationales_human.jsonl, ...}``
+naming the file each human source is written to.
 
 The train split is shuffled, so ``max_train_examples: N`` takes a random N-subset, and the
 smaller subsets are nested in the larger ones (a learning curve compares like with like).
@@ -72,15 +78,25 @@ def prepare_task(task_name: str, spec: dict, files: dict) -> dict | None:
     prep = spec.get("prepare")
     if not prep:
         return None
+    human = _human_sources(task_name, spec, prep)
     outs = [files["train_file"], files["eval_file"]] + ([files["rationale_file"]] if prep.get("palm") else [])
-    if all(os.path.exists(p) for p in outs):
+    if all(os.path.exists(p) for p in outs + [out for out, _ in human.values()]):
         return None
     if "source" not in prep or "dev_size" not in prep:
         raise ValueError(f"tasks.{task_name}.prepare needs 'source' and 'dev_size'")
-    info = carve(task_name, prep["source"], files["train_file"], files["eval_file"], dev_size=int(prep["dev_size"]),
-                 seed=int(prep.get("seed", 0)), group_by=prep.get("group_by"))
+    info: dict = {}
+    if not all(os.path.exists(p) for p in outs[:2]):
+        info = carve(task_name, prep["source"], files["train_file"], files["eval_file"],
+                     dev_size=int(prep["dev_size"]), seed=int(prep.get("seed", 0)), group_by=prep.get("group_by"))
+    for name, (out, field_names) in human.items():
+        if not os.path.exists(out):
+            from ..teacher.palm_cot import import_human
+
+            result = import_human(task_name, prep["source"], field_names, f"human:{name}")
+            write_records(result.records, out)
+            info[f"rationales_{name}"] = {"records": len(result.records), "fields": field_names}
     palm = prep.get("palm")
-    if palm:
+    if palm and not os.path.exists(files["rationale_file"]):
         if not files.get("rationale_file"):
             raise ValueError(f"tasks.{task_name}: prepare.palm needs a rationale_file to write")
         from ..teacher.palm_cot import RELEASED, import_palm_cot
@@ -92,3 +108,23 @@ def prepare_task(task_name: str, spec: dict, files: dict) -> dict | None:
         write_records(result.records, files["rationale_file"])
         info["rationales"] = result.agreement()
     return info
+
+
+def _human_sources(task_name: str, spec: dict, prep: dict) -> dict[str, tuple[str, list[str]]]:
+    """{source: (file to write, row fields)} of ``prepare.human``, checked against the
+    task's ``rationale_sources``."""
+    human = prep.get("human") or {}
+    if not isinstance(human, dict):
+        raise ValueError(f"tasks.{task_name}.prepare.human: a mapping of source name to a list of row fields")
+    out = {}
+    sources = spec.get("rationale_sources") or {}
+    for name, field_names in human.items():
+        if isinstance(field_names, str):
+            field_names = [field_names]
+        if not isinstance(field_names, list) or not field_names or not all(isinstance(f, str) for f in field_names):
+            raise ValueError(f"tasks.{task_name}.prepare.human.{name}: a list of row fields")
+        if name not in sources:
+            raise ValueError(f"tasks.{task_name}.prepare.human.{name}: no file for it in the task's "
+                             "rationale_sources")
+        out[name] = (sources[name], field_names)
+    return out

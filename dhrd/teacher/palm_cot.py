@@ -157,19 +157,27 @@ def _note(report: DataReport, reason: str, where: str) -> None:
         kept.append(where)
 
 
-def import_human(task: Task | str, examples_path: str, field_name: str, teacher: str) -> ImportResult:
-    """Human explanations from a field of each row; teacher_label is null (they explain
-    the gold label, they do not predict one)."""
+def import_human(task: Task | str, examples_path: str, field_name: str | Sequence[str], teacher: str) -> ImportResult:
+    """Human explanations from a field of each row (several fields: a ``rationales`` list of
+    the non-empty ones, k per example); teacher_label is null (they explain the gold label,
+    they do not predict one)."""
     task = get_task(task) if isinstance(task, str) else task
+    names = [field_name] if isinstance(field_name, str) else list(field_name)
     result = ImportResult()
     examples = read_examples(task, examples_path)
     for ex in examples:
-        text = ex.fields.get(field_name)
-        if not isinstance(text, str) or not text.strip():
-            result.report.skip(f"{field_name}_missing_or_empty", ex.id)
+        texts = []
+        for name in names:
+            text = ex.fields.get(name)
+            if not isinstance(text, str) or not text.strip():
+                result.report.skip(f"{name}_missing_or_empty", ex.id)
+                continue
+            texts.append(text.strip())
+        if not texts:
             continue
-        result.records.append({"id": ex.id, "rationale": text.strip(), "teacher_label": None,
-                               "teacher": teacher, "prompt_version": f"human:{field_name}",
+        body = {"rationale": texts[0]} if len(names) == 1 else {"rationales": texts}
+        result.records.append({"id": ex.id, **body, "teacher_label": None,
+                               "teacher": teacher, "prompt_version": "human:" + "+".join(names),
                                "gold_label": task.labels[ex.label]})
     result.report.count("rows", len(examples))
     result.report.count("records", len(result.records))
@@ -206,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--llm_dir", help="dir of <split>_CoT_<k>.json (default <root>/<task>/llm)")
     p.add_argument("--source", choices=("cot", "human"), default="cot",
                    help="PaLM chain-of-thought, or the rows' human explanations")
+    p.add_argument("--fields", help="--source human: comma-separated row fields to import (several: k "
+                   "rationales per example), default the task's explanation field")
     p.add_argument("--out", help="rationale JSONL to write (omit with --report to only measure)")
     p.add_argument("--report", action="store_true", help="print label agreement and the confusion table")
     args = p.parse_args(argv)
@@ -220,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         result = import_palm_cot(task, examples, args.llm_dir or os.path.join(args.root, released.llm_dir),
                                  args.split)
     else:
-        result = import_human(task, examples, released.human_field, released.human_name)
+        fields = args.fields.split(",") if args.fields else released.human_field
+        result = import_human(task, examples, fields, released.human_name)
     if args.out:
         write_records(result.records, args.out)
         print(f"{args.out}: {len(result.records)} records", file=sys.stderr)
