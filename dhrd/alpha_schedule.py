@@ -5,14 +5,18 @@ late steps serve the classifier; these schedules test that.
 * ``constant``: alpha throughout (the paper);
 * ``linear`` / ``cosine``: from alpha down to ``alpha_floor`` at the last step;
 * ``step``: alpha for the first ``alpha_switch_fraction`` of the steps, then ``alpha_floor``
-  (rationale first, then the classifier on its own).
+  (rationale first, then the classifier on its own);
+* ``ramp``: the reverse, ``alpha_floor`` at the first step rising linearly to alpha at
+  ``alpha_switch_fraction`` of the steps, then alpha (the head finds the labels before the
+  LM term moves the backbone: the remedy for a classification loss that stays at chance
+  while the LM term learns; the paper's objective from the end of the ramp on).
 """
 
 from __future__ import annotations
 
 import math
 
-ALPHA_SCHEDULES = ("constant", "linear", "cosine", "step")
+ALPHA_SCHEDULES = ("constant", "linear", "cosine", "step", "ramp")
 
 
 def alpha_at(step: int, total_steps: int, alpha: float, schedule: str = "constant", floor: float = 0.0,
@@ -27,4 +31,7 @@ def alpha_at(step: int, total_steps: int, alpha: float, schedule: str = "constan
         return floor + (alpha - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
     if schedule == "step":
         return alpha if step < switch_fraction * total_steps else floor
+    if schedule == "ramp":
+        end = switch_fraction * total_steps
+        return alpha if step >= end else floor + (alpha - floor) * step / end
     raise ValueError(f"alpha_schedule={schedule!r} is not one of {', '.join(ALPHA_SCHEDULES)}")

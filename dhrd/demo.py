@@ -87,6 +87,8 @@ def write_grid(args) -> str:
         common.update(max_steps=args.max_steps, warmup_steps=1)
     if args.lora:
         common.update(lora=True)
+    if args.autocast != "none":
+        common.update(autocast=args.autocast)
     grid = {"name": "demo", "model": args.model, "common": common,
             "seeds": [int(s) for s in args.seeds.split(",")],
             "tasks": {args.task: files}, "blocks": [{"methods": args.methods.split(",")}]}
@@ -121,11 +123,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=None, help="default 2e-4 with LoRA (the paper's), 5e-5 with --full")
     p.add_argument("--full", action="store_true",
                    help="full fine-tuning instead of LoRA (r 16, alpha 32, dropout 0.1: the paper's); needs ~5.5 GB")
+    p.add_argument("--autocast", default="auto", choices=("auto", "bf16", "none"),
+                   help="bf16 matmuls, fp32 weights (auto: where the CPU has native bf16, ~2x faster there)")
     p.add_argument("--seeds", default="0", help="comma-separated seeds")
     p.add_argument("--methods", default="pooled,dhrd")
     p.add_argument("--jobs", type=int, default=1, help="runs at a time")
     args = p.parse_args(argv)
     args.lora = not args.full
+    if args.autocast == "auto":
+        from .engine.ds_config import native_bf16_cpu
+
+        args.autocast = "bf16" if native_bf16_cpu() else "none"
     args.workdir = os.path.abspath(args.workdir)  # the grid's paths are read relative to its own folder
     if args.lr is None:
         args.lr = 5e-5 if args.full else 2e-4

@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         unknown = [a for a in rest if not a.startswith(("--local_rank", "--local-rank")) and not a.isdigit()]
         if unknown:
             raise ValueError(f"unknown arguments: {' '.join(unknown)}")
-        apply_method(loss_args, data_args, explicit_fields(argv))
+        apply_method(loss_args, data_args, explicit_fields(argv), model_args)
         if not model_args.model:
             raise ValueError("--model is required (an HF model directory, or 'smollm2')")
         preflight(model_args, data_args, loss_args, train_args)

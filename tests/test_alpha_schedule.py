@@ -19,6 +19,9 @@ def test_schedules():
     assert cos == sorted(cos, reverse=True) and not math.isclose(cos[1], 0.75)
     assert [alpha_at(s, 10, 0.5, "step", 0.1, 0.3) for s in range(10)] == [0.5] * 3 + [0.1] * 7
     assert alpha_at(3, 10, 0.0, "linear", 0.0) == 0.0  # pooled stays pooled
+    # ramp: the classifier first, the LM term ramped in to alpha by the switch point, then alpha
+    assert [alpha_at(s, 10, 1.0, "ramp", 0.0, 0.4) for s in range(10)] == pytest.approx(
+        [0.0, 0.25, 0.5, 0.75] + [1.0] * 6)
 
 
 def test_bad_schedule_arguments():

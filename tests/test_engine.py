@@ -151,6 +151,27 @@ def test_lora_single_process(setup):
     assert float((base[emb] - tuned[emb][: base[emb].shape[0]]).abs().max()) == 0  # base frozen
 
 
+def test_k_rationales_an_example_train_at_the_steps_of_one(setup):
+    """Three rationales an example: one row each, a different one each epoch; the run has
+    the steps of one rationale an example, and the data report counts them all."""
+    root, paths, model = setup
+    k_file = root / "rationales_k3.jsonl"
+    with open(paths["rationales"]) as f, open(k_file, "w") as out:
+        for line in f:
+            row = json.loads(line)
+            out.write(json.dumps({"id": row["id"], "rationales": [row["rationale"], "in other words: "
+                                  + row["rationale"], "so: " + row["rationale"]]}) + "\n")
+    run = root / "k3"
+    proc = run_train(model, {**paths, "rationales": str(k_file)}, run, "--epochs", 2, "--global_batch_size", 8,
+                     "--method", "dhrd", "--export_final", "false")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    cfg = json.load(open(run / "config.json"))
+    assert cfg["derived"]["train_examples"] == 48 and cfg["derived"]["total_steps"] == 12  # 48 x 2 / 8
+    report = json.load(open(run / "data_report.json"))
+    counts = report.get("counts", report)
+    assert counts["examples_with_several_rationales"] == 48 and counts["rationales_used"] == 144
+
+
 def test_nonfinite_losses_stop_training_with_a_message(setup):
     root, paths, model = setup
     proc = run_train(model, paths, root / "nan", "--max_steps", 20, "--micro_batches_per_step", 2,
@@ -259,6 +280,22 @@ def test_method_presets_and_explicit_override():
     m, d, loss, t, _ = parse_args(argv)
     apply_method(loss, d, explicit_fields(argv))
     assert d.rationale_mode == "none"
+
+
+@pytest.mark.parametrize("argv,head,alpha", [
+    ([], "linear", 1.0),                                    # no preset: --head's default
+    (["--method", "dhrd"], "linear", 1.0),                  # the recipe measured best here
+    (["--method", "dhrd_paper"], "mlp", 1.0),               # the paper's as published
+    (["--method", "dhrd_paper", "--head", "linear"], "linear", 1.0),  # explicit wins
+    (["--method", "pooled"], "linear", 0.0),
+])
+def test_dhrd_default_and_the_paper_preset_resolve_to_what_they_say(argv, head, alpha):
+    from dhrd.config import apply_method, explicit_fields, parse_args
+
+    m, d, loss, t, _ = parse_args(argv)
+    apply_method(loss, d, explicit_fields(argv), m)
+    assert (m.head, loss.alpha, loss.beta, d.rationale_mode, d.label_consistency) == (
+        head, alpha, 1.0, "teacher", "keep")
 
 
 def test_stream_positions_do_not_depend_on_world_size():

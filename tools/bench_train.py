@@ -172,7 +172,7 @@ def engine_worker(a, data: dict) -> int:
     if data["rats"]:
         argv += ["--rationale_file", data["rats"]]
     model_args, data_args, loss_args, train_args, _ = parse_args(argv)
-    apply_method(loss_args, data_args, explicit_fields(argv))
+    apply_method(loss_args, data_args, explicit_fields(argv), model_args)
     trainer = Trainer(model_args, data_args, loss_args, train_args)
     phases = Phases()
     phases.wrap(trainer.engine, "forward", "fwd")

@@ -30,7 +30,8 @@ sys.path.insert(0, REPO)
 def engine_cmd(a, method, seed, out):
     return [sys.executable, os.path.join(REPO, "dhrd", "train.py"), "--task", a.task, "--model", a.model,
             "--train_file", a.train_file, "--eval_file", a.eval_file, "--rationale_file", a.rationale_file,
-            "--method", method, "--lr", str(a.lr), "--epochs", "1", "--global_batch_size", str(a.batch_size),
+            "--method", method, "--head", "mlp",  # the plain loop's head
+            "--lr", str(a.lr), "--epochs", "1", "--global_batch_size", str(a.batch_size),
             "--max_seq_len", str(a.max_seq_len), "--warmup_steps", "5",
             "--seed", str(seed), "--output_dir", out, "--progress", "false", "--export_final", "false"]
 

@@ -4,7 +4,11 @@ stream, the steps it is cut into (``exact``: every step ``global_batch_size`` ex
 
 An optimizer step is a fixed number of GLOBAL micro-batches M (all ranks); each rank runs
 gas = M / world of them. Step k uses stream positions [kM, (k+1)M) on any world size: the
-same step on 1 or N processes, and resuming needs only k."""
+same step on 1 or N processes, and resuming needs only k.
+
+An example with k rationales has k tokenised rows (``slots``: the example each row belongs
+to); epoch e trains example j on its row (e + j) mod k, so every epoch sees each example
+once, with a different rationale each epoch, at the compute of one."""
 
 from __future__ import annotations
 
@@ -27,16 +31,30 @@ class MicroBatchStream:
     accumulation count holds."""
 
     def __init__(self, lengths, pack_tokens: int, rows_per_batch: int, seed: int, batch_size: int | None = None,
-                 per_step: int | None = None):
-        self.lengths, self.pack_tokens, self.rows, self.seed = list(lengths), pack_tokens, rows_per_batch, seed
+                 per_step: int | None = None, slots=None):
+        self.row_lengths, self.pack_tokens, self.rows, self.seed = list(lengths), pack_tokens, rows_per_batch, seed
         self.batch_size, self.per_step = batch_size, per_step
+        self.variants = example_rows(slots, len(self.row_lengths))
+        self.n_examples = len(self.variants)
         self._plans: list[list] = []
         self._steps: dict[int, list] = {}  # exact mode: planned once, sized (M) and flattened (plan)
 
+    def epoch_rows(self, epoch: int) -> list[int]:
+        """The row each example trains on in ``epoch``."""
+        return [v[(epoch + j) % len(v)] for j, v in enumerate(self.variants)]
+
+    def _planned(self, planner, epoch: int, **kw) -> list:
+        """``planner`` over this epoch's rows, its positions mapped back to row indices."""
+        rows = self.epoch_rows(epoch)
+        plan = planner([self.row_lengths[r] for r in rows], pack_tokens=self.pack_tokens,
+                       rows_per_batch=self.rows, seed=self.seed, epoch=epoch, **kw)
+        if all(r == j for j, r in enumerate(rows)):
+            return plan
+        return _remap(plan, rows)
+
     def exact_steps(self, epoch: int) -> list:
         if epoch not in self._steps:
-            self._steps[epoch] = plan_exact_steps(self.lengths, self.batch_size, self.pack_tokens, self.rows,
-                                                  seed=self.seed, epoch=epoch)
+            self._steps[epoch] = self._planned(plan_exact_steps, epoch, batch_size=self.batch_size)
         return self._steps[epoch]
 
     def micro_batches_needed(self, epochs: int, world: int) -> int:
@@ -49,8 +67,7 @@ class MicroBatchStream:
         while len(self._plans) <= epoch:
             e = len(self._plans)
             if self.batch_size is None:
-                self._plans.append(plan_micro_batches(self.lengths, self.pack_tokens, self.rows, seed=self.seed,
-                                                      epoch=e))
+                self._plans.append(self._planned(plan_micro_batches, e))
                 continue
             flat = []
             for step in self.exact_steps(e):
@@ -74,6 +91,27 @@ class MicroBatchStream:
         return self.plan(epoch)[i]
 
 
+def example_rows(slots, n_rows: int) -> list[list[int]]:
+    """Per example, its rows in order (row j is example j's first; further rows follow all
+    first rows). None: one row an example."""
+    if slots is None:
+        return [[j] for j in range(n_rows)]
+    out: list[list[int]] = []
+    for row, slot in enumerate(slots):
+        if slot == len(out):
+            out.append([row])
+        elif slot < len(out):
+            out[slot].append(row)
+        else:
+            raise ValueError(f"row {row} belongs to example {slot} before example {len(out)} has a row")
+    return out
+
+
+def _remap(plan, rows: list[int]):
+    """Positions (nested lists of ints) -> rows[position]."""
+    return [_remap(p, rows) if isinstance(p, list) else rows[p] for p in plan]
+
+
 def micro_batches_per_step(train_args, n_examples: int, plan_len: int, world: int) -> int:
     """Packed batching: global micro-batches per optimizer step, given, or the count that
     holds about ``global_batch_size`` examples; a multiple of the world size."""
@@ -87,10 +125,11 @@ def micro_batches_per_step(train_args, n_examples: int, plan_len: int, world: in
     return world * math.ceil(m / world)
 
 
-def data_order(train_args, data_args, lengths, world: int) -> tuple[MicroBatchStream, int, int, str]:
+def data_order(train_args, data_args, lengths, world: int, slots=None) -> tuple[MicroBatchStream, int, int, str]:
     """The stream, its micro-batches per step M, the steps of the run, and why: ``exact``
     batching (every step ``global_batch_size`` examples) unless --micro_batches_per_step or
-    --batching packed asks for M full packs a step."""
+    --batching packed asks for M full packs a step. ``slots``: the example of each row
+    (several rows an example: k rationales)."""
     mode = train_args.batching
     if mode == "auto":
         mode = "packed" if train_args.micro_batches_per_step else "exact"
@@ -98,18 +137,18 @@ def data_order(train_args, data_args, lengths, world: int) -> tuple[MicroBatchSt
         if train_args.micro_batches_per_step:
             raise ValueError("--batching exact sizes steps by --global_batch_size; drop --micro_batches_per_step")
         stream = MicroBatchStream(lengths, data_args.pack_tokens, data_args.rows_per_batch, train_args.seed,
-                                  batch_size=train_args.global_batch_size)
-        steps_per_epoch = math.ceil(len(lengths) / train_args.global_batch_size)
+                                  batch_size=train_args.global_batch_size, slots=slots)
+        steps_per_epoch = math.ceil(stream.n_examples / train_args.global_batch_size)
         total = train_args.max_steps if train_args.max_steps > 0 else \
             max(1, math.ceil(train_args.epochs * steps_per_epoch))
         stream.per_step = stream.micro_batches_needed(math.ceil(total / steps_per_epoch), world)
         why = f"exact: {train_args.global_batch_size} examples a step, in up to {stream.per_step} micro-batches"
         return stream, stream.per_step, total, why
-    stream = MicroBatchStream(lengths, data_args.pack_tokens, data_args.rows_per_batch, train_args.seed)
-    M = micro_batches_per_step(train_args, len(lengths), len(stream.plan(0)), world)
+    stream = MicroBatchStream(lengths, data_args.pack_tokens, data_args.rows_per_batch, train_args.seed, slots=slots)
+    M = micro_batches_per_step(train_args, stream.n_examples, len(stream.plan(0)), world)
     total = train_args.max_steps if train_args.max_steps > 0 else \
         max(1, math.ceil(train_args.epochs * len(stream.plan(0)) / M))
-    why = f"packed: {M} full micro-batches a step, ~{M * len(lengths) / len(stream.plan(0)):.1f} examples"
+    why = f"packed: {M} full micro-batches a step, ~{M * stream.n_examples / len(stream.plan(0)):.1f} examples"
     return stream, M, total, why
 
 

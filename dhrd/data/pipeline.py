@@ -35,7 +35,8 @@ def build_training_set(task, examples, tokenizer, special_ids: tuple[int, int], 
     if with_reasoning and data_args.rationale_file and data_args.rationale_mode != "none":
         rationales = read_rationales(data_args.rationale_file, task.labels, report)
     items = attach_rationales(examples, rationales, task.labels, mode=data_args.rationale_mode,
-                              consistency=data_args.label_consistency, seed=seed, report=report)
+                              consistency=data_args.label_consistency, seed=seed,
+                              per_example=data_args.rationales_per_example, report=report)
     builder = SequenceBuilder(tokenizer, *special_ids, task.verbalizers,
                               sequence_spec(data_args, with_reasoning=with_reasoning))
     return tokenize_items(items, builder, cache_dir=cache_dir, report=report), report

@@ -123,11 +123,16 @@ def tokenize_items(items, builder: SequenceBuilder, *, cache_dir: str | None = N
     rerun (or another node on a shared file system) loads it instead of rebuilding."""
     import datasets
 
+    # one row per example (row j = example j), then one per further rationale of an example
+    # with k (``slot``: the example a row belongs to; data/order.py picks one row an epoch)
+    rows = [(j, it, it.rationale) for j, it in enumerate(items)]
+    rows += [(j, it, alt) for j, it in enumerate(items) for alt in it.alternatives]
     columns = {
-        "id": [it.example.id for it in items],
-        "text": [it.example.text for it in items],
-        "rationale": [it.rationale for it in items],
-        "label_in": [it.example.label if it.example.label is not None else -100 for it in items],
+        "id": [it.example.id for _, it, _ in rows],
+        "slot": [j for j, _, _ in rows],
+        "text": [it.example.text for _, it, _ in rows],
+        "rationale": [r for _, _, r in rows],
+        "label_in": [it.example.label if it.example.label is not None else -100 for _, it, _ in rows],
     }
     ds = datasets.Dataset.from_dict(columns)
 

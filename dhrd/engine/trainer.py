@@ -61,7 +61,7 @@ def load_split(task, path, what, tokenizer, special, data_args, *, with_reasonin
                                                 with_reasoning=with_reasoning, seed=seed,
                                                 cache_dir=cache_dir, report=report)
         dist.barrier()
-    table = {k: list(ds[k]) for k in (*ROW_COLUMNS, "length")}
+    table = {k: list(ds[k]) for k in (*ROW_COLUMNS, "length", "slot")}
     groups = {ex.id: ex.group for ex in examples}
     table["group"] = [groups.get(i) for i in table["id"]]
     return table, report
@@ -185,9 +185,9 @@ class Trainer:
     def _plan_steps(self) -> None:
         """The data order, the DeepSpeed config that fits it, and config.json."""
         a, dist = self.train_args, self.dist
-        n_train = len(self.train_table["length"])
         self.stream, self.M, self.total_steps, why = data_order(a, self.data_args, self.train_table["length"],
-                                                                dist.world)
+                                                                dist.world, slots=self.train_table["slot"])
+        n_train = self.stream.n_examples
         self.gas = self.M // dist.world
         self.ds_cfg = fill_ds_config(self.base_cfg, micro_rows=self.data_args.rows_per_batch, gas=self.gas,
                                      world=dist.world, lr=a.lr, weight_decay=a.weight_decay,

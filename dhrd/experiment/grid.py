@@ -33,7 +33,8 @@ RESERVED = ("output_dir", "resume", "seed", "method", "task", "config", "train_f
             "rationale_file")
 SHORT = {"max_train_examples": "n", "alpha": "a", "beta": "b", "lr": "lr", "epochs": "ep", "lora": "lora",
          "label_consistency": "cons", "rationale_fraction": "frac", "lm_sections": "lm", "alpha_schedule": "sched",
-         "lr_schedule": "lrs", "rationales": "rat"}
+         "lr_schedule": "lrs", "rationales": "rat",
+         "alpha_switch_fraction": "sw", "rationales_per_example": "k"}
 # axes the harness resolves itself (not trainer arguments): ``rationales`` picks one of the
 # task's named rationale files (``rationale_sources``; the task's own ``rationale_file`` is
 # the source named by ``rationale_source``, default "palm")

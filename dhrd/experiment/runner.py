@@ -139,7 +139,7 @@ def resolved_args(argv: list[str]) -> dict:
     from ..config import apply_method, explicit_fields, parse_args
 
     *objs, _ = parse_args(argv)
-    apply_method(objs[2], objs[1], explicit_fields(argv))
+    apply_method(objs[2], objs[1], explicit_fields(argv), objs[0])
     return {k: v for obj in objs for k, v in asdict(obj).items()}
 
 

@@ -132,3 +132,49 @@ def test_rationales_of_other_examples_are_refused(tmp_path):
     assert len(items) == 300
     with pytest.raises(ValueError, match=r"r7.jsonl: teacher_label agrees with the gold label on only \d+ of 300"):
         attach_rationales(examples, rationale_file(7), task.labels)
+
+
+def test_k_rationales_an_example_each_judged_by_its_own_teacher_label(tmp_path):
+    path = write_jsonl(tmp_path / "k.jsonl", [
+        {"id": "0", "rationales": ["a0", "b0 [END OF REASONING] x", "  "]},           # one empty after cleaning
+        {"id": "1", "rationales": ["a1", "b1"], "teacher_labels": ["entailment", "not_entailment"]},
+        {"id": "2", "rationales": ["a2"], "teacher_labels": ["not_entailment"]},     # disagrees (gold 0)
+        {"id": "3", "rationale": "single"},
+    ])
+    report = DataReport()
+    rats = read_rationales(path, LABELS, report)
+    assert rats["0"].texts == ("a0", "b0") and rats["0"].text == "a0" and rats["3"].texts == ()
+    assert report["skipped/rationale_empty"] == 1
+    items = attach_rationales(examples(), rats, LABELS, report=report)
+    assert [(it.rationale, it.alternatives) for it in items] == [
+        ("a0", ("b0",)), ("a1", ("b1",)), ("a2", ()), ("single", ())]
+    assert report["examples_with_several_rationales"] == 2 and report["rationales_used"] == 6
+    # drop: only the disagreeing rationale goes; the example keeps its agreeing one / trains the classifier
+    dropped = attach_rationales(examples(), rats, LABELS, consistency="drop")
+    assert [(it.rationale, it.alternatives) for it in dropped] == [
+        ("a0", ("b0",)), ("b1", ()), (None, ()), ("single", ())]
+    # drop_example: an example goes only when none of its rationales agrees
+    kept = attach_rationales(examples(), rats, LABELS, consistency="drop_example")
+    assert [it.example.id for it in kept] == ["0", "1", "3"]
+    # at most k of them
+    one = attach_rationales(examples(), rats, LABELS, per_example=1)
+    assert all(it.alternatives == () for it in one) and one[1].rationale == "a1"
+    # shuffled moves an example's whole set
+    shuffled = attach_rationales(examples(), rats, LABELS, mode="shuffled", seed=3)
+    assert sorted((it.rationale, it.alternatives) for it in shuffled) == sorted(
+        (it.rationale, it.alternatives) for it in items)
+
+
+@pytest.mark.parametrize("row,field,fragment", [
+    ({"id": "1", "rationales": []}, "rationales", "non-empty list"),
+    ({"id": "1", "rationales": ["a", 3]}, "rationales[1]", "string"),
+    ({"id": "1", "rationales": ["a"], "rationale": "b"}, "rationales", "not both"),
+    ({"id": "1", "rationales": ["a", "b"], "teacher_labels": ["entailment"]}, "teacher_labels", "as long"),
+    ({"id": "1", "rationales": ["a"], "teacher_labels": ["maybe"]}, "teacher_labels[0]", "unknown label"),
+])
+def test_bad_k_rationale_lines(tmp_path, row, field, fragment):
+    path = write_jsonl(tmp_path / "bad.jsonl", [{"id": "0", "rationale": "fine"}, row])
+    with pytest.raises(DataError) as err:
+        read_rationales(path, LABELS)
+    msg = str(err.value)
+    assert "bad.jsonl:2" in msg and fragment in msg and f"field '{field}'" in msg

@@ -106,3 +106,14 @@ def test_batched_input_ids_equal_one_at_a_time(tok_ids):
     texts = ["short one", "the premise " * 20, "", "a b c d e f g h i j k l"]
     assert b.input_ids_batch(texts) == [b.input_ids(t)[0] for t in texts]
     assert b.input_ids_batch([]) == []
+
+
+def test_k_rationales_become_rows_of_one_slot(tok_ids):
+    items = [TrainItem(Example(str(i), f"premise {i}", i % 2), f"r{i}", tuple(f"alt{i}.{k}" for k in range(i % 3)))
+             for i in range(6)]
+    ds = tokenize_items(items, builder(tok_ids, max_seq_len=64, max_input_len=48))
+    # rows 0..5 are the examples' first rationales, then the alternatives, each naming its example
+    assert ds["slot"] == [0, 1, 2, 3, 4, 5, 1, 2, 2, 4, 5, 5]
+    assert ds["id"][6:] == ["1", "2", "2", "4", "5", "5"]
+    x_len = [ds["cls_pos"][j] for j in range(6)]
+    assert [ds["cls_pos"][r] for r in range(6, 12)] == [x_len[s] for s in ds["slot"][6:]]  # the same x

@@ -13,7 +13,10 @@ import sys
 import time
 from dataclasses import fields
 
+import pytest
+
 HERE = os.path.dirname(os.path.abspath(__file__))
+from dhrd.experiment.grid import GridError, load_grid  # noqa: E402
 from tests.distributed.train_helpers import REPO, child_env, write_model, write_task  # noqa: E402
 
 GRID = """
@@ -144,6 +147,72 @@ def test_changed_args_compares_what_the_run_resolved(tmp_path, monkeypatch):
     assert changed_args(grid, root, sibling) == {"alpha (seed 0 had it)": (1.0, 0.3)}
     monkeypatch.undo()
 
-    for common, expected in (("head: mlp", {}), ("head: linear", {"head": ("mlp", "linear")})):
+    for common, expected in (("head: linear", {}), ("head: mlp", {"head": ("linear", "mlp")})):
         (tmp_path / "grid.yaml").write_text(text.replace("save_every: 2}", f"save_every: 2, {common}}}"))
         assert changed_args(load_grid(str(tmp_path / "grid.yaml")), root, run) == expected
+
+
+SOURCES_GRID = """
+name: sources
+model: smollm2
+seeds: [0]
+tasks:
+  esnli:
+    train_file: d/train.jsonl
+    eval_file: d/dev.jsonl
+    rationale_file: d/palm.jsonl
+    rationale_sources: {human: d/human.jsonl, human3: d/human3.jsonl}
+    prepare:
+      source: src.jsonl
+      dev_size: 6
+      group_by: premise
+      human: {human: [explanation_1], human3: [explanation_1, explanation_2, explanation_3]}
+blocks:
+  - methods: [pooled]
+  - methods: [dhrd]
+    axes: {rationales: [palm, human, human3]}
+"""
+
+
+def test_rationale_sources_are_an_axis_prepared_from_the_rows(tmp_path, capsys):
+    from dhrd.data.rationales import attach_rationales, read_rationales
+    from dhrd.data.tasks import get_task
+    from dhrd.experiment.cli import main as experiment_main
+    from dhrd.experiment.runner import prepare, run_args
+
+    rows = [{"premise": f"p{i // 3}", "hypothesis": f"h{i}", "label": i % 3, "explanation_1": f"e1 {i}",
+             "explanation_2": f"e2 {i}", "explanation_3": "" if i == 4 else f"e3 {i}"} for i in range(18)]
+    (tmp_path / "src.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "grid.yaml").write_text(SOURCES_GRID)
+    grid = load_grid(str(tmp_path / "grid.yaml"))
+    # the default source keeps the name a block without the axis gives (one run, one recipe)
+    assert [r.name for r in grid.runs] == ["esnli-pooled-s0", "esnli-dhrd-s0", "esnli-dhrd-rathuman-s0",
+                                           "esnli-dhrd-rathuman3-s0"]
+    files = {r.name: run_args(grid, str(tmp_path / "root"), r)["rationale_file"] for r in grid.runs[1:]}
+    assert files == {"esnli-dhrd-s0": str(tmp_path / "d" / "palm.jsonl"),
+                     "esnli-dhrd-rathuman-s0": str(tmp_path / "d" / "human.jsonl"),
+                     "esnli-dhrd-rathuman3-s0": str(tmp_path / "d" / "human3.jsonl")}
+    assert "rationales" not in run_args(grid, str(tmp_path / "root"), grid.runs[2])  # not a trainer argument
+    prepare(grid, log=lambda m: None)
+    task = get_task("esnli")
+    train = task.read(tmp_path / "d" / "train.jsonl")
+    one = read_rationales(tmp_path / "d" / "human.jsonl", task.labels)
+    three = read_rationales(tmp_path / "d" / "human3.jsonl", task.labels)
+    ex = train[0]
+    assert one[ex.id].text == f"e1 {ex.id}" and one[ex.id].texts == ()
+    assert three["4"].texts == ("e1 4", "e2 4")  # an empty explanation is left out, not an empty rationale
+    items = attach_rationales(train, three, task.labels)
+    assert all(it.rationale == f"e1 {it.example.id}" and len(it.alternatives) in (1, 2) for it in items)
+    # --only picks runs by name; a pattern matching nothing is an error, not an empty success
+    assert experiment_main(["list", str(tmp_path / "grid.yaml"), "--root", str(tmp_path / "root"),
+                            "--only", "*rathuman*"]) == 0
+    listed = capsys.readouterr().out
+    assert "esnli-dhrd-rathuman-s0" in listed and "esnli-dhrd-rathuman3-s0" in listed and "pooled" not in listed
+    assert experiment_main(["list", str(tmp_path / "grid.yaml"), "--only", "nothing*"]) == 2
+    assert "no run of sources matches" in capsys.readouterr().err
+
+
+def test_an_unknown_rationale_source_names_the_known_ones(tmp_path):
+    (tmp_path / "grid.yaml").write_text(SOURCES_GRID.replace("[palm, human, human3]", "[palm, gemini]"))
+    with pytest.raises(GridError, match="no rationale source 'gemini' \\(known: palm, human, human3\\)"):
+        load_grid(str(tmp_path / "grid.yaml"))
