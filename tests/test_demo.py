@@ -74,6 +74,12 @@ def test_demo_runs_end_to_end(tmp_path):
     gap = res["gaps"][0]
     assert gap["baseline"] == "esnli-pooled" and len(gap["gap_per_seed"]) == 2
     assert "95% interval" in proc.stdout and "| esnli | dhrd | pooled |" in proc.stdout
+    png = work / "demo.png"
+    assert f"Figure (training losses, held-out accuracy and the paired interval): {png}" in proc.stdout
+    from matplotlib.image import imread
+
+    h, w = imread(png).shape[:2]
+    assert w > 1000 and h > 400  # two panels, not an empty canvas
     cfg = json.loads((work / "results" / "runs" / "esnli-dhrd-s0" / "config.json").read_text())
     assert cfg["data"]["max_train_examples"] == 24 and cfg["data"]["train_file"].endswith("demo_data/esnli/train.jsonl")
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=200, env=child_env())
