@@ -14,7 +14,7 @@ import torch
 
 from ..alpha_schedule import alpha_at
 from ..config import resolved_config
-from ..data.order import ROW_COLUMNS, collate, data_order
+from ..data.order import CHOICE_COLUMNS, ROW_COLUMNS, collate, data_order
 from ..fileio import atomic_write_json, read_json_or_none, repair_jsonl_tail
 from ..model.builder import build_model
 from ..model.compile import compile_blocks
@@ -61,7 +61,7 @@ def load_split(task, path, what, tokenizer, special, data_args, *, with_reasonin
                                                 with_reasoning=with_reasoning, seed=seed,
                                                 cache_dir=cache_dir, report=report)
         dist.barrier()
-    table = {k: list(ds[k]) for k in (*ROW_COLUMNS, "length")}
+    table = {k: list(ds[k]) for k in (*ROW_COLUMNS, "length", *(c for c in CHOICE_COLUMNS if c in ds.column_names))}
     groups = {ex.id: ex.group for ex in examples}
     table["group"] = [groups.get(i) for i in table["id"]]
     return table, report
@@ -162,7 +162,8 @@ class Trainer:
                                  total_steps=2, max_grad_norm=a.max_grad_norm, device=self.dist.device,
                                  lr_schedule=a.lr_schedule, autocast=a.autocast)
         self.model, self.tokenizer, self.special, self._hf_ds = build_model(
-            self.model_args, len(self.task.labels), pre_cfg, zero3=zero_stage(pre_cfg) == 3)
+            self.model_args, len(self.task.labels), pre_cfg, zero3=zero_stage(pre_cfg) == 3,
+            formulation=self.data_args.formulation)
         self.pad_id = self.tokenizer.pad_token_id
 
     def _load_data(self) -> None:

@@ -39,6 +39,12 @@ HF_FORMAT_VERSION = 1
 VLLM_UNVERIFIED = ("gemma3", "gemma3_text")
 
 
+CHOICE_HAS_NO_HF_CLASS = (
+    "this is a multiple-choice model (--formulation choice: one score per answer option): transformers has no "
+    "standard class for a decoder multiple-choice model (its *ForMultipleChoice classes are encoders), so it "
+    "cannot be exported --format hf; export --format lean and serve it with dhrd predict / dhrd serve")
+
+
 def serving_notes(model_type: str) -> list[str]:
     if model_type in VLLM_UNVERIFIED:
         return [f"vLLM: {model_type} sequence classifiers may run on vLLM's Transformers fallback backend, whose "
@@ -66,6 +72,8 @@ class HFExportReport:
 def refuse_unexportable(trained: Trained) -> None:
     """The HF class computes a linear head at the last token: anything else cannot be
     represented without custom code, which the export must not contain."""
+    if trained.formulation == "choice":
+        raise ValueError(CHOICE_HAS_NO_HF_CLASS)
     kind = head_kind(trained.model.head)
     if kind != "linear":
         raise ValueError(f"this classifier has the {kind} head: a standard <Arch>ForSequenceClassification holds "
