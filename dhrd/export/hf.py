@@ -30,7 +30,7 @@ from ..data.templates import CONFIG_KEY, FIELDS_KEY, render_input, template_for
 from ..fileio import atomic_write
 from ..model.dual_head import head_kind
 from ..serve.lean_format import DTYPES
-from .lean import Trained, dir_bytes, load_trained, training_meta
+from .lean import Trained, dir_bytes, load_trained, resolve_source, source_formulation, training_meta
 
 PAD_TOKEN = "<PAD>"
 HF_FORMAT_VERSION = 1
@@ -144,6 +144,8 @@ def export_hf(path: str, out_dir: str, *, tag: str | None = None, dtype: str = "
     """A training output (ZeRO checkpoint or final/) -> a standard HF classifier directory."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    if source_formulation(resolve_source(path, tag)) == "choice":
+        raise ValueError(CHOICE_HAS_NO_HF_CLASS)  # said before the weights load
     trained = load_trained(path, tag)
     refuse_unexportable(trained)
     seq, tokenizer, added = sequence_classifier(trained, dtype)

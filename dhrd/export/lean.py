@@ -83,6 +83,14 @@ def resolve_source(path: str, tag: str | None = None) -> Source:
     return Source("zero", out, tag, os.path.join(root, tag), cfg)
 
 
+def source_formulation(source: Source) -> str:
+    """classify or choice, from the source's metadata alone (before any weights load)."""
+    if source.kind == "final":
+        return _read_json(os.path.join(source.path, "dhrd_config.json"), "final/ export metadata").get(
+            "formulation", "classify")
+    return source.train_config["data"].get("formulation", "classify")
+
+
 def _torch_archive_problem(path: str) -> str | None:
     """Why ``path`` is not a complete torch.save archive (a zip whose central directory
     sits at the end, so truncation is caught without reading the tensors), or None."""
