@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     lengths = ds["length"]
     bins = best_fit_decreasing(lengths, data_args.pack_tokens)
     print(report.format())
-    unit = "questions (each packed whole: its options and any LM sequence)" if data_args.formulation == "choice" else "sequences"
+    unit = "sequences" if data_args.formulation != "choice" else \
+        "questions (each packed whole: its options and any LM sequence)"
     print(f"{unit}: {len(lengths)}, mean {sum(lengths) / len(lengths):.1f} tokens, max {max(lengths)}; "
           f"packed into {len(bins)} rows of {data_args.pack_tokens}: "
           f"efficiency {packing_efficiency(lengths, bins, data_args.pack_tokens):.4f}")

@@ -4,7 +4,6 @@ order; the rationale names it. Both heads can learn it in a few steps."""
 
 from __future__ import annotations
 
-import json
 import os
 import random
 
@@ -25,16 +24,13 @@ def choice_rows(n: int, seed: int = 0) -> list[dict]:
 
 
 def write_choice_task(dirpath, n_train: int = 48, n_eval: int = 32, seed: int = 0) -> dict:
+    from dhrd.fileio import atomic_write_jsonl
+
     os.makedirs(dirpath, exist_ok=True)
-    paths = {}
-    for split, n, s in (("train", n_train, seed), ("eval", n_eval, seed + 1)):
-        rows = choice_rows(n, s)
-        paths[split] = os.path.join(dirpath, f"{split}.jsonl")
-        with open(paths[split], "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
-        if split == "train":
-            paths["rationales"] = os.path.join(dirpath, "rationales.jsonl")
-            with open(paths["rationales"], "w") as f:
-                f.writelines(json.dumps({"id": str(r["idx"]), "rationale": f"option {r['label'] + 1} says good."})
-                             + "\n" for r in rows)
+    paths = {split: os.path.join(dirpath, f"{split}.jsonl") for split in ("train", "eval", "rationales")}
+    train = choice_rows(n_train, seed)
+    atomic_write_jsonl(paths["train"], train)
+    atomic_write_jsonl(paths["eval"], choice_rows(n_eval, seed + 1))
+    atomic_write_jsonl(paths["rationales"], [{"id": str(r["idx"]), "rationale": f"option {r['label'] + 1} says good."}
+                                             for r in train])
     return paths

@@ -61,8 +61,8 @@ def test_resuming_replays_the_same_questions(run):
     resumed from step_6 (in another output dir), steps 7-12 repeat the losses exactly."""
     root, paths, model = run
     first = root / "run"
-    proc = train(model, paths, root / "resumed", "--method", "dhrd", "--resume", str(first / "checkpoints" / "step_00000006"),
-                 "--export_final", "false")
+    step_6 = first / "checkpoints" / "step_00000006"
+    proc = train(model, paths, root / "resumed", "--method", "dhrd", "--resume", str(step_6), "--export_final", "false")
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "at step 6" in proc.stdout + proc.stderr
     for key in ("train/loss_cls", "train/loss_lm"):
@@ -95,7 +95,8 @@ def reference_probs(final_dir, rows) -> torch.Tensor:
             for text in get_task("copa").render_options(row):
                 ids = torch.tensor([seq.input_ids(text)[0]])
                 n = ids.shape[1]
-                scores.append(model(ids, torch.arange(n)[None], torch.tensor([n - 1]), torch.tensor([0])).cls_logits[0, 0])
+                out_ = model(ids, torch.arange(n)[None], torch.tensor([n - 1]), torch.tensor([0]))
+                scores.append(out_.cls_logits[0, 0])
             out.append(torch.stack(scores).softmax(-1))
     return torch.stack(out)
 

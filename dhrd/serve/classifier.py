@@ -99,7 +99,8 @@ class LeanClassifier:
         except FileNotFoundError:
             raise FileNotFoundError(f"{head_path}: missing (the classifier head)") from None
         except RuntimeError as e:  # shapes that disagree with lean_config.json or the decoder
-            raise ValueError(f"{head_path}: does not fit {cfg.head_outputs} output(s) ({cfg.formulation}), head_inner_size="
+            raise ValueError(f"{head_path}: does not fit {cfg.head_outputs} output(s) ({cfg.formulation}), "
+                             f"head_inner_size="
                              f"{cfg.head_inner_size}, hidden size {decoder.config.hidden_size}: "
                              f"{str(e).splitlines()[-1].strip()}") from None
         head.to(device=device, dtype=torch_dtype)

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from dhrd.config import DataArgs
+from dhrd.data.errors import DataError
 from dhrd.data.order import CHOICE_COLUMNS, ROW_COLUMNS, collate
 from dhrd.data.packing import IGNORE, collate_packed, plan_exact_steps
-from dhrd.data.errors import DataError
 from dhrd.data.pipeline import build_training_set, sequence_spec
 from dhrd.data.report import DataReport
 from dhrd.data.sequences import SequenceBuilder
