@@ -12,7 +12,7 @@ import torch
 
 from dhrd.data.packing import collate_packed
 from dhrd.model.dual_head import DualHeadModel, choice_scores
-from tests.helpers import ARCHS, tiny_backbone
+from tests.helpers import ARCHS, make_tiny_tokenizer, tiny_backbone
 
 
 def question(n_options: int, rng: torch.Generator, lm: bool, vocab: int = 300) -> dict:
@@ -100,17 +100,15 @@ def _accuracy(wrapper, table) -> float:
 
 
 @pytest.mark.parametrize("alpha", [0.0, 1.0], ids=["pooled", "dhrd"])
-def test_a_tiny_model_learns_a_choice_task(tmp_path, tiny_tokenizer, alpha):
+def test_a_tiny_model_learns_a_choice_task(tmp_path, alpha):
     """25 steps of 8 questions through the engine's loss module (DualHeadLoss): the choice
     loss falls from about ln 2, held-out accuracy ends far above chance (0.5); with alpha 1 the
     LM term (one sequence per question) trains too."""
-    import copy
-
     from dhrd.config import LossArgs
     from dhrd.data.order import batch_inputs, collate
     from dhrd.engine.step import DualHeadLoss
 
-    model, (train, dev) = _setup(tmp_path, copy.deepcopy(tiny_tokenizer), with_reasoning=alpha > 0)
+    model, (train, dev) = _setup(tmp_path, make_tiny_tokenizer(), with_reasoning=alpha > 0)
     wrapper = DualHeadLoss(model, LossArgs(alpha=alpha, beta=1.0, loss_impl="reference"))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     g = torch.Generator().manual_seed(0)

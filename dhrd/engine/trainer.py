@@ -263,7 +263,9 @@ class Trainer:
         first = step * self.M + dist.rank * self.gas
         plans = [self.stream[first + j] for j in range(self.gas)]
         batches = [collate(rows, table, self.pad_id) for rows in plans]
-        sum_sq = sum(table["length"][i] ** 2 for rows in plans for row in rows for i in row)
+        segs = table.get("seg_lens")  # a choice item's segments attend apart: attention FLOPs per segment
+        sum_sq = sum(sum(n * n for n in segs[i]) if segs else table["length"][i] ** 2
+                     for rows in plans for row in rows for i in row)
         counts = torch.tensor([sum(b.n_lm_tokens for b in batches),
                                sum(int((b.cls_labels != -100).sum()) for b in batches),
                                sum(b.n_real_tokens for b in batches), sum(b.n_segments for b in batches),

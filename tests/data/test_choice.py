@@ -24,6 +24,14 @@ CQA_ROW = {"id": "q1", "question": "Where do you keep milk?", "choices": ["fridg
            "answer": "fridge"}
 
 
+@pytest.fixture
+def tok():
+    """A fresh tokenizer: adding the reasoning tokens must not touch the session's one."""
+    from tests.helpers import make_tiny_tokenizer
+
+    return make_tiny_tokenizer()
+
+
 def tiny_special(tokenizer):
     from dhrd.model.dual_head import add_reasoning_tokens
     from tests.helpers import tiny_backbone
@@ -60,17 +68,17 @@ def test_tasks_render_one_input_per_option():
 
 
 @pytest.mark.parametrize("with_reasoning", [True, False])
-def test_a_question_is_its_options_then_its_lm_sequence(tmp_path, tiny_tokenizer, with_reasoning):
+def test_a_question_is_its_options_then_its_lm_sequence(tmp_path, tok, with_reasoning):
     task = get_task("copa")
     rows = choice_rows(6)
     examples = task.read(write_rows(tmp_path / "copa.jsonl", rows))
     rats = write_rows(tmp_path / "r.jsonl", [{"id": str(r["idx"]), "rationale": "because it is good"} for r in rows])
-    special = tiny_special(tiny_tokenizer)
+    special = tiny_special(tok)
     args = DataArgs(task="copa", formulation="choice", rationale_file=str(rats), max_seq_len=128, pack_tokens=512)
     report = DataReport()
-    ds, _ = build_training_set(task, examples, tiny_tokenizer, special, args, with_reasoning=with_reasoning,
+    ds, _ = build_training_set(task, examples, tok, special, args, with_reasoning=with_reasoning,
                                report=report)
-    seq = SequenceBuilder(tiny_tokenizer, *special, task.verbalizers, sequence_spec(args))
+    seq = SequenceBuilder(tok, *special, task.verbalizers, sequence_spec(args))
     for i, ex in enumerate(examples):
         options = [seq.input_ids(t)[0] for t in task.render_options(ex.fields)]
         want_ids, want_mask = sum(options, []), [0] * sum(map(len, options))
@@ -86,12 +94,12 @@ def test_a_question_is_its_options_then_its_lm_sequence(tmp_path, tiny_tokenizer
     assert counts["examples_with_rationale"] == (6 if with_reasoning else 0)
 
 
-def test_collated_questions_keep_segments_apart(tmp_path, tiny_tokenizer):
+def test_collated_questions_keep_segments_apart(tmp_path, tok):
     task = get_task("copa")
     examples = task.read(write_rows(tmp_path / "copa.jsonl", choice_rows(5)))
-    special = tiny_special(tiny_tokenizer)
+    special = tiny_special(tok)
     args = DataArgs(task="copa", formulation="choice", max_seq_len=128, pack_tokens=512)
-    table = table_of(build_training_set(task, examples, tiny_tokenizer, special, args, with_reasoning=True)[0])
+    table = table_of(build_training_set(task, examples, tok, special, args, with_reasoning=True)[0])
     b = collate([[0, 1, 2], [3, 4]], table, pad_id=0)
     assert b.choice_index.tolist() == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
     assert b.cls_labels.tolist() == [table["label"][i] for i in range(5)] and b.n_segments == 10
@@ -120,15 +128,15 @@ def test_variable_option_counts_pad_the_choice_index():
         collate_packed([[{**item(2, 4), "seg_lens": [4, 3], "id": "q"}]], pad_id=0)
 
 
-def test_steps_hold_whole_questions_deterministically(tmp_path, tiny_tokenizer):
+def test_steps_hold_whole_questions_deterministically(tmp_path, tok):
     """The data order counts questions: every step of exact batching is global_batch_size
     whole questions (each question's options together in one packed row), the same plan
     on every call, so resuming at step k replays the same questions."""
     task = get_task("copa")
     examples = task.read(write_rows(tmp_path / "copa.jsonl", choice_rows(20)))
-    special = tiny_special(tiny_tokenizer)
+    special = tiny_special(tok)
     args = DataArgs(task="copa", formulation="choice", max_seq_len=128, pack_tokens=512)
-    table = table_of(build_training_set(task, examples, tiny_tokenizer, special, args, with_reasoning=True)[0])
+    table = table_of(build_training_set(task, examples, tok, special, args, with_reasoning=True)[0])
     steps = plan_exact_steps(table["length"], 6, 512, seed=3)
     assert steps == plan_exact_steps(table["length"], 6, 512, seed=3)
     seen = []
@@ -142,14 +150,14 @@ def test_steps_hold_whole_questions_deterministically(tmp_path, tiny_tokenizer):
     assert sorted(seen) == list(range(20))
 
 
-def test_a_question_over_the_pack_budget_is_named(tmp_path, tiny_tokenizer):
+def test_a_question_over_the_pack_budget_is_named(tmp_path, tok):
     task = get_task("cqa")
     examples = task.read(write_rows(tmp_path / "cqa.jsonl", [CQA_ROW]))
     args = DataArgs(task="cqa", formulation="choice", max_seq_len=32, pack_tokens=32)
     with pytest.raises(ValueError, match=r"1 question\(s\) longer than --pack_tokens 32 \(first: id 'q1'"):
-        build_training_set(task, examples, tiny_tokenizer, tiny_special(tiny_tokenizer), args)
+        build_training_set(task, examples, tok, tiny_special(tok), args)
     with pytest.raises(ValueError, match="task 'rte' has no answer options"):
-        build_training_set(get_task("rte"), examples, tiny_tokenizer, (0, 0), args)
+        build_training_set(get_task("rte"), examples, tok, (0, 0), args)
 
 
 def test_cls_labels_index_options_not_segments():
