@@ -12,7 +12,7 @@ def main(argv: list[str] | None = None) -> int:
     from .data.errors import DataError
     from .data.packing import best_fit_decreasing, packing_efficiency
     from .data.pipeline import build_training_set, load_examples
-    from .data.tasks import get_task
+    from .data.tasks import check_formulation, get_task
     from .model.backbones import load_backbone, load_tokenizer, resolve_model_path
     from .model.dual_head import add_reasoning_tokens
 
@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
         if not data_args.train_file:
             raise ValueError("--train_file is required")
         task = get_task(data_args.task)
+        check_formulation(task, data_args.formulation)
     except ValueError as e:
         print(f"dhrd data: error: {e}", file=sys.stderr)
         return 2
@@ -36,13 +37,15 @@ def main(argv: list[str] | None = None) -> int:
         special = add_reasoning_tokens(tokenizer, load_backbone(path, gguf_file=model_args.gguf_file))
         ds, report = build_training_set(task, examples, tokenizer, special, data_args,
                                         with_reasoning=loss_args.alpha > 0, cache_dir=data_args.cache_dir)
-    except (DataError, OSError) as e:
+    except (DataError, OSError, ValueError) as e:
         print(f"dhrd data: error: {e}", file=sys.stderr)
         return 2
     lengths = ds["length"]
     bins = best_fit_decreasing(lengths, data_args.pack_tokens)
     print(report.format())
-    print(f"sequences: {len(lengths)}, mean {sum(lengths) / len(lengths):.1f} tokens, max {max(lengths)}; "
+    unit = "sequences" if data_args.formulation != "choice" else \
+        "questions (each packed whole: its options and any LM sequence)"
+    print(f"{unit}: {len(lengths)}, mean {sum(lengths) / len(lengths):.1f} tokens, max {max(lengths)}; "
           f"packed into {len(bins)} rows of {data_args.pack_tokens}: "
           f"efficiency {packing_efficiency(lengths, bins, data_args.pack_tokens):.4f}")
     return 0

@@ -85,9 +85,13 @@ class DataArgs:
     pack_tokens: int = field(default=4096, metadata={"help": "token budget of one packed row"})
     rows_per_batch: int = field(default=1, metadata={"help": "packed rows per micro-batch"})
     cache_dir: str | None = field(default=None, metadata={"help": "tokenised-data cache; default <output_dir>/cache"})
+    formulation: str = field(default="classify", metadata={
+        "help": "classify (one pooled input, a head over the labels) or choice (multiple-choice tasks: each "
+                "option scored alone, softmax over a question's options; docs/multiple_choice.md)"})
 
     def __post_init__(self):
         _check_choice("lm_sections", self.lm_sections, LM_SECTIONS)
+        _check_choice("formulation", self.formulation, ("classify", "choice"))
         _check_choice("rationale_mode", self.rationale_mode, RATIONALE_MODES)
         _check_choice("label_consistency", self.label_consistency, CONSISTENCY_POLICIES)
         if not 0.0 <= self.rationale_fraction <= 1.0:

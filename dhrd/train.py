@@ -29,10 +29,14 @@ def preflight(model_args, data_args, loss_args, train_args) -> None:
     task, the files, the DeepSpeed config. Raises ValueError / FileNotFoundError naming
     what is wrong."""
     from dhrd.data.pipeline import HUB_PREFIX
-    from dhrd.data.tasks import get_task
+    from dhrd.data.tasks import check_formulation, get_task
+    from dhrd.engine.cot_eval import resolve_eval_mode
     from dhrd.engine.ds_config import check_train_settings, load_ds_config
 
-    get_task(data_args.task)
+    check_formulation(get_task(data_args.task), data_args.formulation)
+    if data_args.formulation == "choice" and resolve_eval_mode(train_args.eval_mode, loss_args.beta) != "classifier":
+        raise ValueError("--formulation choice evaluates its choice head only: CoT evaluation decodes from the "
+                         "classify input (use --eval_mode classifier, and beta > 0 so the head is trained)")
     if not data_args.train_file:
         raise ValueError("--train_file is required")
     needs_rationales = loss_args.alpha > 0 and data_args.rationale_mode != "none"

@@ -198,7 +198,7 @@ def test_lean_texts_and_rows_equal_direct_predictions(lean_server, lean_clf, lea
     port = lean_server.port
     assert call(port, "GET", "/v1/model") == (200, {
         "format": "lean", "task": "rte", "labels": RTE_LABELS, "accepts": ["texts", "rows"],
-        "model_dir": lean_dir, **LEAN_LIMITS})
+        "formulation": "classify", "model_dir": lean_dir, **LEAN_LIMITS})
     status, reply = call(port, "POST", "/v1/classify", {"texts": TEXTS})
     assert status == 200
     check_predictions(reply, lean_clf.predict(TEXTS))

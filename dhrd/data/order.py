@@ -17,6 +17,7 @@ import math
 from .packing import collate_packed, plan_exact_steps, plan_micro_batches
 
 ROW_COLUMNS = ("input_ids", "lm_mask", "cls_pos", "label", "id")
+CHOICE_COLUMNS = ("seg_lens",)  # a multiple-choice table's (dhrd.data.choice)
 
 
 class MicroBatchStream:
@@ -158,11 +159,12 @@ def collate(rows_idx, table: dict, pad_id: int):
     ranks' collectives in step and add zero to the gradient."""
     if not rows_idx:
         return collate_packed([[]], pad_id, pad_to=8)
-    rows = [[{k: table[k][i] for k in ROW_COLUMNS} for i in row] for row in rows_idx]
+    columns = ROW_COLUMNS + tuple(k for k in CHOICE_COLUMNS if k in table)
+    rows = [[{k: table[k][i] for k in columns} for i in row] for row in rows_idx]
     return collate_packed(rows, pad_id)
 
 
 def batch_inputs(b, device) -> dict:
     b = b.to(device)
     return dict(input_ids=b.input_ids, position_ids=b.position_ids, cls_index=b.cls_index,
-                cls_start=b.cls_start, lm_targets=b.lm_targets, cls_labels=b.cls_labels)
+                cls_start=b.cls_start, lm_targets=b.lm_targets, cls_labels=b.cls_labels, choice_index=b.choice_index)

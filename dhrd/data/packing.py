@@ -7,6 +7,11 @@ collator that turns packed rows into the PackedBatch of the batch contract:
 
 No attention mask: restarting position ids isolate the segments in transformers' sdpa
 and eager attention (and flash-attention varlen on CUDA).
+
+A multiple-choice item (``--formulation choice``: one question) is several segments
+packed as one unit: its options ``[question, option]``, each pooled at its last token,
+then its LM sequence. Its label indexes its options; ``choice_index [Q, K]`` maps each
+question to the segments (rows of cls_index) of its options, -1 past its last option.
 """
 
 from __future__ import annotations
@@ -91,6 +96,7 @@ class PackedBatch:
     n_real_tokens: int
     n_lm_tokens: int
     example_ids: list[str] = field(default_factory=list)
+    choice_index: torch.Tensor | None = None  # [Q, K]: multiple-choice items only
 
     def to(self, device) -> "PackedBatch":
         moved = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -110,9 +116,10 @@ class PackedBatch:
 
 def collate_packed(rows: list[list[dict]], pad_id: int, *, pad_to: int | None = None,
                    pad_to_multiple_of: int = 8) -> PackedBatch:
-    """rows: per packed row, its segments as dicts with ``input_ids``, ``lm_mask``,
-    ``cls_pos``, ``label`` (and optionally ``id``). The padding tail of a row is a segment
-    of its own (positions restart at 0), never supervised."""
+    """rows: per packed row, its items as dicts with ``input_ids``, ``lm_mask``,
+    ``cls_pos``, ``label`` (and optionally ``id``; a multiple-choice item also
+    ``seg_lens``, and ``cls_pos`` a list, one pooled position per option). The padding
+    tail of a row is a segment of its own (positions restart at 0), never supervised."""
     lens = [sum(len(s["input_ids"]) for s in row) for row in rows]
     T = pad_to or max(lens)
     if pad_to is None and pad_to_multiple_of > 1:
@@ -123,7 +130,7 @@ def collate_packed(rows: list[list[dict]], pad_id: int, *, pad_to: int | None = 
     input_ids = torch.full((B, T), pad_id, dtype=torch.long)
     position_ids = torch.zeros((B, T), dtype=torch.long)
     lm_targets = torch.full((B, T), IGNORE, dtype=torch.long)
-    cls_index, cls_start, cls_labels, ids = [], [], [], []
+    cls_index, cls_start, cls_labels, ids, choices = [], [], [], [], []
     n_lm = 0
     for b, row in enumerate(rows):
         off = 0
@@ -132,14 +139,23 @@ def collate_packed(rows: list[list[dict]], pad_id: int, *, pad_to: int | None = 
             n = len(seq)
             t = torch.as_tensor(seq, dtype=torch.long)
             input_ids[b, off:off + n] = t
-            position_ids[b, off:off + n] = torch.arange(n)
+            starts = _segment_starts(seg)
+            for start, end in zip(starts, starts[1:] + [n]):
+                position_ids[b, off + start:off + end] = torch.arange(end - start)
             mask = torch.as_tensor(seg["lm_mask"], dtype=torch.bool)
-            # token i predicts token i+1 when token i+1 is supervised
+            # token i predicts token i+1 when token i+1 is supervised (a segment's first
+            # token never is, so no target crosses a segment boundary)
             tgt = torch.where(mask[1:], t[1:], torch.full_like(t[1:], IGNORE))
             lm_targets[b, off:off + n - 1] = tgt
             n_lm += int(mask[1:].sum())
-            cls_index.append(b * T + off + seg["cls_pos"])
-            cls_start.append(b * T + off)
+            pooled = seg["cls_pos"]
+            if isinstance(pooled, (list, tuple)):  # a question: one pooled segment per option
+                choices.append(list(range(len(cls_index), len(cls_index) + len(pooled))))
+                cls_index += [b * T + off + p for p in pooled]
+                cls_start += [b * T + off + s for s in starts[:len(pooled)]]
+            else:
+                cls_index.append(b * T + off + pooled)
+                cls_start.append(b * T + off)
             cls_labels.append(seg["label"])
             ids.append(seg.get("id", ""))
             off += n
@@ -149,7 +165,28 @@ def collate_packed(rows: list[list[dict]], pad_id: int, *, pad_to: int | None = 
                        cls_index=torch.tensor(cls_index, dtype=torch.long),
                        cls_start=torch.tensor(cls_start, dtype=torch.long),
                        cls_labels=torch.tensor(cls_labels, dtype=torch.long),
-                       n_real_tokens=sum(lens), n_lm_tokens=n_lm, example_ids=ids)
+                       n_real_tokens=sum(lens), n_lm_tokens=n_lm, example_ids=ids,
+                       choice_index=_choice_index(choices) if choices else None)
+
+
+def _segment_starts(item: dict) -> list[int]:
+    """Where each segment of an item starts (one segment unless it has ``seg_lens``)."""
+    lens = item.get("seg_lens")
+    if not lens:
+        return [0]
+    if sum(lens) != len(item["input_ids"]):
+        raise ValueError(f"item {item.get('id', '')!r}: seg_lens sum to {sum(lens)}, "
+                         f"not its {len(item['input_ids'])} tokens")
+    starts = [0]
+    for n in lens[:-1]:
+        starts.append(starts[-1] + n)
+    return starts
+
+
+def _choice_index(choices: list[list[int]]) -> torch.Tensor:
+    """[Q, K] segment indices of each question's options, -1 past its last one."""
+    width = max(map(len, choices))
+    return torch.tensor([c + [-1] * (width - len(c)) for c in choices], dtype=torch.long)
 
 
 def packing_efficiency(lengths, bins, capacity: int) -> float:

@@ -3,9 +3,11 @@ that accounts for every example and rationale."""
 
 from __future__ import annotations
 
+from .choice import tokenize_choice_items
 from .rationales import attach_rationales, read_rationales
 from .report import DataReport
 from .sequences import SequenceBuilder, SequenceSpec, tokenize_items
+from .tasks import check_formulation
 
 HUB_PREFIX = "hub:"
 
@@ -28,7 +30,10 @@ def build_training_set(task, examples, tokenizer, special_ids: tuple[int, int], 
                        with_reasoning: bool = True, seed: int = 0, cache_dir: str | None = None,
                        report: DataReport | None = None):
     """Tokenised training set (a ``datasets.Dataset`` with input_ids, lm_mask, cls_pos,
-    label, length, id, spans). ``with_reasoning=False`` (alpha = 0) keeps x only."""
+    label, length, id, spans). ``with_reasoning=False`` (alpha = 0) keeps x only. With
+    ``data_args.formulation`` choice, one item per question (dhrd.data.choice)."""
+    formulation = getattr(data_args, "formulation", "classify")
+    check_formulation(task, formulation)
     report = report if report is not None else DataReport()
     report.count("examples_read", len(examples))
     rationales = None
@@ -39,4 +44,7 @@ def build_training_set(task, examples, tokenizer, special_ids: tuple[int, int], 
                               per_example=data_args.rationales_per_example, report=report)
     builder = SequenceBuilder(tokenizer, *special_ids, task.verbalizers,
                               sequence_spec(data_args, with_reasoning=with_reasoning))
+    if formulation == "choice":
+        return tokenize_choice_items(task, items, builder, pack_tokens=data_args.pack_tokens, cache_dir=cache_dir,
+                                     report=report), report
     return tokenize_items(items, builder, cache_dir=cache_dir, report=report), report

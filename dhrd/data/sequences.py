@@ -116,6 +116,14 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return h.hexdigest()[:16]
 
 
+def rationale_rows(items) -> list[tuple[int, object, str | None]]:
+    """(slot, item, rationale) rows: one per example (row j = example j), then one per
+    further rationale of an example with k (``slot``: the example a row belongs to;
+    data/order.py trains one row of each example an epoch)."""
+    rows = [(j, it, it.rationale) for j, it in enumerate(items)]
+    return rows + [(j, it, alt) for j, it in enumerate(items) for alt in it.alternatives]
+
+
 def tokenize_items(items, builder: SequenceBuilder, *, cache_dir: str | None = None,
                    report: DataReport | None = None, num_proc: int | None = None):
     """Tokenise TrainItems through ``datasets.map``; with ``cache_dir`` the result is
@@ -123,10 +131,7 @@ def tokenize_items(items, builder: SequenceBuilder, *, cache_dir: str | None = N
     rerun (or another node on a shared file system) loads it instead of rebuilding."""
     import datasets
 
-    # one row per example (row j = example j), then one per further rationale of an example
-    # with k (``slot``: the example a row belongs to; data/order.py picks one row an epoch)
-    rows = [(j, it, it.rationale) for j, it in enumerate(items)]
-    rows += [(j, it, alt) for j, it in enumerate(items) for alt in it.alternatives]
+    rows = rationale_rows(items)
     columns = {
         "id": [it.example.id for _, it, _ in rows],
         "slot": [j for j, _, _ in rows],

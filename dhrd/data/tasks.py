@@ -99,11 +99,26 @@ class Task:
     units: Callable[[Row], Iterator[Unit]] | None = field(default=None, repr=False)  # rows holding many examples
     from_hub: Callable[[Row], Row] | None = field(default=None, repr=False)  # None: same fields, int label
     hub_split: Callable[[str], str] = field(default=lambda split: split, repr=False)
+    # Multiple-choice tasks (--formulation choice): the text of each answer option, in
+    # label order, and the input [question, option] the choice head scores for one option.
+    options: Callable[[Row], list[str]] | None = field(default=None, repr=False)
+    choice_template: Callable[[Row, str], str] | None = field(default=None, repr=False)
 
     def render(self, row: Row) -> str:
         """The classifier input x for one row of the local format (MultiRC: one answer row,
         as in Example.fields). Plain text, last line names the answer options."""
         return self.template(row)
+
+    @property
+    def has_options(self) -> bool:
+        return self.options is not None and self.choice_template is not None
+
+    def render_options(self, row: Row) -> list[str]:
+        """One input per answer option, ``[question, option]``, in label order: what the
+        choice head scores (--formulation choice)."""
+        if not self.has_options:
+            raise ValueError(choice_refusal(self.name))
+        return [self.choice_template(row, option.strip()) for option in self.options(row)]
 
     def label_of(self, row: Row) -> int:
         value = row.get(self.label_key)
@@ -259,9 +274,22 @@ def _copa(r: Row) -> str:
             f"Which option is more plausibly the {question}? Answer 1 or 2.")
 
 
+COPA_ASKS = {"cause": "What was the cause?", "effect": "What happened as a result?"}
+
+
+def _copa_options(r: Row) -> list[str]:
+    return [need_text(r, "choice1"), need_text(r, "choice2")]
+
+
+def _copa_choice(r: Row, option: str) -> str:
+    _copa(r)  # the same field checks as the classify input
+    return f"Premise: {need_text(r, 'premise')}\n{COPA_ASKS[r['question']]}\nAnswer: {option}"
+
+
 register(Task("copa", ("choice1", "choice2"), ("1", "2"),
               "Pick the more plausible cause or effect of the premise.",
-              ("accuracy",), (SUPERGLUE, "copa"), _copa, (0, 1)))
+              ("accuracy",), (SUPERGLUE, "copa"), _copa, (0, 1),
+              options=_copa_options, choice_template=_copa_choice))
 
 
 def _multirc(r: Row) -> str:
@@ -368,6 +396,10 @@ def _cqa(r: Row) -> str:
     return f"Question: {need_text(r, 'question')}\nChoices:\n{options}\nAnswer a, b, c, d or e."
 
 
+def _cqa_choice(r: Row, option: str) -> str:
+    return f"Question: {need_text(r, 'question')}\nAnswer: {option}"
+
+
 def _cqa_hub(r: Row) -> Row:
     """Hub rows give the answer as a key (A..E, '' when unlabeled); local rows as the text.
     An unknown key is kept as the answer, for label_of to reject."""
@@ -382,13 +414,31 @@ def _cqa_hub(r: Row) -> Row:
 # (42 of 9741 training rows) the first is taken, as the text cannot tell them apart.
 register(Task("cqa", LETTERS, LETTERS, "Answer a commonsense question by picking one of five choices.",
               ("accuracy",), ("tau/commonsense_qa", None), _cqa, _cqa_choices,
-              label_key="answer", id_key="id", from_hub=_cqa_hub))
+              label_key="answer", id_key="id", from_hub=_cqa_hub,
+              options=_cqa_choices, choice_template=_cqa_choice))
 
 
 # A generated arithmetic task (python -m dhrd.demo --task sum4): its rationale writes the
 # sum out and compares it with 20, so it carries everything the label needs. No hub data.
 register(Task("sum4", ("no", "yes"), ("no", "yes"), "Decide whether a sum of four digits is more than 20.",
               ("accuracy",), None, lambda r: f"{need_text(r, 'question')}\nAnswer yes or no.", ("no", "yes")))
+
+
+FORMULATIONS = ("classify", "choice")
+
+
+def choice_refusal(name: str) -> str:
+    have = ", ".join(n for n, t in TASKS.items() if t.has_options)
+    return (f"task {name!r} has no answer options: --formulation choice scores each option of a "
+            f"multiple-choice task ({have}); use --formulation classify")
+
+
+def check_formulation(task: Task, formulation: str) -> None:
+    """Refuse a formulation the task cannot take, with a one-line reason."""
+    if formulation not in FORMULATIONS:
+        raise ValueError(f"formulation={formulation!r} is not one of {', '.join(FORMULATIONS)}")
+    if formulation == "choice" and not task.has_options:
+        raise ValueError(choice_refusal(task.name))
 
 
 def get_task(name: str) -> Task:

@@ -61,7 +61,8 @@ def save_head(head, path: str) -> None:
 
 
 def _write_final(state, model, tokenizer, special, task, model_args, data_args, loss_args, out_dir):
-    fresh = dual_head_from_config(model.config, model.num_labels, model_args, model.pooling)
+    formulation = "choice" if model.choice else "classify"
+    fresh = dual_head_from_config(model.config, model.num_labels, model_args, model.pooling, formulation=formulation)
     load_trained_state(fresh, state)
     dtype = next(fresh.parameters()).dtype
     backbone = merged_backbone(fresh, model_args.lora)
@@ -69,7 +70,7 @@ def _write_final(state, model, tokenizer, special, task, model_args, data_args, 
     tokenizer.save_pretrained(out_dir)
     save_head(fresh.head, os.path.join(out_dir, HEAD_FILE))
     meta = {"task": task.name, "labels": list(task.labels), "verbalizers": list(task.verbalizers),
-            "pooling": fresh.pooling, "num_labels": fresh.num_labels,
+            "pooling": fresh.pooling, "num_labels": fresh.num_labels, "formulation": formulation,
             "head": head_kind(fresh.head), "head_inner_size": head_inner_size(fresh.head), "head_file": HEAD_FILE,
             "special_token_ids": {"reason": special[0], "answer": special[1]},
             "alpha": loss_args.alpha, "beta": loss_args.beta, "method": loss_args.method,

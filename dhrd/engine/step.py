@@ -45,8 +45,8 @@ class DualHeadLoss(nn.Module):
                 deepspeed.zero.register_external_parameter(self, p)
 
     def forward(self, input_ids, position_ids, cls_index, cls_start, lm_targets=None, cls_labels=None,
-                n_lm_tokens=None, n_cls=None, eval_only: bool = False):
-        out = self.model(input_ids, position_ids, cls_index, cls_start)
+                n_lm_tokens=None, n_cls=None, eval_only: bool = False, choice_index=None):
+        out = self.model(input_ids, position_ids, cls_index, cls_start, choice_index=choice_index)
         if eval_only:
             return out.cls_logits
         a = self.loss_args

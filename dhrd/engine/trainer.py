@@ -14,7 +14,7 @@ import torch
 
 from ..alpha_schedule import alpha_at
 from ..config import resolved_config
-from ..data.order import ROW_COLUMNS, collate, data_order
+from ..data.order import CHOICE_COLUMNS, ROW_COLUMNS, collate, data_order
 from ..fileio import atomic_write_json, read_json_or_none, repair_jsonl_tail
 from ..model.builder import build_model
 from ..model.compile import compile_blocks
@@ -61,7 +61,8 @@ def load_split(task, path, what, tokenizer, special, data_args, *, with_reasonin
                                                 with_reasoning=with_reasoning, seed=seed,
                                                 cache_dir=cache_dir, report=report)
         dist.barrier()
-    table = {k: list(ds[k]) for k in (*ROW_COLUMNS, "length", "slot")}
+    extra = [c for c in ("slot", *CHOICE_COLUMNS) if c in ds.column_names]  # k rationales; choice items
+    table = {k: list(ds[k]) for k in (*ROW_COLUMNS, "length", *extra)}
     groups = {ex.id: ex.group for ex in examples}
     table["group"] = [groups.get(i) for i in table["id"]]
     return table, report
@@ -162,7 +163,8 @@ class Trainer:
                                  total_steps=2, max_grad_norm=a.max_grad_norm, device=self.dist.device,
                                  lr_schedule=a.lr_schedule, autocast=a.autocast)
         self.model, self.tokenizer, self.special, self._hf_ds = build_model(
-            self.model_args, len(self.task.labels), pre_cfg, zero3=zero_stage(pre_cfg) == 3)
+            self.model_args, len(self.task.labels), pre_cfg, zero3=zero_stage(pre_cfg) == 3,
+            formulation=self.data_args.formulation)
         self.pad_id = self.tokenizer.pad_token_id
 
     def _load_data(self) -> None:
@@ -186,7 +188,7 @@ class Trainer:
         """The data order, the DeepSpeed config that fits it, and config.json."""
         a, dist = self.train_args, self.dist
         self.stream, self.M, self.total_steps, why = data_order(a, self.data_args, self.train_table["length"],
-                                                                dist.world, slots=self.train_table["slot"])
+                                                                dist.world, slots=self.train_table.get("slot"))
         n_train = self.stream.n_examples
         self.gas = self.M // dist.world
         self.ds_cfg = fill_ds_config(self.base_cfg, micro_rows=self.data_args.rows_per_batch, gas=self.gas,
@@ -262,7 +264,9 @@ class Trainer:
         first = step * self.M + dist.rank * self.gas
         plans = [self.stream[first + j] for j in range(self.gas)]
         batches = [collate(rows, table, self.pad_id) for rows in plans]
-        sum_sq = sum(table["length"][i] ** 2 for rows in plans for row in rows for i in row)
+        segs = table.get("seg_lens")  # a choice item's segments attend apart: attention FLOPs per segment
+        sum_sq = sum(sum(n * n for n in segs[i]) if segs else table["length"][i] ** 2
+                     for rows in plans for row in rows for i in row)
         counts = torch.tensor([sum(b.n_lm_tokens for b in batches),
                                sum(int((b.cls_labels != -100).sum()) for b in batches),
                                sum(b.n_real_tokens for b in batches), sum(b.n_segments for b in batches),

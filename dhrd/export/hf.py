@@ -30,13 +30,19 @@ from ..data.templates import CONFIG_KEY, FIELDS_KEY, render_input, template_for
 from ..fileio import atomic_write
 from ..model.dual_head import head_kind
 from ..serve.lean_format import DTYPES
-from .lean import Trained, dir_bytes, load_trained, training_meta
+from .lean import Trained, dir_bytes, load_trained, resolve_source, source_formulation, training_meta
 
 PAD_TOKEN = "<PAD>"
 HF_FORMAT_VERSION = 1
 # architectures whose sequence classifier vLLM may run through its Transformers fallback
 # backend, where last-token pooling of this export was not verified
 VLLM_UNVERIFIED = ("gemma3", "gemma3_text")
+
+
+CHOICE_HAS_NO_HF_CLASS = (
+    "this is a multiple-choice model (--formulation choice: one score per answer option): transformers has no "
+    "standard class for a decoder multiple-choice model (its *ForMultipleChoice classes are encoders), so it "
+    "cannot be exported --format hf; export --format lean and serve it with dhrd predict / dhrd serve")
 
 
 def serving_notes(model_type: str) -> list[str]:
@@ -66,6 +72,8 @@ class HFExportReport:
 def refuse_unexportable(trained: Trained) -> None:
     """The HF class computes a linear head at the last token: anything else cannot be
     represented without custom code, which the export must not contain."""
+    if trained.formulation == "choice":
+        raise ValueError(CHOICE_HAS_NO_HF_CLASS)
     kind = head_kind(trained.model.head)
     if kind != "linear":
         raise ValueError(f"this classifier has the {kind} head: a standard <Arch>ForSequenceClassification holds "
@@ -136,6 +144,8 @@ def export_hf(path: str, out_dir: str, *, tag: str | None = None, dtype: str = "
     """A training output (ZeRO checkpoint or final/) -> a standard HF classifier directory."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    if source_formulation(resolve_source(path, tag)) == "choice":
+        raise ValueError(CHOICE_HAS_NO_HF_CLASS)  # said before the weights load
     trained = load_trained(path, tag)
     refuse_unexportable(trained)
     seq, tokenizer, added = sequence_classifier(trained, dtype)

@@ -83,6 +83,14 @@ def resolve_source(path: str, tag: str | None = None) -> Source:
     return Source("zero", out, tag, os.path.join(root, tag), cfg)
 
 
+def source_formulation(source: Source) -> str:
+    """classify or choice, from the source's metadata alone (before any weights load)."""
+    if source.kind == "final":
+        return _read_json(os.path.join(source.path, "dhrd_config.json"), "final/ export metadata").get(
+            "formulation", "classify")
+    return source.train_config["data"].get("formulation", "classify")
+
+
 def _torch_archive_problem(path: str) -> str | None:
     """Why ``path`` is not a complete torch.save archive (a zip whose central directory
     sits at the end, so truncation is caught without reading the tensors), or None."""
@@ -177,7 +185,8 @@ def dual_head_from_checkpoint(source: Source):
     tokenizer = load_tokenizer(base, margs.gguf_file)
     hf_config = AutoConfig.from_pretrained(base, gguf_file=margs.gguf_file, **NO_REMOTE_CODE)
     num_labels = len(get_task(cfg["data"]["task"]).labels)
-    model = dual_head_from_config(hf_config, num_labels, margs, margs.pooling, tokenizer=tokenizer)
+    model = dual_head_from_config(hf_config, num_labels, margs, margs.pooling, tokenizer=tokenizer,
+                                  formulation=cfg["data"].get("formulation", "classify"))
     want = cfg.get("derived", {}).get("special_token_ids")
     got = [tokenizer.convert_tokens_to_ids(t) for t in ("<REASON>", "<ANS>")]
     if want is not None and list(want) != got:
@@ -286,6 +295,10 @@ class Trained:
     lora: bool
 
     @property
+    def formulation(self) -> str:
+        return "choice" if self.model.choice else "classify"
+
+    @property
     def tied(self) -> bool:
         return self.model.lm_weight is self.model.backbone.get_input_embeddings().weight
 
@@ -323,6 +336,7 @@ def export_lean(path: str, out_dir: str, *, tag: str | None = None, dtype: str =
                           pooling=model.pooling, max_input_len=t.max_input_len, num_labels=model.num_labels,
                           head_inner_size=head_inner_size(model.head), head=head_kind(model.head),
                           dtype=dtype, quantize=quantize,
-                          tied_embeddings=t.tied, special_token_ids=t.special, training=training_meta(t.source))
+                          tied_embeddings=t.tied, special_token_ids=t.special, training=training_meta(t.source),
+                          formulation=t.formulation)
     write_lean(model, t.tokenizer, lean_cfg, out_dir, lora=t.lora)
     return ExportReport(t.source.path, out_dir, dir_bytes(t.source.path), t.dual_head_bytes(dtype), dir_bytes(out_dir))

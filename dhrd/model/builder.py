@@ -23,15 +23,17 @@ from .lora import apply_lora
 from .segment_attention import resolve
 
 
-def dual_head(backbone, num_labels: int, settings, *, pooling: str | None = None) -> DualHeadModel:
+def dual_head(backbone, num_labels: int, settings, *, pooling: str | None = None,
+              formulation: str = "classify") -> DualHeadModel:
     """The head on ``backbone`` as ``settings`` (ModelArgs, or anything with its head
-    fields) say; ``pooling`` overrides theirs."""
+    fields) say; ``pooling`` overrides theirs; ``formulation`` choice scores options."""
     return DualHeadModel(backbone, num_labels, pooling=pooling or settings.pooling,
                          head_inner_size=getattr(settings, "head_inner_size", None) or None,
-                         head_dropout=getattr(settings, "head_dropout", 0.0), head=getattr(settings, "head", "mlp"))
+                         head_dropout=getattr(settings, "head_dropout", 0.0), head=getattr(settings, "head", "mlp"),
+                         choice=formulation == "choice")
 
 
-def build_model(model_args, num_labels: int, ds_cfg: dict, *, zero3: bool):
+def build_model(model_args, num_labels: int, ds_cfg: dict, *, zero3: bool, formulation: str = "classify"):
     """Backbone + tokenizer + reasoning tokens + (LoRA) + head. Under ZeRO-3 (``zero3``:
     the caller reads the stage from ``ds_cfg``) the backbone is loaded under
     ``HfDeepSpeedConfig`` (which must stay alive: it is returned) and the head is built
@@ -55,7 +57,7 @@ def build_model(model_args, num_labels: int, ds_cfg: dict, *, zero3: bool):
     if model_args.lora:
         backbone = apply_lora(backbone, model_args)
     with init_ctx:
-        model = dual_head(backbone, num_labels, model_args)
+        model = dual_head(backbone, num_labels, model_args, formulation=formulation)
     return model, tokenizer, special, hf_ds
 
 
@@ -71,7 +73,8 @@ def build_dual_head_model(args, num_labels: int, device=None):
     return dual_head(backbone, num_labels, args), tokenizer, special
 
 
-def dual_head_from_config(config, num_labels: int, model_args, pooling: str, tokenizer=None):
+def dual_head_from_config(config, num_labels: int, model_args, pooling: str, tokenizer=None,
+                          formulation: str = "classify"):
     """An unpartitioned, untrained DualHeadModel of the trained architecture (HF's ZeRO-3
     hook switched off, LoRA adapters in place when trained with them), ready to take a
     consolidated state dict. With ``tokenizer`` (a base tokenizer) the reasoning tokens
@@ -85,7 +88,7 @@ def dual_head_from_config(config, num_labels: int, model_args, pooling: str, tok
         add_reasoning_tokens(tokenizer, backbone)
     if model_args.lora:
         backbone = apply_lora(backbone, model_args)
-    return dual_head(backbone, num_labels, model_args, pooling=pooling)
+    return dual_head(backbone, num_labels, model_args, pooling=pooling, formulation=formulation)
 
 
 class _FinalHead:
@@ -104,6 +107,6 @@ def dual_head_from_final(path: str, meta: dict, head_path: str):
 
     refuse_remote_code(path)
     backbone = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, meta["dtype"]), **NO_REMOTE_CODE)
-    model = dual_head(backbone, meta["num_labels"], _FinalHead(meta))
+    model = dual_head(backbone, meta["num_labels"], _FinalHead(meta), formulation=meta.get("formulation", "classify"))
     model.head.load_state_dict(load_file(head_path))
     return model.eval(), AutoTokenizer.from_pretrained(path, **NO_REMOTE_CODE)

@@ -107,10 +107,14 @@ def pool_hidden(hidden: torch.Tensor, cls_index: torch.Tensor, cls_start: torch.
 class DualHeadModel(nn.Module):
     """A decoder trained as a classifier (pooled head) with its LM head kept as the
     reasoning head for training. Works with any ``AutoModelForCausalLM`` whose base model
-    accepts ``position_ids`` (packed segments are isolated by restarting position ids)."""
+    accepts ``position_ids`` (packed segments are isolated by restarting position ids).
+
+    ``choice``: the multiple-choice formulation; the head gives one score per pooled
+    segment (an answer option) and ``forward`` arranges them per question (choice_scores)."""
 
     def __init__(self, backbone: nn.Module, num_labels: int, pooling: str = "last",
-                 head_inner_size: int | None = None, head_dropout: float = 0.0, head: str = "mlp"):
+                 head_inner_size: int | None = None, head_dropout: float = 0.0, head: str = "mlp",
+                 choice: bool = False):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {pooling!r}; expected one of {POOLINGS}")
@@ -118,9 +122,10 @@ class DualHeadModel(nn.Module):
             raise ValueError(f"a classifier needs at least 2 labels, got {num_labels}")
         self.backbone = backbone
         self.pooling = pooling
+        self.choice, self._num_labels = choice, num_labels
         cfg = self.config
         hidden_size = getattr(cfg, "hidden_size", None) or cfg.n_embd
-        self.head = make_head(head, hidden_size, num_labels, head_inner_size, head_dropout)
+        self.head = make_head(head, hidden_size, 1 if choice else num_labels, head_inner_size, head_dropout)
         dtype = next(backbone.parameters()).dtype
         if dtype.is_floating_point:
             self.head.to(dtype)
@@ -131,7 +136,8 @@ class DualHeadModel(nn.Module):
 
     @property
     def num_labels(self) -> int:
-        return self.head.out.out_features
+        """The task's labels (a choice model: its options, each scored by one output)."""
+        return self._num_labels
 
     @property
     def decoder(self) -> nn.Module:
@@ -162,13 +168,28 @@ class DualHeadModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor,
                 cls_index: torch.Tensor, cls_start: torch.Tensor | None = None,
-                **_ignored) -> DualHeadOutput:
+                choice_index: torch.Tensor | None = None, **_ignored) -> DualHeadOutput:
         """input_ids/position_ids [B, T] (positions restart at 0 per packed segment, no
-        attention mask); cls_index [S] flat index of each segment's pooled token."""
+        attention mask); cls_index [S] flat index of each segment's pooled token;
+        choice_index [Q, K] (choice models): each question's option segments, -1 padding;
+        then cls_logits is [Q, K], one score per option."""
         out = self.decoder(input_ids=input_ids, position_ids=position_ids, use_cache=False)
         hidden = out.last_hidden_state
         pooled = pool_hidden(hidden, cls_index, cls_start, self.pooling)
-        return DualHeadOutput(hidden=hidden, cls_logits=self.head(pooled.to(self.head.out.weight.dtype)))
+        logits = self.head(pooled.to(self.head.out.weight.dtype))
+        if choice_index is not None:
+            logits = choice_scores(logits, choice_index)
+        return DualHeadOutput(hidden=hidden, cls_logits=logits)
+
+
+def choice_scores(scores: torch.Tensor, choice_index: torch.Tensor) -> torch.Tensor:
+    """[S, 1] option scores -> [Q, K] per question, -inf where a question has fewer than
+    K options (softmax and cross-entropy then give those no weight)."""
+    if scores.shape[-1] != 1:
+        raise ValueError(f"choice scoring needs one score per option, the head gives {scores.shape[-1]}")
+    flat = scores[:, 0]
+    picked = flat.index_select(0, choice_index.clamp(min=0).reshape(-1)).reshape(choice_index.shape)
+    return picked.masked_fill(choice_index < 0, float("-inf"))
 
 
 def _gathered(params, modifier_rank: int = 0):

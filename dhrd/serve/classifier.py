@@ -92,14 +92,15 @@ class LeanClassifier:
             raise ValueError(f"{path}: the decoder weights or config cannot be read: {e}") from None
         except SafetensorError as e:  # truncated or garbage weights (not an OSError)
             raise ValueError(f"{os.path.join(path, WEIGHTS)}: not a readable safetensors file ({e})") from None
-        head = make_head(cfg.head, decoder.config.hidden_size, cfg.num_labels, cfg.head_inner_size or None)
+        head = make_head(cfg.head, decoder.config.hidden_size, cfg.head_outputs, cfg.head_inner_size or None)
         head_path = os.path.join(path, HEAD_FILE)
         try:
             head.load_state_dict(load_file(head_path))
         except FileNotFoundError:
             raise FileNotFoundError(f"{head_path}: missing (the classifier head)") from None
         except RuntimeError as e:  # shapes that disagree with lean_config.json or the decoder
-            raise ValueError(f"{head_path}: does not fit num_labels={cfg.num_labels}, head_inner_size="
+            raise ValueError(f"{head_path}: does not fit {cfg.head_outputs} output(s) ({cfg.formulation}), "
+                             f"head_inner_size="
                              f"{cfg.head_inner_size}, hidden size {decoder.config.hidden_size}: "
                              f"{str(e).splitlines()[-1].strip()}") from None
         head.to(device=device, dtype=torch_dtype)
@@ -129,17 +130,38 @@ class LeanClassifier:
         head_dtype = next((p.dtype for p in self.head.parameters()), torch.float32)
         return self.head(pooled.to(head_dtype)).float()
 
+    def scores_ids(self, ids: Sequence[Sequence[int]], batch_size: int = 32,
+                   max_batch_tokens: int | None = None) -> torch.Tensor:
+        """The head's outputs [N, outputs] (float32) in input order, each input alone."""
+        out = torch.empty(len(ids), self.config.head_outputs)
+        if not ids:
+            return out
+        batches = length_buckets([len(x) for x in ids], batch_size, max_batch_tokens)
+        # logits stay on the device until the end: no host sync between batches
+        out[torch.tensor([i for batch in batches for i in batch])] = \
+            torch.cat([self.logits([ids[i] for i in batch]) for batch in batches]).cpu()
+        return out
+
     def predict_ids(self, ids: Sequence[Sequence[int]], batch_size: int = 32,
                     max_batch_tokens: int | None = None) -> torch.Tensor:
         """Class probabilities [N, C] in input order."""
-        probs = torch.empty(len(ids), self.config.num_labels)
-        if not ids:
-            return probs
-        batches = length_buckets([len(x) for x in ids], batch_size, max_batch_tokens)
-        # logits stay on the device until the end: no host sync between batches
-        out = torch.cat([self.logits([ids[i] for i in batch]) for batch in batches]).softmax(-1).cpu()
-        probs[torch.tensor([i for batch in batches for i in batch])] = out
-        return probs
+        self._require("classify")
+        return self.scores_ids(ids, batch_size, max_batch_tokens).softmax(-1)
 
     def predict(self, texts: Sequence[str], batch_size: int = 32, max_batch_tokens: int | None = None) -> torch.Tensor:
         return self.predict_ids(self.encode(texts), batch_size, max_batch_tokens)
+
+    def predict_choices(self, questions: Sequence[Sequence[str]], batch_size: int = 32,
+                        max_batch_tokens: int | None = None) -> list[torch.Tensor]:
+        """A choice model: per question, the probabilities of its options (softmax over
+        the option scores; each option ``[question, option]`` scored alone, as in training)."""
+        self._require("choice")
+        flat = [text for options in questions for text in options]
+        scores = self.scores_ids(self.encode(flat), batch_size, max_batch_tokens)[:, 0]
+        return [s.softmax(-1) for s in scores.split([len(options) for options in questions])]
+
+    def _require(self, formulation: str) -> None:
+        if self.config.formulation != formulation:
+            how = "predict_choices (one list of option inputs per question)" if self.config.formulation == "choice" \
+                else "predict (one input text per example)"
+            raise ValueError(f"this is a {self.config.formulation} model (lean_config.json formulation): use {how}")

@@ -8,7 +8,9 @@ standard Hugging Face sequence-classification directory (``config.json`` naming 
 * ``GET /v1/model``: format, task, labels, which inputs it accepts and the limits;
 * ``POST /v1/classify``: ``{"texts": [...]}`` (formatted inputs) or ``{"rows": [{...}]}``
   (raw task fields, rendered as training rendered them) -> ``{"predictions": [{"label",
-  "probs"}]}`` in input order.
+  "probs"}]}`` in input order. A multiple-choice lean model (formulation choice) takes
+  rows only, scores each option of a row alone and adds the chosen ``option``'s text;
+  its ``probs`` are over the row's options.
 
 Items of concurrent requests are gathered into one model batch (``--max_batch_size`` items
 or ``--max_wait_ms`` of waiting), run in one worker thread so the event loop keeps
@@ -63,9 +65,18 @@ class ServeConfig:
 # ---------------------------------------------------------------------------------------
 # The two kinds of model directory behind one interface.
 
+@dataclass
+class Question:
+    """A multiple-choice row, rendered: one input per option, and the options' texts."""
+
+    inputs: list[str]
+    options: list[str]
+
+
 class LeanModel:
     """A lean classifier directory: x is tokenised as training did; rows render with the
-    task's own Python template (Task.render), which training used."""
+    task's own Python template (Task.render, or Task.render_options for a choice model),
+    which training used."""
 
     format = "lean"
 
@@ -78,12 +89,20 @@ class LeanModel:
         self.labels = list(self.clf.config.labels)
         self._task = get_task(self.task)
         self.batch_size = batch_size
-        self.accepts_rows = True
+        self.choice = self.clf.config.formulation == "choice"
+        self.accepts_rows, self.accepts_texts = True, not self.choice
+        self.warm_up_item = Question(["warm-up"] * len(self.labels), self.labels) if self.choice else "warm-up"
 
-    def predict(self, texts: Sequence[str]):
-        return self.clf.predict(texts, self.batch_size)
+    def predict(self, items: Sequence):
+        import torch
 
-    def render(self, row: Mapping) -> str:
+        if self.choice:
+            return torch.stack(self.clf.predict_choices([q.inputs for q in items], self.batch_size))
+        return self.clf.predict(items, self.batch_size)
+
+    def render(self, row: Mapping):
+        if self.choice:
+            return Question(self._task.render_options(row), [o.strip() for o in self._task.options(row)])
         return self._task.render(row)
 
 
@@ -95,6 +114,7 @@ class HFModel:
     at the training max_input_len: see dhrd/export/hf.py)."""
 
     format = "hf"
+    accepts_texts, warm_up_item = True, "warm-up"
 
     def __init__(self, path: str, device: str, dtype: str | None):
         import torch
@@ -171,7 +191,7 @@ def load_model(path: str, device: str = "cpu", dtype: str | None = None, batch_s
     fmt = model_format(path)
     try:
         model = LeanModel(path, device, dtype, batch_size) if fmt == "lean" else HFModel(path, device, dtype)
-        model.predict(["warm-up"])
+        model.predict([model.warm_up_item])
     except Exception as e:  # noqa: BLE001 - reported as one line; DHRD_DEBUG=1 shows the cause
         first = (str(e).strip().splitlines() or [""])[0][:300]
         if first.startswith(path):
@@ -251,6 +271,9 @@ def request_texts(body: bytes, model, cfg: ServeConfig) -> list[str]:
     if key == "rows" and not model.accepts_rows:
         raise RequestError(400, f'this model ({cfg.model_dir}) has no input template '
                                 '(dhrd_input_template in its config): only "texts" is accepted')
+    if key == "texts" and not getattr(model, "accepts_texts", True):
+        raise RequestError(400, f'this is a multiple-choice model ({cfg.model_dir}): give "rows" of the task\'s '
+                                'raw fields (each option is scored with its question), not "texts"')
     texts = []
     for i, item in enumerate(items):
         where = f"{key}[{i}]"
@@ -265,16 +288,22 @@ def request_texts(body: bytes, model, cfg: ServeConfig) -> list[str]:
                 item = model.render(item)
             except (DataError, ValueError) as e:
                 raise RequestError(422, f"{where}: {e}") from None
-        if cfg.max_text_chars is not None and len(item) > cfg.max_text_chars:
-            raise RequestError(413, f"{where}: {len(item)} characters; at most {cfg.max_text_chars} "
+        size = max(map(len, item.inputs)) if isinstance(item, Question) else len(item)
+        if cfg.max_text_chars is not None and size > cfg.max_text_chars:
+            raise RequestError(413, f"{where}: {size} characters; at most {cfg.max_text_chars} "
                                     "(--max_text_chars)")
         texts.append(item)
     return texts
 
 
-def predictions(probs, labels: Sequence[str]) -> list[dict]:
-    return [{"label": labels[best], "probs": dict(zip(labels, row))}
-            for best, row in zip(probs.argmax(-1).tolist(), probs.tolist())]
+def predictions(probs, labels: Sequence[str], items: Sequence = ()) -> list[dict]:
+    """One answer per item; a multiple-choice row's also names the chosen option's text."""
+    out = [{"label": labels[best], "probs": dict(zip(labels, row))}
+           for best, row in zip(probs.argmax(-1).tolist(), probs.tolist())]
+    for answer, item, best in zip(out, items, probs.argmax(-1).tolist()):
+        if isinstance(item, Question):
+            answer["option"] = item.options[best]
+    return out
 
 
 # ---------------------------------------------------------------------------------------
@@ -406,14 +435,16 @@ def create_app(model, cfg: ServeConfig):
     @app.get("/v1/model")
     async def model_info():
         return {"format": model.format, "task": model.task, "labels": model.labels,
-                "accepts": ["texts", "rows"] if model.accepts_rows else ["texts"],
+                "accepts": [k for k, ok in (("texts", getattr(model, "accepts_texts", True)),
+                                            ("rows", model.accepts_rows)) if ok],
+                "formulation": "choice" if getattr(model, "choice", False) else "classify",
                 "model_dir": cfg.model_dir, **limits}
 
     @app.post("/v1/classify")
     async def classify(request: Request):
         texts = request_texts(await read_body(request, cfg.max_body_bytes), model, cfg)
         probs = await request.app.state.batcher.classify(texts)
-        return JSONResponse({"predictions": predictions(probs, model.labels)})
+        return JSONResponse({"predictions": predictions(probs, model.labels, texts)})
 
     return app
 

@@ -6,7 +6,12 @@
 * ``classifier_head.safetensors``; the tokenizer files with ``<REASON>``/``<ANS>``;
 * ``lean_config.json`` (:class:`LeanConfig`): task, labels, verbalizers, pooling, head,
   max_input_len (inference must tokenise x exactly as training did), dtype, the int8
-  flag, and the training metadata.
+  flag, the formulation and the training metadata.
+
+A ``choice`` (multiple-choice) directory's head gives one score per answer option; it is
+written as version 2, so a reader that predates the formulation refuses it instead of
+misreading it. There is no standard Hugging Face class for it (transformers'
+``*ForMultipleChoice`` are encoders): the lean format is its only export.
 
 Written by ``dhrd.export.lean``; read by ``dhrd.serve.classifier``."""
 
@@ -21,7 +26,8 @@ from ..model.dual_head import HEADS
 LEAN_FORMAT = "dhrd-lean-classifier"
 
 
-LEAN_VERSION = 1
+LEAN_VERSION = 2  # the newest version this code reads; classify directories are still written as 1
+FORMULATIONS = ("classify", "choice")
 
 
 LEAN_CONFIG = "lean_config.json"
@@ -51,10 +57,18 @@ class LeanConfig:
     special_token_ids: dict = field(default_factory=dict)  # {"reason": id, "answer": id}
     head: str = "mlp"                 # "mlp" (the paper's) or "linear" (written before v1.1: mlp)
     training: dict = field(default_factory=dict)  # alpha, beta, method, lora_merged, source, step, eval
+    formulation: str = "classify"     # "choice": one score per option (labels name the options)
     format: str = LEAN_FORMAT
-    version: int = LEAN_VERSION
+    version: int = 1
+
+    @property
+    def head_outputs(self) -> int:
+        return 1 if self.formulation == "choice" else self.num_labels
 
     def __post_init__(self):
+        if self.formulation not in FORMULATIONS:
+            raise ValueError(f"formulation={self.formulation!r} is not one of {', '.join(FORMULATIONS)}")
+        self.version = max(self.version, 2 if self.formulation == "choice" else 1)
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype={self.dtype!r} is not one of {', '.join(DTYPES)}")
         if self.quantize not in QUANTIZE:
@@ -88,7 +102,7 @@ class LeanConfig:
             raise ValueError(f"{path}: missing field(s) {', '.join(missing)}")
         types = {"task": str, "labels": list, "verbalizers": list, "pooling": str, "max_input_len": int,
                  "num_labels": int, "head_inner_size": int, "dtype": str, "quantize": str, "tied_embeddings": bool,
-                 "special_token_ids": dict, "training": dict, "head": str}
+                 "special_token_ids": dict, "training": dict, "head": str, "formulation": str}
         for name, kind in types.items():
             value = raw.get(name)
             if name in raw and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):

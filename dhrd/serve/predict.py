@@ -1,5 +1,7 @@
 """``dhrd predict LEAN_DIR --input FILE`` writes ``{"id", "label", "probs"}`` per example
-as JSON Lines and, over the examples that have a gold label, the task's metrics."""
+as JSON Lines and, over the examples that have a gold label, the task's metrics. A
+multiple-choice model (formulation choice) scores each option of a row alone and adds
+the chosen ``option``'s text; ``probs`` are then over the row's options."""
 
 from __future__ import annotations
 
@@ -38,6 +40,26 @@ def metrics_of(task_name: str, examples, preds) -> dict | None:
     return {"labelled": len(gold), **scores}
 
 
+def prediction_rows(clf: LeanClassifier, examples, batch_size: int, max_batch_tokens: int | None):
+    """(predicted label indices, one output row per example) for either formulation."""
+    from ..data.tasks import get_task
+
+    labels = clf.config.labels
+    if clf.config.formulation == "choice":
+        task = get_task(clf.config.task)
+        probs = clf.predict_choices([task.render_options(ex.fields) for ex in examples], batch_size,
+                                    max_batch_tokens)
+    else:
+        probs = list(clf.predict([ex.text for ex in examples], batch_size, max_batch_tokens))
+    preds = [int(p.argmax()) for p in probs]
+    rows = [{"id": ex.id, "label": labels[pred], "probs": dict(zip(labels, p.tolist()))}
+            for ex, pred, p in zip(examples, preds, probs)]
+    if clf.config.formulation == "choice":
+        for row, ex, pred in zip(rows, examples, preds):
+            row["option"] = task.options(ex.fields)[pred].strip()
+    return preds, rows
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dhrd predict", description="batched prediction with a lean classifier")
     p.add_argument("model_dir", help="a lean classifier directory (tools/export_classifier.py)")
@@ -73,14 +95,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dhrd predict: error: {e}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
-    probs = clf.predict([ex.text for ex in examples], args.batch_size, args.max_batch_tokens)
+    preds, rows = prediction_rows(clf, examples, args.batch_size, args.max_batch_tokens)
     elapsed = time.perf_counter() - t0
-    preds = probs.argmax(-1).tolist()
-    labels = clf.config.labels
     out = sys.stdout if args.output == "-" else open(args.output, "w")
     try:
-        for ex, pred, p in zip(examples, preds, probs.tolist()):
-            out.write(json.dumps({"id": ex.id, "label": labels[pred], "probs": dict(zip(labels, p))}) + "\n")
+        for row in rows:
+            out.write(json.dumps(row) + "\n")
     finally:
         if out is not sys.stdout:
             out.close()
