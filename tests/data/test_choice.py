@@ -164,3 +164,17 @@ def test_cls_labels_index_options_not_segments():
     b = collate_packed([[{"input_ids": [5, 6, 7, 8], "lm_mask": [0, 0, 0, 0], "cls_pos": [1, 3], "seg_lens": [2, 2],
                           "label": 1}]], pad_id=0, pad_to_multiple_of=1)
     assert torch.equal(b.position_ids, torch.tensor([[0, 1, 0, 1]])) and b.cls_labels.tolist() == [1]
+
+
+def test_k_rationales_a_question_are_items_of_one_slot(tmp_path, tok):
+    task = get_task("copa")
+    rows = choice_rows(4)
+    examples = task.read(write_rows(tmp_path / "copa.jsonl", rows))
+    rats = write_rows(tmp_path / "r.jsonl", [{"id": str(r["idx"]), "rationales": ["first reason", "second one"]}
+                                             for r in rows])
+    args = DataArgs(task="copa", formulation="choice", rationale_file=str(rats), max_seq_len=128, pack_tokens=512)
+    report = DataReport()
+    ds, _ = build_training_set(task, examples, tok, tiny_special(tok), args, report=report)
+    assert ds["slot"] == [0, 1, 2, 3, 0, 1, 2, 3] and ds["id"][4:] == ds["id"][:4]
+    assert report.to_dict()["counts"]["choice_questions"] == 4
+    assert ds[0]["input_ids"] != ds[4]["input_ids"] and ds[0]["seg_lens"][:2] == ds[4]["seg_lens"][:2]  # same options
