@@ -84,7 +84,7 @@ class Server:
             if self.proc.poll() is not None:
                 pytest.fail(f"dhrd serve exited with {self.proc.returncode}:\n{self.output()}")
             try:
-                if call(self.port, "GET", "/health", timeout=5) == (200, {"status": "ok"}):
+                if call(self.port, "GET", "/ready", timeout=5) == (200, {"ready": True}):
                     return self
             except OSError:
                 pass
@@ -160,7 +160,8 @@ def hf_dir(tmp_path_factory):
     return save_hf_classifier(tmp_path_factory.mktemp("serve-hf"), TEMPLATES["rte"][0], task="rte")
 
 
-LEAN_LIMITS = dict(max_items=16, max_body_bytes=20000, max_batch_size=8, max_wait_ms=20, max_text_chars=3000)
+LEAN_LIMITS = dict(max_items=16, max_body_bytes=20000, max_batch_size=8, max_wait_ms=20, max_text_chars=3000,
+                   max_queue_items=64, request_timeout_s=30.0, body_timeout_s=2.0, drain_timeout_s=30.0)
 
 
 @pytest.fixture(scope="module")
@@ -237,7 +238,7 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(lean_server, lean_clf
     post = lambda body: call(port, "POST", "/v1/classify", body)  # noqa: E731
     cases = [
         (b'{"texts": ["a",', 400, "malformed JSON"),
-        (b"\xff\xfe not utf-8", 400, "malformed JSON"),
+        (b"\xff\xfe not utf-8", 400, "body: not valid UTF-8 (byte 0"),
         (["a"], 400, "must be a JSON object"),
         ({}, 400, 'exactly one of "texts"'),
         ({"texts": ["a"], "rows": [{}]}, 400, 'exactly one of "texts"'),
@@ -311,7 +312,9 @@ def test_hf_directory_texts_and_rows(hf_server, hf_dir):
 
 
 def test_hf_directory_without_template_accepts_only_texts(tmp_path):
-    from dhrd.serve.http import RequestError, ServeConfig, load_model, request_texts
+    from dhrd.serve.http import ServeConfig
+    from dhrd.serve.request_body import RequestError, request_texts
+    from dhrd.serve.served_model import load_model
 
     path = save_hf_classifier(tmp_path / "plain", template=None)
     model = load_model(path)
@@ -328,7 +331,7 @@ def test_lean_and_hf_exports_of_one_model_serve_the_same(tmp_path):
     as served models giving the same task, labels, rendered rows and probabilities."""
     from dhrd.export.hf import export_hf
     from dhrd.export.lean import export_lean
-    from dhrd.serve.http import load_model
+    from dhrd.serve.served_model import load_model
 
     model, tok, special = make_dual_head(seed=2, head="linear")
     with torch.no_grad():
@@ -456,4 +459,4 @@ def test_serve_is_a_dhrd_command(capsys):
 def test_bad_limits_are_refused():
     proc = subprocess.run(serve_cmd("anything", "--max_batch_size", "0"), cwd=REPO, env=child_env(),
                           capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2 and proc.stderr.strip() == "dhrd serve: error: --max_batch_size must be >= 1, got 0"
+    assert proc.returncode == 2 and proc.stderr.strip() == "dhrd serve: error: --max_batch_size must be > 0, got 0"
