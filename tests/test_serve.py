@@ -6,6 +6,7 @@ served ends the command with one line and exit code 2 before any port is bound."
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -35,15 +36,36 @@ POOL = TEXTS + [f"Premise: {'word ' * (3 * i)}\nHypothesis: item {i}" for i in r
 
 def call(port: int, method: str, path: str, body=None, timeout: float = 60):
     """(status, JSON reply) of one request; ``body`` may be an object (sent as JSON) or bytes."""
+    return call_full(port, method, path, body, timeout)[:2]
+
+
+def call_full(port: int, method: str, path: str, body=None, timeout: float = 60):
+    """(status, JSON reply, headers) of one request."""
     if body is not None and not isinstance(body, bytes):
         body = json.dumps(body).encode()
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         conn.request(method, path, body=body, headers={"Content-Type": "application/json"})
         resp = conn.getresponse()
-        return resp.status, json.loads(resp.read() or b"null")
+        return resp.status, json.loads(resp.read() or b"null"), dict(resp.getheaders())
     finally:
         conn.close()
+
+
+def scrape(port: int) -> dict[str, float]:
+    """``GET /metrics`` parsed with prometheus_client's parser: {'name{k=v}': value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("GET", "/metrics")
+        resp = conn.getresponse()
+        assert resp.status == 200 and resp.getheader("Content-Type").startswith("text/plain")
+        text = resp.read().decode()
+    finally:
+        conn.close()
+    return {s.name + ("{" + ",".join(f"{k}={v}" for k, v in sorted(s.labels.items())) + "}" if s.labels else ""):
+            s.value for family in text_string_to_metric_families(text) for s in family.samples}
 
 
 def raw_exchange(port: int, request: bytes) -> tuple[int, dict]:
@@ -69,13 +91,13 @@ class Server:
     """``dhrd serve`` as a child process on a free port; stderr goes to a file (a pipe
     nobody reads could fill up and stall it)."""
 
-    def __init__(self, model_dir, log_path, *args):
+    def __init__(self, model_dir, log_path, *args, command=serve_cmd):
         from dhrd.fileio import free_port
 
         self.port = free_port()
         self.log_path = log_path
         self.log = open(log_path, "w")
-        self.proc = subprocess.Popen(serve_cmd(model_dir, "--port", self.port, *args), cwd=REPO, env=child_env(),
+        self.proc = subprocess.Popen(command(model_dir, "--port", self.port, *args), cwd=REPO, env=child_env(),
                                      stdout=self.log, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float = 120) -> "Server":
@@ -121,16 +143,20 @@ def check_predictions(reply: dict, want: torch.Tensor, labels=RTE_LABELS) -> Non
 # ---------------------------------------------------------------------------------------
 # Fixtures: a lean directory, an HF sequence-classification directory, their servers.
 
-@pytest.fixture(scope="module")
-def lean_dir(tmp_path_factory):
+def build_lean_dir(root) -> str:
+    """A lean directory of a tiny dual-head model with decisive outputs (labels differ between inputs)."""
     from dhrd.export.lean import export_lean
 
-    root = tmp_path_factory.mktemp("serve-lean")
     model, tok, special = make_dual_head(seed=11)
-    with torch.no_grad():  # decisive outputs: labels differ between inputs
+    with torch.no_grad():
         model.head.out.weight.mul_(40)
     export_lean(make_training_output(root, model, tok, special), root / "lean")
     return str(root / "lean")
+
+
+@pytest.fixture(scope="module")
+def lean_dir(tmp_path_factory):
+    return build_lean_dir(tmp_path_factory.mktemp("serve-lean"))
 
 
 def save_hf_classifier(path, template: str | None, task: str | None = None) -> str:
@@ -355,12 +381,13 @@ class FakeModel:
 
     format, task, labels, accepts_rows = "fake", None, ["short", "long"], False
 
-    def __init__(self):
+    def __init__(self, delay: float = 0.05):
         self.batches: list[list[str]] = []
+        self.delay = delay
 
     def predict(self, texts):
         self.batches.append(list(texts))
-        time.sleep(0.05)
+        time.sleep(self.delay)
         if "boom" in texts:
             raise RuntimeError("exploded on purpose")
         p = torch.tensor([min(len(t), 10) / 10 for t in texts])
@@ -370,28 +397,38 @@ class FakeModel:
         raise AssertionError("no rows")
 
 
-@pytest.fixture
-def fake_server():
+@contextlib.contextmanager
+def app_server(model, cfg, wait_ready: bool = True):
+    """``create_app(model, cfg)`` served by uvicorn in a thread on a free port: (port, app)."""
     import uvicorn
 
-    from dhrd.serve.http import ServeConfig, bind, create_app
+    from dhrd.serve.http import bind, create_app
 
-    model = FakeModel()
     sock = bind("127.0.0.1", 0)
-    cfg = ServeConfig(model_dir="fake", max_batch_size=6, max_wait_ms=20)
-    server = uvicorn.Server(uvicorn.Config(create_app(model, cfg), log_level="warning"))
+    app = create_app(model, cfg)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     port = sock.getsockname()[1]
     deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
+    while not (server.started and (app.state.serve_state.ready or not wait_ready)) and time.monotonic() < deadline:
         time.sleep(0.01)
     try:
-        yield port, model
+        yield port, app
     finally:
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+
+
+@pytest.fixture
+def fake_server():
+    from dhrd.serve.http import ServeConfig
+
+    model = FakeModel()
+    with app_server(model, ServeConfig(model_dir="fake", max_batch_size=6, max_wait_ms=20)) as (port, _):
+        model.batches.clear()  # the warm-up batch
+        yield port, model
 
 
 def test_concurrent_requests_share_batches_and_a_model_error_is_a_500(fake_server):

@@ -347,5 +347,6 @@ def export_untrained(model: str, out_dir: str, *, task: str = "rte", head: str =
                      head_inner_size=head_inner_size(dual.head), head=head_kind(dual.head), dtype=dtype,
                      training={"method": "untrained", "source": path, "seed": seed})
     write_lean(dual, load_tokenizer(path), cfg, out_dir)
-    return ExportReport(path, out_dir, dir_bytes(path), sum(p.numel() for p in dual.parameters()) * torch.empty((), dtype=getattr(torch, dtype)).element_size(),
+    itemsize = torch.empty((), dtype=getattr(torch, dtype)).element_size()
+    return ExportReport(path, out_dir, dir_bytes(path), sum(p.numel() for p in dual.parameters()) * itemsize,
                         dir_bytes(out_dir))

@@ -69,9 +69,9 @@ class Batcher:
     admitted but not yet in a running batch; it never exceeds ``max_queue_items``."""
 
     def __init__(self, predict, max_batch_size: int, max_wait_s: float, max_queue_items: int,
-                 on_batch: Callable[[int, float], None] | None = None):
+                 request_timeout_s: float | None = None, on_batch: Callable[[int, float], None] | None = None):
         self.predict, self.max_batch_size, self.max_wait_s = predict, max_batch_size, max_wait_s
-        self.max_queue_items, self.on_batch = max_queue_items, on_batch
+        self.max_queue_items, self.request_timeout_s, self.on_batch = max_queue_items, request_timeout_s, on_batch
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="dhrd-model")
         self.queued_items = 0
         self.in_flight = 0            # admitted requests not yet answered
@@ -99,15 +99,19 @@ class Batcher:
                                              f"{self.max_queue_items - self.queued_items} (--max_queue_items "
                                              f"{self.max_queue_items}); retry after {wait} s", wait)
 
-    async def classify(self, texts: list[str], timeout_s: float | None = None,
-                       disconnected: Awaitable | None = None):
+    async def classify(self, texts: list[str], arrived: float | None = None,
+                       disconnected: Callable[[], Awaitable] | None = None):
         """Class probabilities [len(texts), C] in input order. Refused (503) when the queue
-        has no room; Refused (504) when ``timeout_s`` passes while any of its items is
-        still queued; Disconnected when ``disconnected`` completes first."""
+        has no room; Refused (504) when ``request_timeout_s`` after ``arrived`` (loop time;
+        default now) any of its items is still queued; Disconnected when
+        ``disconnected()`` (made only once admitted) completes first."""
         import torch
 
         self._admit(len(texts))
         loop = asyncio.get_running_loop()
+        timeout_s = None
+        if self.request_timeout_s is not None:
+            timeout_s = max(0.0, (loop.time() if arrived is None else arrived) + self.request_timeout_s - loop.time())
         n = self.max_batch_size
         chunks = [_Chunk(texts[i:i + n], loop.create_future()) for i in range(0, len(texts), n)]
         self._queue.extend(chunks)
@@ -129,7 +133,7 @@ class Batcher:
         return torch.cat(parts)
 
     async def _outcome(self, done, chunks, timeout_s, disconnected):
-        watch = asyncio.ensure_future(disconnected) if disconnected is not None else None
+        watch = asyncio.ensure_future(disconnected()) if disconnected is not None else None
         try:
             finished, _ = await asyncio.wait([done] + ([watch] if watch else []), timeout=timeout_s,
                                              return_when=asyncio.FIRST_COMPLETED)
@@ -141,8 +145,8 @@ class Batcher:
         if watch is not None and watch in finished:
             raise Disconnected()
         if any(c.state == QUEUED for c in chunks):
-            raise Refused(504, "deadline", f"not started within {timeout_s:g} s (--request_timeout_s); "
-                                           f"{self.queued_items} items were queued")
+            raise Refused(504, "deadline", f"not started within {self.request_timeout_s:g} s "
+                                           f"(--request_timeout_s); {self.queued_items} items were queued")
         return await done  # all its items are in a running batch: answered within it
 
     def _withdraw(self, chunks: list[_Chunk]) -> None:

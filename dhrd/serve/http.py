@@ -45,10 +45,10 @@ class ServeConfig:
     port: int = 8000
     device: str = "cpu"
     dtype: str | None = None          # None: the lean directory's dtype; float32 for HF
-    max_batch_size: int = 32          # items per model batch
+    max_batch_size: int | None = None  # items per model batch; None: 8 on CPU (compute-bound), else 32
     max_wait_ms: float = 5.0          # how long a batch waits for more items
-    max_items: int = 64               # items per request
-    max_queue_items: int = 128        # items admitted and waiting; more: 503 (docs/serving.md: how chosen)
+    max_items: int = 32               # items per request
+    max_queue_items: int | None = None  # items admitted and waiting; more: 503. None: two batches (or max_items)
     max_body_bytes: int = 1 << 20     # request body size
     max_text_chars: int | None = None  # characters per (rendered) input; None: no limit
     request_timeout_s: float = 30.0   # a request still queued this long after arriving: 504
@@ -56,6 +56,10 @@ class ServeConfig:
     drain_timeout_s: float = 30.0     # on SIGTERM: how long admitted requests may take
 
     def __post_init__(self):
+        if self.max_batch_size is None:
+            self.max_batch_size = 8 if self.device == "cpu" else 32
+        if self.max_queue_items is None:  # two batches queued: a request waits ~3 batch times (docs/serving.md)
+            self.max_queue_items = max(2 * self.max_batch_size, self.max_items)
         positive = ("max_batch_size", "max_items", "max_queue_items", "max_body_bytes", "request_timeout_s",
                     "body_timeout_s")
         for name in positive + (("max_text_chars",) if self.max_text_chars is not None else ()):
@@ -91,14 +95,13 @@ async def _hung_up(request) -> None:
 
 async def classify_once(request, model, cfg: ServeConfig, batcher: Batcher, metrics):
     """(status, reply body, extra headers) of one classify request; counted."""
-    t0 = time.perf_counter()
+    t0, arrived = time.perf_counter(), asyncio.get_running_loop().time()
     headers = {}
     try:
         if not batcher.accepting:
             raise Refused(503, "draining", "the server is shutting down: retry on another replica", 1)
         texts = request_texts(await read_body(request, cfg.max_body_bytes, cfg.body_timeout_s), model, cfg)
-        timeout = cfg.request_timeout_s - (time.perf_counter() - t0)
-        probs = await batcher.classify(texts, max(timeout, 0.0), _hung_up(request))
+        probs = await batcher.classify(texts, arrived, lambda: _hung_up(request))
         status, reply = 200, {"predictions": predictions(probs, model.labels)}
     except RequestError as e:
         status, reply = e.status, {"error": e.message}
@@ -133,7 +136,7 @@ def create_app(model, cfg: ServeConfig, state: ServeState | None = None):
     @contextlib.asynccontextmanager
     async def lifespan(app):
         batcher = Batcher(model.predict, cfg.max_batch_size, cfg.max_wait_ms / 1000, cfg.max_queue_items,
-                          on_batch=metrics.observe_batch)
+                          cfg.request_timeout_s, on_batch=metrics.observe_batch)
         state.batcher = app.state.batcher = batcher
         metrics.watch(batcher, lambda: state.ready)
         tasks = [asyncio.create_task(batcher.run()), asyncio.create_task(_warm_up(batcher, state, cfg))]
@@ -198,14 +201,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=d.port, help="0: any free port (printed on start)")
     p.add_argument("--device", default=d.device)
     p.add_argument("--dtype", default=d.dtype, choices=DTYPES, help="default: the lean directory's; float32 for HF")
-    p.add_argument("--max_batch_size", type=int, default=d.max_batch_size, help="items per model batch")
+    p.add_argument("--max_batch_size", type=int, default=None,
+                   help="items per model batch; default 8 on CPU (larger batches add latency, not throughput), "
+                        "32 on a GPU")
     p.add_argument("--max_wait_ms", type=float, default=d.max_wait_ms, help="how long a batch waits to fill")
     p.add_argument("--max_items", type=int, default=d.max_items, help="items per request (more: 413)")
     p.add_argument("--max_body_bytes", type=int, default=d.max_body_bytes, help="request body size (more: 413)")
     p.add_argument("--max_text_chars", type=int, default=d.max_text_chars,
                    help="characters per input after rendering (more: 413); default no limit")
-    p.add_argument("--max_queue_items", type=int, default=d.max_queue_items,
-                   help="items admitted and waiting for the model (more: 503 with Retry-After)")
+    p.add_argument("--max_queue_items", type=int, default=None,
+                   help="items admitted and waiting for the model (more: 503 with Retry-After); "
+                        "default 2 x --max_batch_size (at least --max_items)")
     p.add_argument("--request_timeout_s", type=float, default=d.request_timeout_s,
                    help="a request still queued this long after arriving gets 504")
     p.add_argument("--body_timeout_s", type=float, default=d.body_timeout_s,

@@ -17,7 +17,6 @@ the answer itself after <ANS>).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import sys
