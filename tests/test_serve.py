@@ -279,6 +279,14 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(lean_server, lean_clf
         ({"texts": ["a"] * 17}, 413, "17 texts; at most 16 per request (--max_items)"),
         ({"texts": ["a", "b" * 3001]}, 413, "texts[1]: 3001 characters; at most 3000 (--max_text_chars)"),
         ({"texts": ["a" * 2500] * 8}, 413, "at most 20000 (--max_body_bytes)"),
+        (b"", 400, "empty body"),
+        (b'{"texts": ' + b"[" * 5000 + b"]" * 5000 + b"}", 400, "body: JSON nested too deeply"),
+        (b'{"texts": ["\\ud800 x"]}', 400, "body: a \\ud800-\\udfff escape"),
+        (b'{"texts": ["a"], "texts": ["b"]}', 400, "body: duplicate key 'texts'"),
+        (b'{"texts": [' + b"9" * 5000 + b"]}", 400, "body: malformed JSON (Exceeds the limit"),
+        (b'{"texts": ["a", NaN]}', 400, "texts[1]: expected a string, got a number"),
+        ({"texts": [["nested"]]}, 400, "texts[0]: expected a string, got an array"),
+        ({"rows": [{"question": "q?", "passage": "p"}]}, 422, "rows[0]: field 'premise': missing"),
     ]
     for body, code, message in cases:
         status, reply = post(body)
@@ -294,6 +302,21 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(lean_server, lean_clf
                                        b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
                                        + b"%x\r\n" % len(chunk) + chunk + b"\r\n0\r\n\r\n")
     assert status == 413 and "body over 20000 bytes" in reply["error"]
+
+    head = b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\n"
+    t0 = time.monotonic()  # slow loris: 10 of 50 declared bytes, then nothing (--body_timeout_s 2)
+    status, reply = raw_exchange(port, head + b"Content-Length: 50\r\n\r\n" + b'{"texts": ')
+    assert status == 408 and "body not complete after 2 s (10 of 50 declared bytes received" in reply["error"]
+    assert time.monotonic() - t0 < 10
+    status, reply = raw_exchange(port, head + b"Content-Length: 5\r\n\r\n" + b'{"texts": ["a"]}')  # says less
+    assert status == 400 and "body: malformed JSON" in reply["error"]
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:  # says more, then hangs up
+        s.sendall(head + b"Content-Length: 500\r\n\r\n" + b'{"texts": ["a"]}')
+        s.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    assert not data.startswith(b"HTTP/1.1 5"), data  # nothing to answer, or a 4xx; never a 500
 
     assert call(port, "GET", "/v1/nothing") == (404, {"error": "Not Found"})
     assert call(port, "GET", "/v1/classify") == (405, {"error": "Method Not Allowed"})
