@@ -38,10 +38,12 @@ def wait_in_flight(port: int, n: int, timeout: float = 30) -> None:
         time.sleep(0.02)
 
 
-def send_all(port: int, bodies: list[dict]):
-    """The requests on their own connections, concurrently: (pool, futures)."""
+def in_flight(port: int, bodies: list[dict]):
+    """The requests sent concurrently on their own connections, and all admitted: (pool, futures)."""
     pool = ThreadPoolExecutor(len(bodies))
-    return pool, [pool.submit(call, port, "POST", "/v1/classify", b, 60) for b in bodies]
+    futures = [pool.submit(call, port, "POST", "/v1/classify", b, 60) for b in bodies]
+    wait_in_flight(port, len(bodies))
+    return pool, futures
 
 
 def test_sigterm_drains_admitted_requests_and_exits_0(lean_dir, tmp_path):
@@ -50,8 +52,7 @@ def test_sigterm_drains_admitted_requests_and_exits_0(lean_dir, tmp_path):
     server = slow_server(lean_dir, tmp_path, 0.3, "--drain_timeout_s", 30)
     try:
         picks = [[i % len(POOL), (3 * i + 1) % len(POOL)] for i in range(8)]
-        pool, futures = send_all(server.port, [{"texts": [POOL[i] for i in p]} for p in picks])
-        wait_in_flight(server.port, 8)  # all admitted: 8 batches of 0.3 s to go
+        pool, futures = in_flight(server.port, [{"texts": [POOL[i] for i in p]} for p in picks])  # 8 batches to go
         server.proc.send_signal(signal.SIGTERM)
         time.sleep(0.3)
         assert server.proc.poll() is None
@@ -74,8 +75,7 @@ def test_sigterm_drains_admitted_requests_and_exits_0(lean_dir, tmp_path):
 def test_past_the_drain_timeout_queued_requests_get_503(lean_dir, tmp_path):
     server = slow_server(lean_dir, tmp_path, 0.4, "--drain_timeout_s", 0.5)
     try:
-        pool, futures = send_all(server.port, [{"texts": [POOL[i]]} for i in range(8)])
-        wait_in_flight(server.port, 8)
+        pool, futures = in_flight(server.port, [{"texts": [POOL[i]]} for i in range(8)])
         t0 = time.monotonic()
         server.proc.send_signal(signal.SIGINT)
         replies = [f.result(timeout=60) for f in futures]
@@ -92,8 +92,7 @@ def test_past_the_drain_timeout_queued_requests_get_503(lean_dir, tmp_path):
 def test_a_second_signal_exits_at_once(lean_dir, tmp_path):
     server = slow_server(lean_dir, tmp_path, 1.0, "--drain_timeout_s", 60)
     try:
-        pool, futures = send_all(server.port, [{"texts": [POOL[i]]} for i in range(6)])
-        wait_in_flight(server.port, 6)
+        pool, futures = in_flight(server.port, [{"texts": [POOL[i]]} for i in range(6)])
         server.proc.send_signal(signal.SIGTERM)
         time.sleep(0.3)
         t0 = time.monotonic()
