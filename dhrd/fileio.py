@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import socket
+import sys
 import threading
 from collections.abc import Iterable, Iterator
 from typing import IO
@@ -74,12 +75,23 @@ def atomic_write_json(path: str, obj, *, indent: int | None = 1, fsync: bool = T
     atomic_write(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n", fsync=fsync)
 
 
+def loads_json(text: str | bytes):
+    """``json.loads`` whose every failure is a ValueError: arrays or objects nested past
+    what Python's parser recurses into raise RecursionError there, which no caller's
+    ``except ValueError`` would catch."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply (arrays or objects inside each other "
+                         f"~{sys.getrecursionlimit()} levels)") from None
+
+
 def read_json(path: str):
-    """A JSON file's value; malformed JSON or text that is not UTF-8 is a ValueError
-    naming the file (a missing file stays FileNotFoundError)."""
+    """A JSON file's value; malformed JSON, nesting too deep or text that is not UTF-8 is
+    a ValueError naming the file (a missing file stays FileNotFoundError)."""
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            return loads_json(f.read())
     except (ValueError, UnicodeError) as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
 

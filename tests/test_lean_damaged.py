@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from tests.test_lean import REPO, make_dual_head, make_training_output
 
@@ -32,6 +33,22 @@ def _edit_config(d, **changes):
     (d / "lean_config.json").write_text(json.dumps(cfg))
 
 
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _edit_json(path, **changes):
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def _pickle_weights(d):
+    import torch
+    from safetensors.torch import load_file
+
+    torch.save(load_file(d / "model.safetensors"), d / "pytorch_model.bin")
+    (d / "model.safetensors").unlink()
+
+
 DAMAGE = {
     "truncated weights": (lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:500]),
                           "model.safetensors"),
@@ -41,6 +58,11 @@ DAMAGE = {
     "label count": (lambda d: _edit_config(d, num_labels=3), "lean_config.json: 3 labels but"),
     "head vs hidden size": (lambda d: _edit_config(d, head_inner_size=7), "classifier_head.safetensors: does not fit"),
     "head missing": (lambda d: (d / "classifier_head.safetensors").unlink(), "classifier_head.safetensors: missing"),
+    "head truncated": (lambda d: _truncate(d / "classifier_head.safetensors"),
+                       "classifier_head.safetensors: not a readable safetensors file"),
+    "config shapes vs weights": (lambda d: _edit_json(d / "config.json", intermediate_size=1000),
+                                 "config.json: disagrees with"),
+    "pickled weights": (_pickle_weights, "pytorch_model.bin: pickled weights are refused"),
     "tokenizer missing": (lambda d: [(d / f).unlink() for f in os.listdir(d) if f.startswith("tokenizer")],
                           "the tokenizer cannot be loaded"),
 }
@@ -69,8 +91,10 @@ def test_damaged_directory_is_named(lean, tmp_path, case):
     (["--batch_size", "0"], "--batch_size and --max_batch_tokens must be >= 1"),
     (["--output", "{tmp}"], "is not a writable file path".replace("is ", "")),
     (["--output", "{tmp}/no/such/dir/out.jsonl"], "not a writable file path"),
+    (["--device", "bogus"], "--device 'bogus' is not a device (cpu, cuda, cuda:N, mps)"),
+    (["--device", "cuda:7" if torch.cuda.is_available() else "cuda"], "--device cuda"),
 ])
 def test_bad_options_fail_before_loading(lean, tmp_path, args, message):
     src, rows = lean
     proc = _predict(src, "--input", rows, *[a.format(tmp=tmp_path) for a in args])
-    assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]

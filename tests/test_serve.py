@@ -6,6 +6,7 @@ served ends the command with one line and exit code 2 before any port is bound."
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -35,15 +36,36 @@ POOL = TEXTS + [f"Premise: {'word ' * (3 * i)}\nHypothesis: item {i}" for i in r
 
 def call(port: int, method: str, path: str, body=None, timeout: float = 60):
     """(status, JSON reply) of one request; ``body`` may be an object (sent as JSON) or bytes."""
+    return call_full(port, method, path, body, timeout)[:2]
+
+
+def call_full(port: int, method: str, path: str, body=None, timeout: float = 60):
+    """(status, JSON reply, headers) of one request."""
     if body is not None and not isinstance(body, bytes):
         body = json.dumps(body).encode()
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         conn.request(method, path, body=body, headers={"Content-Type": "application/json"})
         resp = conn.getresponse()
-        return resp.status, json.loads(resp.read() or b"null")
+        return resp.status, json.loads(resp.read() or b"null"), dict(resp.getheaders())
     finally:
         conn.close()
+
+
+def scrape(port: int) -> dict[str, float]:
+    """``GET /metrics`` parsed with prometheus_client's parser: {'name{k=v}': value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("GET", "/metrics")
+        resp = conn.getresponse()
+        assert resp.status == 200 and resp.getheader("Content-Type").startswith("text/plain")
+        text = resp.read().decode()
+    finally:
+        conn.close()
+    return {s.name + ("{" + ",".join(f"{k}={v}" for k, v in sorted(s.labels.items())) + "}" if s.labels else ""):
+            s.value for family in text_string_to_metric_families(text) for s in family.samples}
 
 
 def raw_exchange(port: int, request: bytes) -> tuple[int, dict]:
@@ -69,13 +91,13 @@ class Server:
     """``dhrd serve`` as a child process on a free port; stderr goes to a file (a pipe
     nobody reads could fill up and stall it)."""
 
-    def __init__(self, model_dir, log_path, *args):
+    def __init__(self, model_dir, log_path, *args, command=serve_cmd):
         from dhrd.fileio import free_port
 
         self.port = free_port()
         self.log_path = log_path
         self.log = open(log_path, "w")
-        self.proc = subprocess.Popen(serve_cmd(model_dir, "--port", self.port, *args), cwd=REPO, env=child_env(),
+        self.proc = subprocess.Popen(command(model_dir, "--port", self.port, *args), cwd=REPO, env=child_env(),
                                      stdout=self.log, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float = 120) -> "Server":
@@ -84,7 +106,7 @@ class Server:
             if self.proc.poll() is not None:
                 pytest.fail(f"dhrd serve exited with {self.proc.returncode}:\n{self.output()}")
             try:
-                if call(self.port, "GET", "/health", timeout=5) == (200, {"status": "ok"}):
+                if call(self.port, "GET", "/ready", timeout=5) == (200, {"ready": True}):
                     return self
             except OSError:
                 pass
@@ -121,16 +143,20 @@ def check_predictions(reply: dict, want: torch.Tensor, labels=RTE_LABELS) -> Non
 # ---------------------------------------------------------------------------------------
 # Fixtures: a lean directory, an HF sequence-classification directory, their servers.
 
-@pytest.fixture(scope="module")
-def lean_dir(tmp_path_factory):
+def build_lean_dir(root) -> str:
+    """A lean directory of a tiny dual-head model with decisive outputs (labels differ between inputs)."""
     from dhrd.export.lean import export_lean
 
-    root = tmp_path_factory.mktemp("serve-lean")
     model, tok, special = make_dual_head(seed=11)
-    with torch.no_grad():  # decisive outputs: labels differ between inputs
+    with torch.no_grad():
         model.head.out.weight.mul_(40)
     export_lean(make_training_output(root, model, tok, special), root / "lean")
     return str(root / "lean")
+
+
+@pytest.fixture(scope="module")
+def lean_dir(tmp_path_factory):
+    return build_lean_dir(tmp_path_factory.mktemp("serve-lean"))
 
 
 def save_hf_classifier(path, template: str | None, task: str | None = None) -> str:
@@ -160,7 +186,8 @@ def hf_dir(tmp_path_factory):
     return save_hf_classifier(tmp_path_factory.mktemp("serve-hf"), TEMPLATES["rte"][0], task="rte")
 
 
-LEAN_LIMITS = dict(max_items=16, max_body_bytes=20000, max_batch_size=8, max_wait_ms=20, max_text_chars=3000)
+LEAN_LIMITS = dict(max_items=16, max_body_bytes=20000, max_batch_size=8, max_wait_ms=20, max_text_chars=3000,
+                   max_queue_items=64, request_timeout_s=30.0, body_timeout_s=2.0, drain_timeout_s=30.0)
 
 
 @pytest.fixture(scope="module")
@@ -237,7 +264,7 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(lean_server, lean_clf
     post = lambda body: call(port, "POST", "/v1/classify", body)  # noqa: E731
     cases = [
         (b'{"texts": ["a",', 400, "malformed JSON"),
-        (b"\xff\xfe not utf-8", 400, "malformed JSON"),
+        (b"\xff\xfe not utf-8", 400, "body: not valid UTF-8 (byte 0"),
         (["a"], 400, "must be a JSON object"),
         ({}, 400, 'exactly one of "texts"'),
         ({"texts": ["a"], "rows": [{}]}, 400, 'exactly one of "texts"'),
@@ -252,6 +279,14 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(lean_server, lean_clf
         ({"texts": ["a"] * 17}, 413, "17 texts; at most 16 per request (--max_items)"),
         ({"texts": ["a", "b" * 3001]}, 413, "texts[1]: 3001 characters; at most 3000 (--max_text_chars)"),
         ({"texts": ["a" * 2500] * 8}, 413, "at most 20000 (--max_body_bytes)"),
+        (b"", 400, "empty body"),
+        (b'{"texts": ' + b"[" * 5000 + b"]" * 5000 + b"}", 400, "body: JSON nested too deeply"),
+        (b'{"texts": ["\\ud800 x"]}', 400, "body: a \\ud800-\\udfff escape"),
+        (b'{"texts": ["a"], "texts": ["b"]}', 400, "body: duplicate key 'texts'"),
+        (b'{"texts": [' + b"9" * 5000 + b"]}", 400, "body: malformed JSON (Exceeds the limit"),
+        (b'{"texts": ["a", NaN]}', 400, "texts[1]: expected a string, got a number"),
+        ({"texts": [["nested"]]}, 400, "texts[0]: expected a string, got an array"),
+        ({"rows": [{"question": "q?", "passage": "p"}]}, 422, "rows[0]: field 'premise': missing"),
     ]
     for body, code, message in cases:
         status, reply = post(body)
@@ -267,6 +302,21 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(lean_server, lean_clf
                                        b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
                                        + b"%x\r\n" % len(chunk) + chunk + b"\r\n0\r\n\r\n")
     assert status == 413 and "body over 20000 bytes" in reply["error"]
+
+    head = b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\n"
+    t0 = time.monotonic()  # slow loris: 10 of 50 declared bytes, then nothing (--body_timeout_s 2)
+    status, reply = raw_exchange(port, head + b"Content-Length: 50\r\n\r\n" + b'{"texts": ')
+    assert status == 408 and "body not complete after 2 s (10 of 50 declared bytes received" in reply["error"]
+    assert time.monotonic() - t0 < 10
+    status, reply = raw_exchange(port, head + b"Content-Length: 5\r\n\r\n" + b'{"texts": ["a"]}')  # says less
+    assert status == 400 and "body: malformed JSON" in reply["error"]
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:  # says more, then hangs up
+        s.sendall(head + b"Content-Length: 500\r\n\r\n" + b'{"texts": ["a"]}')
+        s.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    assert not data.startswith(b"HTTP/1.1 5"), data  # nothing to answer, or a 4xx; never a 500
 
     assert call(port, "GET", "/v1/nothing") == (404, {"error": "Not Found"})
     assert call(port, "GET", "/v1/classify") == (405, {"error": "Method Not Allowed"})
@@ -311,7 +361,9 @@ def test_hf_directory_texts_and_rows(hf_server, hf_dir):
 
 
 def test_hf_directory_without_template_accepts_only_texts(tmp_path):
-    from dhrd.serve.http import RequestError, ServeConfig, load_model, request_texts
+    from dhrd.serve.http import ServeConfig
+    from dhrd.serve.request_body import RequestError, request_texts
+    from dhrd.serve.served_model import load_model
 
     path = save_hf_classifier(tmp_path / "plain", template=None)
     model = load_model(path)
@@ -328,7 +380,7 @@ def test_lean_and_hf_exports_of_one_model_serve_the_same(tmp_path):
     as served models giving the same task, labels, rendered rows and probabilities."""
     from dhrd.export.hf import export_hf
     from dhrd.export.lean import export_lean
-    from dhrd.serve.http import load_model
+    from dhrd.serve.served_model import load_model
 
     model, tok, special = make_dual_head(seed=2, head="linear")
     with torch.no_grad():
@@ -352,12 +404,13 @@ class FakeModel:
 
     format, task, labels, accepts_rows = "fake", None, ["short", "long"], False
 
-    def __init__(self):
+    def __init__(self, delay: float = 0.05):
         self.batches: list[list[str]] = []
+        self.delay = delay
 
     def predict(self, texts):
         self.batches.append(list(texts))
-        time.sleep(0.05)
+        time.sleep(self.delay)
         if "boom" in texts:
             raise RuntimeError("exploded on purpose")
         p = torch.tensor([min(len(t), 10) / 10 for t in texts])
@@ -367,28 +420,38 @@ class FakeModel:
         raise AssertionError("no rows")
 
 
-@pytest.fixture
-def fake_server():
+@contextlib.contextmanager
+def app_server(model, cfg, wait_ready: bool = True):
+    """``create_app(model, cfg)`` served by uvicorn in a thread on a free port: (port, app)."""
     import uvicorn
 
-    from dhrd.serve.http import ServeConfig, bind, create_app
+    from dhrd.serve.http import bind, create_app
 
-    model = FakeModel()
     sock = bind("127.0.0.1", 0)
-    cfg = ServeConfig(model_dir="fake", max_batch_size=6, max_wait_ms=20)
-    server = uvicorn.Server(uvicorn.Config(create_app(model, cfg), log_level="warning"))
+    app = create_app(model, cfg)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     port = sock.getsockname()[1]
     deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
+    while not (server.started and (app.state.serve_state.ready or not wait_ready)) and time.monotonic() < deadline:
         time.sleep(0.01)
     try:
-        yield port, model
+        yield port, app
     finally:
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+
+
+@pytest.fixture
+def fake_server():
+    from dhrd.serve.http import ServeConfig
+
+    model = FakeModel()
+    with app_server(model, ServeConfig(model_dir="fake", max_batch_size=6, max_wait_ms=20)) as (port, _):
+        model.batches.clear()  # the warm-up batch
+        yield port, model
 
 
 def test_concurrent_requests_share_batches_and_a_model_error_is_a_500(fake_server):
@@ -456,4 +519,4 @@ def test_serve_is_a_dhrd_command(capsys):
 def test_bad_limits_are_refused():
     proc = subprocess.run(serve_cmd("anything", "--max_batch_size", "0"), cwd=REPO, env=child_env(),
                           capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2 and proc.stderr.strip() == "dhrd serve: error: --max_batch_size must be >= 1, got 0"
+    assert proc.returncode == 2 and proc.stderr.strip() == "dhrd serve: error: --max_batch_size must be > 0, got 0"

@@ -340,3 +340,27 @@ def export_lean(path: str, out_dir: str, *, tag: str | None = None, dtype: str =
                           formulation=t.formulation)
     write_lean(model, t.tokenizer, lean_cfg, out_dir, lora=t.lora)
     return ExportReport(t.source.path, out_dir, dir_bytes(t.source.path), t.dual_head_bytes(dtype), dir_bytes(out_dir))
+
+
+def export_untrained(model: str, out_dir: str, *, task: str = "rte", head: str = "mlp", dtype: str = "float32",
+                     max_input_len: int = 512, seed: int = 0) -> ExportReport:
+    """A lean directory from a pretrained decoder (``smollm2``, a HF directory) with a
+    randomly initialised head and no training: the real shape and speed of a served
+    classifier, for load tests and benchmarks (its predictions mean nothing)."""
+    from ..data.tasks import get_task
+    from ..model.backbones import load_backbone, load_tokenizer, resolve_model_path
+    from ..model.dual_head import DualHeadModel
+
+    path = resolve_model_path(model)
+    spec = get_task(task)
+    torch.manual_seed(seed)
+    dual = DualHeadModel(load_backbone(path, dtype=getattr(torch, dtype), attn_implementation="sdpa"),
+                         len(spec.labels), head=head)
+    cfg = LeanConfig(task=spec.name, labels=list(spec.labels), verbalizers=list(spec.verbalizers), pooling="last",
+                     max_input_len=max_input_len, num_labels=len(spec.labels),
+                     head_inner_size=head_inner_size(dual.head), head=head_kind(dual.head), dtype=dtype,
+                     training={"method": "untrained", "source": path, "seed": seed})
+    write_lean(dual, load_tokenizer(path), cfg, out_dir)
+    itemsize = torch.empty((), dtype=getattr(torch, dtype)).element_size()
+    return ExportReport(path, out_dir, dir_bytes(path), sum(p.numel() for p in dual.parameters()) * itemsize,
+                        dir_bytes(out_dir))

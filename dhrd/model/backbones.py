@@ -129,6 +129,28 @@ def refuse_remote_code(path: str) -> None:
                                     "transformers has built in, or remove auto_map")
 
 
+def check_device(name: str) -> torch.device:
+    """``name`` as a torch device this process can use: a typo or a CUDA device on a
+    machine without one is a one-line ValueError naming ``--device``, not torch's
+    RuntimeError (or AssertionError) from the first tensor moved there."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"--device {name!r} is not a device (cpu, cuda, cuda:N, mps)") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            why = "torch was built without CUDA" if torch.version.cuda is None else "no CUDA device is visible"
+            raise ValueError(f"--device {name}: CUDA is not available on this machine ({why}); use --device cpu")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"--device {name}: this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {name}: MPS is not available on this machine; use --device cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device {name}: dhrd runs on cpu, cuda or mps")
+    return device
+
+
 def resolve_dtype(name: str, device: torch.device | str | None = None) -> torch.dtype:
     if name != "auto":
         return getattr(torch, name)

@@ -17,10 +17,10 @@ import torch
 from torch import nn
 
 from ..data.sequences import SequenceBuilder, SequenceSpec
-from ..model.backbones import NO_REMOTE_CODE, refuse_remote_code
+from ..model.backbones import NO_REMOTE_CODE, check_device, refuse_remote_code
 from ..model.dual_head import HEAD_FILE, make_head, pool_hidden
 from .int8 import load_int8, quantize_int8
-from .lean_format import WEIGHTS, LeanConfig
+from .lean_format import WEIGHTS, LeanConfig, check_weights_fit_config, refuse_pickled_weights
 
 
 def length_buckets(lengths: Sequence[int], batch_size: int, max_batch_tokens: int | None = None) -> list[list[int]]:
@@ -64,7 +64,7 @@ class LeanClassifier:
                                             attn_implementation=attn_implementation)
             return load_int8(decoder, load_file(os.path.join(path, WEIGHTS)), os.path.join(path, WEIGHTS))
         decoder = AutoModel.from_pretrained(path, dtype=torch_dtype, attn_implementation=attn_implementation,
-                                            **NO_REMOTE_CODE)
+                                            use_safetensors=True, **NO_REMOTE_CODE)
         return quantize_int8(decoder) if int8 else decoder
 
     @classmethod
@@ -77,8 +77,10 @@ class LeanClassifier:
         from transformers import AutoTokenizer
 
         path = str(path)
+        check_device(device)
         cfg = LeanConfig.load(path)
         refuse_remote_code(path)  # before transformers could ask to run the directory's code
+        refuse_pickled_weights(path)
         stored_int8 = cfg.quantize == "int8"
         int8 = stored_int8 if int8 is None else int8
         if stored_int8 and not int8:
@@ -87,6 +89,8 @@ class LeanClassifier:
             raise ValueError("int8 dynamic quantisation runs on CPU only")
         torch_dtype = torch.float32 if int8 else getattr(torch, dtype or cfg.dtype)
         try:
+            if not stored_int8:
+                check_weights_fit_config(path)
             decoder = cls._load_decoder(path, stored_int8, int8, torch_dtype, attn_implementation)
         except OSError as e:
             raise ValueError(f"{path}: the decoder weights or config cannot be read: {e}") from None
@@ -98,6 +102,8 @@ class LeanClassifier:
             head.load_state_dict(load_file(head_path))
         except FileNotFoundError:
             raise FileNotFoundError(f"{head_path}: missing (the classifier head)") from None
+        except SafetensorError as e:  # truncated or garbage
+            raise ValueError(f"{head_path}: not a readable safetensors file ({e})") from None
         except RuntimeError as e:  # shapes that disagree with lean_config.json or the decoder
             raise ValueError(f"{head_path}: does not fit {cfg.head_outputs} output(s) ({cfg.formulation}), "
                              f"head_inner_size="

@@ -114,3 +114,42 @@ class LeanConfig:
             return cls(**{k: v for k, v in raw.items() if k in known})
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from None
+
+
+# weight files that unpickle (and so can run code) when loaded: never loaded by serving
+PICKLED = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
+
+def refuse_pickled_weights(directory: str) -> None:
+    """A model directory whose weights are pickled (``pytorch_model.bin``) instead of
+    safetensors is refused by name, before anything could unpickle them."""
+    if os.path.isfile(os.path.join(directory, WEIGHTS)) or not os.path.isdir(directory):
+        return
+    shards = [n for n in os.listdir(directory) if n.endswith(".safetensors") and n != "classifier_head.safetensors"]
+    pickled = sorted(n for n in os.listdir(directory) if n.endswith(PICKLED))
+    if pickled and not shards:
+        raise ValueError(f"{os.path.join(directory, pickled[0])}: pickled weights are refused (unpickling can run "
+                         f"code); serving loads {WEIGHTS} only: re-save with save_pretrained(safe_serialization=True)")
+
+
+def check_weights_fit_config(directory: str) -> None:
+    """Every tensor in ``model.safetensors`` has the shape ``config.json`` gives it (read
+    from the file's header and a model built on the meta device): a mismatch is one line
+    naming both files and the first tensor, not transformers' load report and traceback."""
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModel
+
+    from ..model.backbones import NO_REMOTE_CODE
+
+    weights = os.path.join(directory, WEIGHTS)
+    if not os.path.isfile(weights):
+        return  # sharded or absent: from_pretrained names what is missing
+    with safe_open(weights, "pt") as f:
+        stored = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
+    with torch.device("meta"):
+        model = AutoModel.from_config(AutoConfig.from_pretrained(directory, **NO_REMOTE_CODE))
+    for name, tensor in model.state_dict().items():
+        if name in stored and stored[name] != list(tensor.shape):
+            raise ValueError(f"{os.path.join(directory, 'config.json')}: disagrees with {weights}: {name} is "
+                             f"{stored[name]} in the weights but {list(tensor.shape)} by the config")

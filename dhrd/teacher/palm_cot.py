@@ -17,7 +17,6 @@ the answer itself after <ANS>).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import sys
@@ -28,7 +27,7 @@ from dataclasses import dataclass, field
 from ..data.errors import DataError
 from ..data.report import DataReport
 from ..data.tasks import Task, get_task, read_examples
-from ..fileio import atomic_write_jsonl
+from ..fileio import atomic_write_jsonl, loads_json
 from .prompts import match_label, split_answer
 
 
@@ -74,8 +73,8 @@ def load_continuations(files: Sequence[str]) -> list[list[str]]:
     for path in files:
         with open(path, encoding="utf-8") as f:
             try:
-                data = json.load(f)
-            except ValueError as e:
+                data = loads_json(f.read())
+            except ValueError as e:  # also not UTF-8, or nested past what the parser recurses into
                 raise DataError(f"malformed JSON ({e})", path=path) from None
         if not isinstance(data, list):
             raise DataError(f"expected a JSON array of strings, got {type(data).__name__}", path=path)

@@ -111,3 +111,13 @@ def test_dhrd_rationales_dispatches_to_the_subcommands(root, tmp_path, capsys):
     assert [r["id"] for r in read_jsonl(out)] == ["0", "1", "2"]
     assert dhrd_main(["rationales", "nonsense"]) == 2
     assert "generate" in capsys.readouterr().out
+
+
+def test_a_cot_file_nested_too_deeply_is_one_line_naming_it(root, tmp_path, capsys):
+    from dhrd.cli import main as dhrd_main
+
+    (root / "esnli/llm/valid_CoT_0.json").write_text("[" * 100000 + "]" * 100000)
+    assert dhrd_main(["rationales", "import", "--task", "esnli", "--root", str(root), "--split", "valid",
+                      "--out", str(tmp_path / "out.jsonl")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "valid_CoT_0.json: malformed JSON (JSON nested too deeply" in err, err
