@@ -11,6 +11,8 @@ period for every such log.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import math
 import os
 import sys
@@ -72,7 +74,7 @@ class Progress:
         self.last_n = initial  # the position that line showed
         self.every = log_every() if every is None else every
         self.bar = None
-        use_bar = bar if bar is not None else _isatty(self.stream)
+        use_bar = bar if bar is not None else is_terminal(self.stream)
         if enabled and use_bar:
             from tqdm import tqdm
 
@@ -115,7 +117,37 @@ class Progress:
         self.enabled = False
 
 
-def _isatty(stream) -> bool:
+@contextlib.contextmanager
+def stage(what: str, stream=None):
+    """A long step with no steps to count (a model conversion): one line when it starts,
+    one with its time when it ends, so a user (or a log) sees what it is waiting on."""
+    stream = stream if stream is not None else sys.stderr
+    print(f"{what} ...", file=stream, flush=True)
+    t0 = time.monotonic()
+    yield
+    print(f"{what}: done in {duration(time.monotonic() - t0)}", file=stream, flush=True)
+
+
+def quiet_library_bars(stream=None) -> bool:
+    """When ``stream`` (stderr) is not a terminal, turn off the tqdm bars of transformers
+    (loading and writing weights), huggingface_hub and datasets (``map``): in a log they
+    are carriage-return mess; our own progress prints plain lines there. True if it did.
+    Sets the libraries' variables (read at their import; children inherit them) and
+    tells the ones already imported."""
+    if is_terminal(stream if stream is not None else sys.stderr):
+        return False
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    for package, module, func in (("huggingface_hub", "huggingface_hub.utils", "disable_progress_bars"),
+                                  ("datasets", "datasets.utils.logging", "disable_progress_bar"),
+                                  ("transformers", "transformers.utils.logging", "disable_progress_bar")):
+        if package in sys.modules:  # imported already: it read the variable before we set it
+            getattr(importlib.import_module(module), func)()
+    return True
+
+
+def is_terminal(stream) -> bool:
+    """Whether ``stream`` is a terminal (a bar can redraw itself there)."""
     try:
         return stream.isatty()
     except (AttributeError, ValueError):

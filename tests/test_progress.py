@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from dhrd.progress import Progress, duration, log_every, status_line
+from dhrd.progress import Progress, duration, log_every, quiet_library_bars, stage, status_line
 
 
 def test_a_log_gets_whole_lines_first_periodically_and_last():
@@ -77,3 +77,17 @@ def test_the_harness_line_reads_the_runs_metrics(tmp_path):
     (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"kind": "tr')
     assert runner.live_status(str(tmp_path), run, 70) == \
         "step 6/20 (30.0%) | cls 0.6 | lm 1.5 | ex/s 16 | elapsed 1m10s | ETA 14s"
+
+
+def test_a_stage_says_what_is_running_and_how_long_it_took(monkeypatch):
+    log = io.StringIO()
+    with stage("converting x", stream=log):
+        pass
+    assert log.getvalue().splitlines() == ["converting x ...", "converting x: done in 0s"]
+    for var in ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS"):
+        monkeypatch.delenv(var, raising=False)
+    assert quiet_library_bars(io.StringIO())  # a log: the libraries' bars go
+    from huggingface_hub.utils import are_progress_bars_disabled, enable_progress_bars
+
+    assert are_progress_bars_disabled()
+    enable_progress_bars()

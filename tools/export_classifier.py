@@ -24,6 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dhrd.cli_errors import run_main  # noqa: E402
 from dhrd.export.lean import export_lean  # noqa: E402
+from dhrd.progress import quiet_library_bars  # noqa: E402
 from dhrd.serve.lean_format import DTYPES
 
 
@@ -40,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--int8", action="store_true",
                    help="lean only: dynamic int8 Linear layers at load time (CPU serving)")
     args = p.parse_args(argv)
+    quiet_library_bars()  # in a log (a Slurm job's): no tqdm bars of loading and writing weights
     if args.format == "hf" and args.int8:
         p.error("--int8 is a lean-format option (HF directories hold float weights)")
     if args.format == "all":

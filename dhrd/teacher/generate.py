@@ -41,7 +41,7 @@ from ..data.pipeline import load_examples
 from ..data.rationales import END_MARKER, clean_rationale
 from ..data.tasks import Example, Task, get_task, read_examples
 from ..fileio import atomic_write_jsonl, repair_jsonl_tail
-from ..progress import Progress
+from ..progress import Progress, quiet_library_bars
 from . import Completion, Teacher
 from .prompts import MODES, get_template, match_label, split_answer
 
@@ -452,6 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     reset_interrupts()
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
+    quiet_library_bars()  # in a log: no tqdm bar of the model load
     teacher = build_teacher(args)
     try:
         summary = run(cfg, teacher)

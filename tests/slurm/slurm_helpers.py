@@ -63,7 +63,7 @@ def job_log(logs_dir, job) -> str:
     files = glob.glob(os.path.join(logs_dir, f"*-{job}.out"))
     if not files:
         return "(no log)"
-    with open(files[0], errors="replace") as f:
+    with open(files[0], errors="replace", newline="") as f:  # keep any carriage return a bar wrote
         return f.read()
 
 
