@@ -101,8 +101,8 @@ class Progress:
                 self.bar.set_postfix({k: _value(v) for k, v in self.stats.items() if v is not None}, refresh=False)
             return
         now = time.monotonic()
-        if self.last_line is None or now - self.last_line >= self.every:
-            self._write()
+        if self.last_line is None or now - self.last_line >= self.every or (self.total and self.n >= self.total):
+            self._write()  # the first, one a period, and the last (before whatever follows the work)
 
     def _write(self) -> None:
         self.last_line, self.last_n = time.monotonic(), self.n

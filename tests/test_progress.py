@@ -85,7 +85,8 @@ def test_a_stage_says_what_is_running_and_how_long_it_took(monkeypatch):
         pass
     assert log.getvalue().splitlines() == ["converting x ...", "converting x: done in 0s"]
     for var in ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS"):
-        monkeypatch.delenv(var, raising=False)
+        monkeypatch.setenv(var, "0")  # recorded, so that the undo restores what was there
+        monkeypatch.delenv(var)
     assert quiet_library_bars(io.StringIO())  # a log: the libraries' bars go
     from huggingface_hub.utils import are_progress_bars_disabled, enable_progress_bars
 
