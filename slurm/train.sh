@@ -77,7 +77,7 @@ partial=${RATIONALE_FILE%.jsonl}.partial.jsonl  # where the generation appends u
 # A missing rationale file: generated first when a teacher is configured, else stop now
 # (seconds into the job, before any model loads) saying how to get one
 if [ -n "$RATIONALE_FILE" ] && [ ! -f "$RATIONALE_FILE" ] && [ -z "${TEACHER_MODEL:-}" ]; then
-  echo "[train.sh] error: rationale file $RATIONALE_FILE is missing: set TEACHER_MODEL (a local model dir, or with TEACHER_URL an endpoint's model) to generate it in this job, or run: dhrd rationales generate --task $TASK --input $TRAIN_FILE --out $RATIONALE_FILE --model TEACHER" >&2
+  echo "[train.sh] error: rationale file $RATIONALE_FILE is missing: set TEACHER_MODEL (a local model dir, or with TEACHER_URL an endpoint's model) to generate it in this job, or run: dhrd rationales generate --task $TASK --input $TRAIN_FILE --out $RATIONALE_FILE --model TEACHER$([ -f "$partial" ] && echo " (a generation stopped part-way is in $partial: the same teacher resumes it)")" >&2
   exit 2
 fi
 mkdir -p "$OUTPUT_DIR"
@@ -110,7 +110,7 @@ generate_rationales() {
   echo "[train.sh] generating $RATIONALE_FILE (gold mode; appends to $partial, a rerun resumes): ${gen[*]}"
   # USR1 (time limit near) and TERM stop the generator like Ctrl-C: every finished record
   # is on disk; after USR1 the job is requeued and the rerun generates only what is missing
-  got=""
+  got="" gen_pid=""
   trap 'got=USR1; kill -INT "$gen_pid" 2>/dev/null || true' USR1
   trap 'got=TERM; kill -TERM "$gen_pid" 2>/dev/null || true' TERM
   "${gen[@]}" &
