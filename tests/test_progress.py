@@ -77,6 +77,9 @@ def test_the_harness_line_reads_the_runs_metrics(tmp_path):
     (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"kind": "tr')
     assert runner.live_status(str(tmp_path), run, 70) == \
         "step 6/20 (30.0%) | cls 0.6 | lm 1.5 | ex/s 16 | elapsed 1m10s | ETA 14s"
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('\n{"kind": "train", "step": 20, "time": 1020.0}\n')
+    assert runner.live_status(str(tmp_path), run, 90) == "step 20/20 (100.0%) | elapsed 1m30s | final evaluation"
 
 
 def test_a_stage_says_what_is_running_and_how_long_it_took(monkeypatch):
@@ -91,4 +94,5 @@ def test_a_stage_says_what_is_running_and_how_long_it_took(monkeypatch):
     from huggingface_hub.utils import are_progress_bars_disabled, enable_progress_bars
 
     assert are_progress_bars_disabled()
+    monkeypatch.undo()  # the variables as they were, then the bars back for the tests that follow
     enable_progress_bars()

@@ -121,7 +121,9 @@ def live_status(root: str, run: Run, elapsed: float) -> str:
     rate = (last["step"] - first["step"]) / dt if dt > 0 else 0.0
     stats = {"cls": last.get("train/loss_cls"), "lm": last.get("train/loss_lm"),
              "ex/s": round(last["perf/samples_per_s"], 2) if "perf/samples_per_s" in last else None}
-    return status_line("step", last["step"], _total_steps(out) or 0, stats, elapsed, rate)
+    total = _total_steps(out) or 0
+    line = status_line("step", last["step"], total, stats, elapsed, rate)
+    return line + (" | final evaluation" if total and last["step"] >= total else "")
 
 
 def prepare(grid: Grid, log=print) -> None:
