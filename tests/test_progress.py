@@ -83,6 +83,8 @@ def test_the_harness_line_reads_the_runs_metrics(tmp_path):
 
 
 def test_a_stage_says_what_is_running_and_how_long_it_took(monkeypatch):
+    from huggingface_hub.utils import are_progress_bars_disabled, enable_progress_bars  # imported first: told
+
     log = io.StringIO()
     with stage("converting x", stream=log):
         pass
@@ -91,8 +93,6 @@ def test_a_stage_says_what_is_running_and_how_long_it_took(monkeypatch):
         monkeypatch.setenv(var, "0")  # recorded, so that the undo restores what was there
         monkeypatch.delenv(var)
     assert quiet_library_bars(io.StringIO())  # a log: the libraries' bars go
-    from huggingface_hub.utils import are_progress_bars_disabled, enable_progress_bars
-
     assert are_progress_bars_disabled()
     monkeypatch.undo()  # the variables as they were, then the bars back for the tests that follow
     enable_progress_bars()
