@@ -182,7 +182,8 @@ class TrainArgs:
     tensorboard_dir: str | None = field(default=None, metadata={"help": "default <output_dir>/tensorboard"})
     peak_tflops: float = field(default=0.0, metadata={
         "help": "the device's peak TFLOP/s for perf/mfu; 0 = datasheet bf16 peak of a known GPU (none on CPU)"})
-    progress: bool = field(default=True, metadata={"help": "tqdm progress bar on rank 0"})
+    progress: bool = field(default=True, metadata={
+        "help": "progress on rank 0: a bar on a terminal, a line every DHRD_PROGRESS_EVERY s (30) in a log"})
     export_final: bool = field(default=True, metadata={"help": "write consolidated weights to <output_dir>/final"})
 
     def __post_init__(self):

@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     """Our own errors (bad arguments, data, configs, files) end as one line on stderr and
     exit code 2; DHRD_DEBUG=1 shows the traceback. Anything else is a bug: traceback."""
     _quiet()
+    from dhrd.progress import quiet_library_bars
+
+    quiet_library_bars()  # a log (Slurm's, train.log) gets plain progress lines, not tqdm bars
     from dhrd.config import apply_method, explicit_fields, parse_args
     from dhrd.data.errors import DataError
     from dhrd.engine.dist import shutdown_distributed

@@ -37,6 +37,14 @@
 #                   GPUs nvidia-smi lists, else 1]; on CPU-only nodes set it explicitly
 #   MASTER_ADDR MASTER_PORT   rendezvous [first node of the job, 29500 + job id % 20000]
 #   MAX_REQUEUES    stop requeueing after this many restarts [20]
+#   TEACHER_MODEL   when RATIONALE_FILE is set but missing: the teacher that generates it
+#                   first, inside this job (gold mode, resumable; see slurm/README.md): a
+#                   local HF model dir, or with TEACHER_URL the endpoint's model name
+#   TEACHER_URL     an OpenAI-compatible endpoint (vllm serve, transformers serve), e.g.
+#                   http://host:8000/v1 []
+#   TEACHER_ARGS    more `dhrd rationales generate` arguments, word-split []
+#   EXPORT          after training: none, lean, hf, or all (lean, and hf where the head
+#                   allows) into $OUTPUT_DIR/export/{lean,hf} [none]
 #   DHRD_REPO       repository root [$SLURM_SUBMIT_DIR]
 #   NODES           node count when this script submits itself [1]
 set -euo pipefail
@@ -63,12 +71,67 @@ RATIONALE_FILE=${RATIONALE_FILE-data/$TASK/rationales.jsonl}
 DS_CONFIG=${DS_CONFIG:-ds_configs/zero3.json}
 OUTPUT_DIR=${OUTPUT_DIR:-outputs/$TASK-$SLURM_JOB_ID}
 MAX_REQUEUES=${MAX_REQUEUES:-20}
+EXPORT=${EXPORT:-none}
+case "$EXPORT" in none|lean|hf|all) ;; *) echo "[train.sh] error: EXPORT=$EXPORT: give none, lean, hf or all" >&2; exit 2;; esac
+partial=${RATIONALE_FILE%.jsonl}.partial.jsonl  # where the generation appends until it is complete
+# A missing rationale file: generated first when a teacher is configured, else stop now
+# (seconds into the job, before any model loads) saying how to get one
+if [ -n "$RATIONALE_FILE" ] && [ ! -f "$RATIONALE_FILE" ] && [ -z "${TEACHER_MODEL:-}" ]; then
+  echo "[train.sh] error: rationale file $RATIONALE_FILE is missing: set TEACHER_MODEL (a local model dir, or with TEACHER_URL an endpoint's model) to generate it in this job, or run: dhrd rationales generate --task $TASK --input $TRAIN_FILE --out $RATIONALE_FILE --model TEACHER$([ -f "$partial" ] && echo " (a generation stopped part-way is in $partial: the same teacher resumes it)")" >&2
+  exit 2
+fi
 mkdir -p "$OUTPUT_DIR"
+
+requeue() {  # $1: what was interrupted
+  if [ "${SLURM_RESTART_COUNT:-0}" -ge "$MAX_REQUEUES" ]; then
+    echo "[train.sh] $1 preempted, but already restarted $SLURM_RESTART_COUNT times (MAX_REQUEUES): not requeueing"
+    exit 1
+  fi
+  echo "[train.sh] $1 stopped after the signal; requeueing job $SLURM_JOB_ID"
+  scontrol requeue "$SLURM_JOB_ID"
+  exit 0
+}
+
+# wait for pid $1 until it is gone (a trapped signal makes `wait` return early); sets rc
+wait_gone() {
+  rc=0
+  while :; do
+    wait "$1" && rc=0 || rc=$?
+    kill -0 "$1" 2>/dev/null || break
+  done
+}
+
+generate_rationales() {
+  local gen=(python -m dhrd.cli rationales generate --task "$TASK" --input "$TRAIN_FILE" --out "$partial"
+             --mode gold --model "$TEACHER_MODEL")
+  [ -n "${TEACHER_URL:-}" ] && gen+=(--base_url "$TEACHER_URL")
+  # shellcheck disable=SC2206  # TEACHER_ARGS is documented as word-split
+  [ -n "${TEACHER_ARGS:-}" ] && gen+=($TEACHER_ARGS)
+  echo "[train.sh] generating $RATIONALE_FILE (gold mode; appends to $partial, a rerun resumes): ${gen[*]}"
+  # USR1 (time limit near) and TERM stop the generator like Ctrl-C: every finished record
+  # is on disk; after USR1 the job is requeued and the rerun generates only what is missing
+  got="" gen_pid=""
+  trap 'got=USR1; kill -INT "$gen_pid" 2>/dev/null || true' USR1
+  trap 'got=TERM; kill -TERM "$gen_pid" 2>/dev/null || true' TERM
+  "${gen[@]}" &
+  gen_pid=$!
+  wait_gone "$gen_pid"
+  trap - USR1 TERM
+  [ "$got" = USR1 ] && requeue "rationale generation"
+  if [ "$rc" -ne 0 ]; then echo "[train.sh] rationale generation exited with status $rc"; exit "$rc"; fi
+  echo "[train.sh] consistency of the generated rationales:"
+  python -m dhrd.cli rationales check --task "$TASK" --input "$TRAIN_FILE" --rationales "$partial"
+  local stem=${partial%.jsonl} final=${RATIONALE_FILE%.jsonl}
+  [ -f "$stem.failures.jsonl" ] && mv "$stem.failures.jsonl" "$final.failures.jsonl"
+  [ -f "$stem.summary.json" ] && mv "$stem.summary.json" "$final.summary.json"
+  mv "$partial" "$RATIONALE_FILE"  # complete: training reads it from now on
+}
+if [ -n "$RATIONALE_FILE" ] && [ ! -f "$RATIONALE_FILE" ]; then generate_rationales; fi
 
 # --resume auto: a fresh job finds no checkpoint and starts at step 0; a requeued one
 # (or a new job on the same OUTPUT_DIR) continues from the newest complete checkpoint
 args=(--task "$TASK" --model "$MODEL" --train_file "$TRAIN_FILE" --ds_config "$DS_CONFIG"
-      --output_dir "$OUTPUT_DIR" --resume auto --progress false)
+      --output_dir "$OUTPUT_DIR" --resume auto)
 [ -n "${CONFIG:-}" ] && args+=(--config "$CONFIG")
 [ -n "$EVAL_FILE" ] && args+=(--eval_file "$EVAL_FILE")
 [ -n "$RATIONALE_FILE" ] && args+=(--rationale_file "$RATIONALE_FILE")
@@ -96,11 +159,7 @@ srun --nodes="$SLURM_NNODES" --ntasks-per-node=1 --kill-on-bad-exit=1 \
 srun_pid=$!
 # `wait` returns early (status > 128) when a trapped signal arrives: wait again until
 # srun itself is gone, then take its exit status
-rc=0
-while :; do
-  wait "$srun_pid" && rc=0 || rc=$?
-  kill -0 "$srun_pid" 2>/dev/null || break
-done
+wait_gone "$srun_pid"
 trap - USR1 TERM
 
 # Requeue only when this run's trainers wrote the marker for a USR1 (time-limit warning).
@@ -116,13 +175,13 @@ sys.exit(0 if marker.get("signal") == "SIGUSR1" and marker.get("slurm_job_id") =
          and mtime >= started - 1 else 1)
 PY
 then
-  if [ "${SLURM_RESTART_COUNT:-0}" -ge "$MAX_REQUEUES" ]; then
-    echo "[train.sh] preempted, but already restarted $SLURM_RESTART_COUNT times (MAX_REQUEUES): not requeueing"
-    exit 1
-  fi
-  echo "[train.sh] checkpoint written after the signal; requeueing job $SLURM_JOB_ID"
-  scontrol requeue "$SLURM_JOB_ID"
-  exit 0
+  requeue "training (checkpoint written)"
 fi
 echo "[train.sh] training exited with status $rc"
+if [ "$rc" -eq 0 ] && [ "$EXPORT" != none ]; then
+  dest=$OUTPUT_DIR/export
+  [ "$EXPORT" = all ] || dest=$dest/$EXPORT
+  echo "[train.sh] exporting the classifier ($EXPORT) to $dest"
+  python "$REPO/tools/export_classifier.py" "$OUTPUT_DIR" "$dest" --format "$EXPORT" || rc=$?
+fi
 exit "$rc"

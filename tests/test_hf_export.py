@@ -115,6 +115,12 @@ def test_unexportable_heads_are_refused_by_name(tmp_path, kind, pooling, match):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and match in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert not (tmp_path / "hf").exists()
+    # --format all (what a Slurm job's EXPORT=all runs): the lean export, and why there is no HF one
+    both = subprocess.run([*cmd[:3], str(tmp_path / "export"), "--format", "all"], capture_output=True, text=True,
+                          timeout=120)
+    assert both.returncode == 0, both.stderr[-3000:]
+    assert (tmp_path / "export" / "lean" / "lean_config.json").exists() and not (tmp_path / "export" / "hf").exists()
+    assert "no HF export: " in both.stdout and match in both.stdout
 
 
 def test_real_smollm2_export(tmp_path):

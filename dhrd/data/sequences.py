@@ -12,9 +12,11 @@ import hashlib
 import json
 import math
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+from ..progress import Progress, is_terminal
 from .report import DataReport
 
 SECTIONS = ("x", "reason", "rationale", "ans", "answer")
@@ -141,9 +143,14 @@ def tokenize_items(items, builder: SequenceBuilder, *, cache_dir: str | None = N
     }
     ds = datasets.Dataset.from_dict(columns)
 
+    # datasets draws its bar on a terminal; a log gets periodic lines (dhrd.progress.quiet_library_bars)
+    lines = Progress(len(items), "tokenising", unit="ex", bar=False,
+                     enabled=not is_terminal(sys.stderr) and (num_proc or 1) == 1)
+
     def fn(batch):
         rows = [builder.build(t, r, None if lab == -100 else lab)
                 for t, r, lab in zip(batch["text"], batch["rationale"], batch["label_in"])]
+        lines.update(len(rows))
         return {k: [row[k] for row in rows] for k in rows[0]} if rows else {}
 
     kwargs = dict(batched=True, remove_columns=["text", "rationale", "label_in"], num_proc=num_proc,
@@ -158,6 +165,7 @@ def tokenize_items(items, builder: SequenceBuilder, *, cache_dir: str | None = N
     else:
         kwargs.update(keep_in_memory=True)
     out = ds.map(fn, **kwargs)
+    lines.close()
     if report is not None:
         report.count("input_truncated", sum(out["input_truncated"]))
         report.count("rationale_truncated_fraction", sum(out["rationale_fraction_cut"]))

@@ -1,6 +1,7 @@
-"""Training telemetry: TensorBoard scalars/text/hparams, a metrics.jsonl log, a tqdm bar
-and rank-prefixed log lines. Only rank 0 writes files or draws the bar, so N ranks do not
-produce N copies; every rank may log."""
+"""Training telemetry: TensorBoard scalars/text/hparams, a metrics.jsonl log, the live
+progress (a tqdm bar on a terminal, a periodic plain line in a log: dhrd/progress.py)
+and rank-prefixed log lines. Only rank 0 writes files or shows progress, so N ranks do
+not produce N copies; every rank may log."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import json
 import os
 import sys
 import time
+
+from ..progress import Progress
 
 
 def log(rank: int, message: str) -> None:
@@ -31,11 +34,8 @@ class Monitor:
         os.makedirs(output_dir, exist_ok=True)
         self.writer = SummaryWriter(tb_dir or os.path.join(output_dir, "tensorboard"))
         self.jsonl = open(os.path.join(output_dir, "metrics.jsonl"), "a")
-        if progress:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total_steps, initial=initial_step, desc="train", dynamic_ncols=True,
-                            file=sys.stderr)
+        if progress:  # a line reads "[rank0] train 120/252 (47.6%) | cls .. | lm .. | ex/s .. | ETA .."
+            self.bar = Progress(total_steps, "train", unit="step", initial=initial_step, prefix="[rank0] ")
 
     def scalars(self, step: int, values: dict[str, float], *, kind: str = "train") -> None:
         if not self.enabled:
@@ -55,11 +55,10 @@ class Monitor:
             clean = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in hparams.items()}
             self.writer.add_hparams(clean, metrics, run_name="hparams")
 
-    def advance(self, n: int = 1, **postfix) -> None:
+    def advance(self, n: int = 1, **stats) -> None:
+        """``n`` more optimizer steps done; ``stats`` (latest values) shown with the position."""
         if self.bar is not None:
-            self.bar.update(n)
-            if postfix:
-                self.bar.set_postfix({k: f"{v:.4g}" if isinstance(v, float) else v for k, v in postfix.items()})
+            self.bar.update(n, **stats)
 
     def flush(self) -> None:
         if self.writer is not None:

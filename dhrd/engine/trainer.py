@@ -294,7 +294,9 @@ class Trainer:
         """Logging, evaluation, checkpoints and the preemption check after step ``done``."""
         if done % self.train_args.log_every == 0 or done == self.total_steps:
             self.monitor.scalars(done, values)
-        self.monitor.advance(1, loss=values.get("train/loss_total", float("nan")))
+        self.monitor.advance(1, cls=values.get("train/loss_cls", float("nan")),
+                             lm=values.get("train/loss_lm", float("nan")),
+                             **{"ex/s": round(values["perf/samples_per_s"], 2)})
         if not finite:
             log(self.dist.rank, f"step {done}: NaN/inf loss, step skipped (no update; {self.guard.in_row} in a "
                                 f"row, {self.guard.total} in all)")

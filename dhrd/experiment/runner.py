@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 from ..engine.locks import OutputDirInUse, OutputDirLock, holder
 from ..fileio import atomic_write, atomic_write_json, read_json_or_none
+from ..progress import duration, log_every, status_line
 from .grid import PATH_KEYS, Grid, GridError, Run
 from .prepare import prepare_task
 from .records import read_records
@@ -67,29 +68,62 @@ def claimed_by(root: str, run: Run) -> str | None:
     return f"{who} on {host}"
 
 
+def _train_rows(out: str, tail_bytes: int = 16384) -> list[dict]:
+    """The training rows in the last ``tail_bytes`` of a run's metrics.jsonl, in order
+    (a line cut by the seek or by a kill is left out); [] before the first."""
+    try:
+        with open(os.path.join(out, "metrics.jsonl"), "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - tail_bytes))
+            lines = f.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return []
+    rows = []
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and rec.get("kind") == "train" and isinstance(rec.get("step"), int):
+            rows.append(rec)
+    return rows
+
+
+def _total_steps(out: str) -> int | None:
+    cfg = read_json_or_none(os.path.join(out, "config.json"))
+    return (cfg.get("derived") or {}).get("total_steps") if isinstance(cfg, dict) else None
+
+
 def progress(root: str, run: Run) -> str | None:
     """'step 120/252' of a started run (its last logged training step and the total its
     config.json planned), or None before its first step."""
     out = run_dir(root, run)
-    step = None
-    try:
-        with open(os.path.join(out, "metrics.jsonl"), "rb") as f:
-            f.seek(max(0, os.fstat(f.fileno()).st_size - 4096))
-            for line in f.read().decode("utf-8", "replace").splitlines()[::-1]:
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    continue  # a line cut by the seek or by a kill
-                if rec.get("kind") == "train":
-                    step = rec.get("step")
-                    break
-    except OSError:
+    rows = _train_rows(out, 4096)
+    if not rows:
         return None
-    if step is None:
-        return None
-    cfg = read_json_or_none(os.path.join(out, "config.json"))
-    total = (cfg.get("derived") or {}).get("total_steps") if isinstance(cfg, dict) else None
-    return f"step {step}/{total}" if total else f"step {step}"
+    total = _total_steps(out)
+    return f"step {rows[-1]['step']}/{total}" if total else f"step {rows[-1]['step']}"
+
+
+def live_status(root: str, run: Run, elapsed: float) -> str:
+    """The harness's periodic line for an active run, from the tail of its metrics.jsonl
+    (the run itself is silent): step/total, classification and LM loss, examples/s, ETA
+    from the step rate of its latest rows."""
+    out = run_dir(root, run)
+    rows = _train_rows(out)
+    if not rows:
+        return f"starting (no step logged yet) | elapsed {duration(elapsed)}"
+    for i in range(len(rows) - 1, 0, -1):  # this session's rows: a resume restarts the step count
+        if rows[i - 1]["step"] >= rows[i]["step"]:
+            rows = rows[i:]
+            break
+    first, last = rows[0], rows[-1]
+    dt = float(last.get("time", 0)) - float(first.get("time", 0))
+    rate = (last["step"] - first["step"]) / dt if dt > 0 else 0.0
+    stats = {"cls": last.get("train/loss_cls"), "lm": last.get("train/loss_lm"),
+             "ex/s": round(last["perf/samples_per_s"], 2) if "perf/samples_per_s" in last else None}
+    total = _total_steps(out) or 0
+    line = status_line("step", last["step"], total, stats, elapsed, rate)
+    return line + (" | final evaluation" if total and last["step"] >= total else "")
 
 
 def prepare(grid: Grid, log=print) -> None:
@@ -292,6 +326,7 @@ def run_grid(grid: Grid, root: str, *, jobs: int = 1, threads: int | None = None
     log(f"{grid.name}: {len(runs)} runs, {len(runs) - len(pending)} done, {len(pending)} to run, "
         f"{jobs} at a time, {threads} threads each")
     active: list[tuple[Run, subprocess.Popen, float, OutputDirLock]] = []
+    every, last_report = log_every(), time.time()
     while pending or active:
         while pending and len(active) < jobs:
             run = pending.pop(0)
@@ -314,6 +349,10 @@ def run_grid(grid: Grid, root: str, *, jobs: int = 1, threads: int | None = None
         if not active:
             break
         time.sleep(0.5)
+        if time.time() - last_report >= every:  # the runs are silent: one line per active run
+            last_report = time.time()
+            for run, _, t0, _ in active:
+                log(f"  {run.name}: {live_status(root, run, last_report - t0)}")
         for item in list(active):
             run, proc, t0, lock = item
             if proc.poll() is None:

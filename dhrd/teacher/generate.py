@@ -37,9 +37,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..data.errors import DataError
+from ..data.pipeline import load_examples
 from ..data.rationales import END_MARKER, clean_rationale
 from ..data.tasks import Example, Task, get_task, read_examples
 from ..fileio import atomic_write_jsonl, repair_jsonl_tail
+from ..progress import Progress, quiet_library_bars
 from . import Completion, Teacher
 from .prompts import MODES, get_template, match_label, split_answer
 
@@ -262,7 +264,7 @@ def run(cfg: GenerateConfig, teacher: Teacher) -> Summary:
         raise ValueError(f"mode must be one of {MODES}")
     task = get_task(cfg.task)
     template = get_template(task, cfg.mode, cfg.prompt_version)
-    examples = read_examples(task, cfg.input, require_labels=cfg.mode == "gold")
+    examples = load_examples(task, cfg.input, require_labels=cfg.mode == "gold")  # a path, or hub:<split>
     ids = read_ids(cfg.ids_file) if cfg.ids_file else None
     chosen = select(examples, shard=cfg.shard, ids=ids, limit=cfg.limit, ids_source=cfg.ids_file or "ids")
     teacher_name = cfg.teacher_name or teacher.name
@@ -292,7 +294,7 @@ def run(cfg: GenerateConfig, teacher: Teacher) -> Summary:
 
     out = JsonlAppender(cfg.out_path, cfg.fsync)
     failures = JsonlAppender(cfg.failures_path, cfg.fsync)
-    bar = _progress(len(todo), cfg.progress)
+    bar = Progress(len(todo), f"rationales {task.name}", unit="ex", enabled=cfg.progress)
     retries_before = getattr(teacher, "retries", 0)
     start = time.monotonic()
     common = {"teacher": teacher_name, "prompt_version": template.version, "task": task.name, "mode": cfg.mode}
@@ -315,11 +317,9 @@ def run(cfg: GenerateConfig, teacher: Teacher) -> Summary:
                                     "finish_reason": completion.finish_reason,
                                     "text": completion.text[:2000], "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
                     summary.failed[reason] += 1
-            if bar is not None:
-                elapsed = max(time.monotonic() - start, 1e-9)
-                bar.set_postfix(tok_s=f"{summary.completion_tokens / elapsed:.0f}",
-                                failed=sum(summary.failed.values()), refresh=False)
-                bar.update(1)
+            elapsed = max(time.monotonic() - start, 1e-9)
+            bar.update(1, written=summary.written, failed=sum(summary.failed.values()),
+                       **{"tok/s": round(summary.completion_tokens / elapsed)})
     except KeyboardInterrupt:
         summary.interrupted = True
         log.warning("interrupted: every finished record is on disk; rerun the same command to resume")
@@ -327,22 +327,13 @@ def run(cfg: GenerateConfig, teacher: Teacher) -> Summary:
         summary.seconds = time.monotonic() - start
         summary.retries = getattr(teacher, "retries", 0) - retries_before
         summary.not_attempted = len(todo) - summary.attempted
-        if bar is not None:
-            bar.close()
+        bar.close()
         out.close()
         failures.close()
         with open(cfg.summary_path, "w") as f:
             json.dump({**asdict(summary), "failed": dict(summary.failed), "config": asdict(cfg),
                        "teacher": teacher_name, "prompt_version": template.version}, f, indent=2)
     return summary
-
-
-def _progress(total: int, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="ex", dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0)
 
 
 # ---------------------------------------------------------------------------------------
@@ -352,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dhrd rationales generate", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--task", required=True)
-    p.add_argument("--input", required=True, help="the task's JSONL file")
+    p.add_argument("--input", required=True, help="the task's JSONL file, or hub:<split> (e.g. hub:train)")
     p.add_argument("--out", required=True, help="rationale JSONL, appended to")
     p.add_argument("--failures", help="failures JSONL (default: <out>.failures.jsonl)")
     p.add_argument("--mode", choices=MODES, default="gold")
@@ -414,16 +405,26 @@ def build_teacher(args: argparse.Namespace) -> Teacher:
         chat_template={"auto": None, "yes": True, "no": False}[args.chat_template]))
 
 
-_SECTION = {"depth": 0, "pending": False}
+_SECTION = {"depth": 0, "pending": False, "interrupted": False}
 
 
 def _interrupt(signum, frame):
     """SIGINT/SIGTERM: stop like Ctrl-C, but never between writing a record and counting
-    it (inside ``record_section`` the interrupt waits for the section's end)."""
+    it (inside ``record_section`` the interrupt waits for the section's end). Only the
+    first signal counts: a second one (Slurm signals the job's processes and the job
+    script forwards to them too) must not cut the summary short."""
+    if _SECTION["interrupted"]:
+        return
     if _SECTION["depth"]:
         _SECTION["pending"] = True
         return
+    _SECTION["interrupted"] = True
     raise KeyboardInterrupt
+
+
+def reset_interrupts() -> None:
+    """A new run: no signal seen yet."""
+    _SECTION.update(depth=0, pending=False, interrupted=False)
 
 
 @contextlib.contextmanager
@@ -434,7 +435,7 @@ def record_section():
     finally:
         _SECTION["depth"] -= 1
         if not _SECTION["depth"] and _SECTION["pending"]:
-            _SECTION["pending"] = False
+            _SECTION["pending"], _SECTION["interrupted"] = False, True
             raise KeyboardInterrupt
 
 
@@ -448,8 +449,10 @@ def main(argv: list[str] | None = None) -> int:
                          limit=args.limit, retry_failures=args.retry_failures,
                          teacher_name=args.teacher_name, progress=args.progress)
     # SIGTERM (Slurm preemption, timeouts) ends the run like Ctrl-C: summary, exit code 130
+    reset_interrupts()
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
+    quiet_library_bars()  # in a log: no tqdm bar of the model load
     teacher = build_teacher(args)
     try:
         summary = run(cfg, teacher)

@@ -44,13 +44,27 @@ def sbatch(env: dict, script: str, *args: str, sbatch_args=(), wait: bool = Fals
 
 
 def job_env(slurm_env: dict, model: str, paths: dict, out_dir, extra: list, nproc: int = 1) -> dict:
-    """The documented overrides of slurm/train.sh pointed at the fixtures."""
+    """The documented overrides of slurm/train.sh pointed at the fixtures (no export after
+    training, unless a test asks for it: it is not what most tests look at)."""
     env = dict(slurm_env)
     env.update(DHRD_REPO=REPO, MODEL=str(model), TRAIN_FILE=paths["train"],
                EVAL_FILE=paths["eval"], RATIONALE_FILE=paths["rationales"],
                OUTPUT_DIR=str(out_dir), NPROC_PER_NODE=str(nproc), OMP_NUM_THREADS="1",
-               EXTRA_ARGS=" ".join(map(str, extra)))
+               EXTRA_ARGS=" ".join(map(str, extra)), EXPORT="none")
+    for k in ("TEACHER_MODEL", "TEACHER_URL", "TEACHER_ARGS"):
+        env.pop(k, None)
     return env
+
+
+def job_log(logs_dir, job) -> str:
+    """The job's output file (``--output=<logs_dir>/%x-%j.out``)."""
+    import glob
+
+    files = glob.glob(os.path.join(logs_dir, f"*-{job}.out"))
+    if not files:
+        return "(no log)"
+    with open(files[0], errors="replace", newline="") as f:  # keep any carriage return a bar wrote
+        return f.read()
 
 
 def job_state(env: dict, job: str) -> tuple[str, str]:

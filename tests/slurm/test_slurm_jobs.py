@@ -14,6 +14,7 @@ import pytest
 
 from tests.distributed.train_helpers import losses, run_train
 from tests.slurm.slurm_helpers import REPO, diagnostics, job_env, job_state, sbatch, train_steps, wait_for, wait_job
+from tests.slurm.slurm_helpers import job_log as _log
 
 pytestmark = pytest.mark.slurm
 
@@ -25,14 +26,6 @@ pytest_plugins = ["tests.slurm.slurm_fixtures"]  # the cluster and data fixtures
 def read_json(path):
     with open(path) as f:
         return json.load(f)
-
-
-def _log(logs_dir, job) -> str:
-    files = glob.glob(os.path.join(logs_dir, f"*-{job}.out"))
-    if not files:
-        return "(no log)"
-    with open(files[0]) as f:
-        return f.read()
 
 
 def test_sbatch_wait_train_boolq_completes_with_checkpoint_and_tensorboard(slurm_cluster, fixtures, tmp_path):

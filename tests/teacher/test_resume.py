@@ -135,18 +135,22 @@ def test_an_interrupt_waits_for_the_record_being_written():
     """The SIGTERM/SIGINT handler inside a record's write-and-count section only marks
     the interrupt; it is raised when the section ends, so the summary counts every record
     on disk (the race behind a once-seen 'written N' mismatch)."""
-    from dhrd.teacher.generate import _interrupt, record_section
+    from dhrd.teacher.generate import _interrupt, record_section, reset_interrupts
 
+    reset_interrupts()
     done = []
     with pytest.raises(KeyboardInterrupt):
         with record_section():
             _interrupt(signal.SIGTERM, None)
             done.append("written and counted")
     assert done == ["written and counted"]
+    _interrupt(signal.SIGTERM, None)  # a second signal (Slurm's and the job script's): ignored
+    reset_interrupts()
     with pytest.raises(KeyboardInterrupt):
         _interrupt(signal.SIGTERM, None)  # outside a section: at once
     with record_section():
         pass  # nothing pending any more
+    reset_interrupts()
 
 
 def test_parse_shard(monkeypatch):
