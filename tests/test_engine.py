@@ -127,7 +127,8 @@ def test_final_export_loads_without_deepspeed(dhrd_run):
     meta = json.load(open(final / "dhrd_config.json"))
     tok = AutoTokenizer.from_pretrained(final)
     assert tok.convert_tokens_to_ids("<REASON>") == meta["special_token_ids"]["reason"]
-    model = DualHeadModel(AutoModelForCausalLM.from_pretrained(final), meta["num_labels"], pooling=meta["pooling"])
+    model = DualHeadModel(AutoModelForCausalLM.from_pretrained(final), meta["num_labels"], pooling=meta["pooling"],
+                         head=meta.get("head", "mlp"))
     model.head.load_state_dict(load_file(final / meta["head_file"]))
     ids = torch.tensor([tok("Premise: x")["input_ids"]])
     out = model(ids, torch.arange(ids.shape[1])[None], torch.tensor([ids.shape[1] - 1]))

@@ -29,7 +29,7 @@ def dual_head(backbone, num_labels: int, settings, *, pooling: str | None = None
     fields) say; ``pooling`` overrides theirs; ``formulation`` choice scores options."""
     return DualHeadModel(backbone, num_labels, pooling=pooling or settings.pooling,
                          head_inner_size=getattr(settings, "head_inner_size", None) or None,
-                         head_dropout=getattr(settings, "head_dropout", 0.0), head=getattr(settings, "head", "mlp"),
+                         head_dropout=getattr(settings, "head_dropout", 0.0), head=getattr(settings, "head", "linear"),
                          choice=formulation == "choice")
 
 

@@ -113,7 +113,7 @@ class DualHeadModel(nn.Module):
     segment (an answer option) and ``forward`` arranges them per question (choice_scores)."""
 
     def __init__(self, backbone: nn.Module, num_labels: int, pooling: str = "last",
-                 head_inner_size: int | None = None, head_dropout: float = 0.0, head: str = "mlp",
+                 head_inner_size: int | None = None, head_dropout: float = 0.0, head: str = "linear",
                  choice: bool = False):
         super().__init__()
         if pooling not in POOLINGS:

@@ -56,7 +56,7 @@ def in_training_probs(model_dir, out, texts) -> torch.Tensor:
     tok = AutoTokenizer.from_pretrained(model_dir)
     backbone = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     assert list(add_reasoning_tokens(tok, backbone)) == cfg["derived"]["special_token_ids"]
-    model = DualHeadModel(backbone, 2, pooling=cfg["model"]["pooling"]).eval()
+    model = DualHeadModel(backbone, 2, pooling=cfg["model"]["pooling"], head=cfg["model"]["head"]).eval()
     state = get_fp32_state_dict_from_zero_checkpoint(str(out / "checkpoints"), TAG)
     model.load_state_dict({k[len("model."):]: v for k, v in state.items()}, strict=True)
     return dual_head_probs(model, tok, cfg, texts), state
