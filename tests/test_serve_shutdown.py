@@ -80,7 +80,7 @@ def test_past_the_drain_timeout_queued_requests_get_503(lean_dir, tmp_path):
         server.proc.send_signal(signal.SIGINT)
         replies = [f.result(timeout=60) for f in futures]
         pool.shutdown()
-        assert server.proc.wait(timeout=30) == 0 and time.monotonic() - t0 < 10
+        assert server.proc.wait(timeout=60) == 0 and time.monotonic() - t0 < 30
         statuses = sorted(s for s, _ in replies)
         assert set(statuses) == {200, 503} and statuses.count(200) <= 4, statuses
         assert all("--drain_timeout_s 0.5" in r["error"] for s, r in replies if s == 503)
