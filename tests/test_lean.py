@@ -190,7 +190,7 @@ def test_lora_adapters_are_merged(tmp_path):
     base, tok, special = make_dual_head()
     before = reference_probs(base, tok)
     lora_backbone = apply_lora(base.backbone, ModelArgs(model="x", lora=True, lora_r=4, lora_dropout=0.0))
-    model = DualHeadModel(lora_backbone, 2)
+    model = DualHeadModel(lora_backbone, 2, head="mlp")  # make_dual_head's
     model.head.load_state_dict(base.head.state_dict())
     with torch.no_grad():
         for n, p in model.named_parameters():

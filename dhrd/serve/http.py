@@ -193,7 +193,7 @@ def create_app(model, cfg: ServeConfig, state: ServeState | None = None):
 async def _warm_up(batcher: Batcher, state: ServeState, cfg: ServeConfig, model) -> None:
     """A full batch through the worker thread before ``/ready`` says yes: the first
     requests then do not pay for lazy initialisation or the largest allocation."""
-    await batcher.warm_up([model.warm_up_item] * cfg.max_batch_size)
+    await batcher.warm_up([getattr(model, "warm_up_item", "warm-up")] * cfg.max_batch_size)
     state.warmed = True
 
 
