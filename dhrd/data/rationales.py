@@ -89,9 +89,9 @@ def read_rationales(path, labels: tuple[str, ...] | None = None,
         if not kept:
             continue
         texts, tlabels = zip(*kept)
-        out[rid] = Rationale(rid, texts[0], tlabels[0], where,
-                             texts=texts if len(pairs) > 1 or "rationales" in row else (),
-                             teacher_labels=tlabels if len(pairs) > 1 or "rationales" in row else ())
+        several = "rationales" in row  # a list row keeps its texts, even a list of one
+        out[rid] = Rationale(rid, texts[0], tlabels[0], where, texts=texts if several else (),
+                             teacher_labels=tlabels if several else ())
     if n_lines == 0:
         raise DataError("no rationales (empty file)", path=path)
     report.count("rationales_read", len(out))
