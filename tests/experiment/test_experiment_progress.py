@@ -21,7 +21,7 @@ blocks:
 """
 
 LINE = re.compile(r"^  rte-dhrd-s0: step (\d+)/8 \(\d+\.\d%\) \| cls [\d.]+ \| lm [\d.]+ \| ex/s [\d.]+ \| "
-                  r"elapsed \w+( \| ETA \S+)?$", re.M)
+                  r"elapsed \w+( \| ETA \S+)?( \| final evaluation)?$", re.M)
 
 
 def test_the_harness_prints_a_line_per_active_run(tmp_path):
@@ -35,4 +35,6 @@ def test_the_harness_prints_a_line_per_active_run(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     steps = [int(m.group(1)) for m in LINE.finditer(proc.stdout)]
     assert steps and steps == sorted(steps), proc.stdout  # lines follow the run as it goes
+    finals = [m.group(0) for m in LINE.finditer(proc.stdout) if m.group(3)]
+    assert all(" step 8/8 " in line for line in finals), finals  # only past the last step
     assert "done rte-dhrd-s0" in proc.stdout and "\r" not in proc.stdout
