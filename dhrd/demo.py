@@ -163,8 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m dhrd.demo" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
     figure = demo_figure(root, res, os.path.join(args.workdir, "demo.png"), title=stamp(command))
     print(f"\nFigure (training losses, held-out accuracy and the paired interval): {figure}")
-    print("\nMeasured with 3 seeds on 1500-example dev splits: README 'Does it help?' "
-          "(experiments/cpu_small.yaml; tables and plots in experiments/results/cpu_small/).")
+    print("\nThe grids' answer (seeds, 1500-example dev splits, paired intervals): README 'Does it help?' "
+          "and docs/results.md (experiments/cpu_gold.yaml, experiments/cpu_small.yaml).")
     return 0
 
 

@@ -9,7 +9,8 @@ import os
 
 import pytest
 
-from tests.distributed.train_helpers import REPO, _free_port, child_env, losses, run_train, write_model, write_task  # noqa: E402
+from tests.distributed.train_helpers import (REPO, _free_port, child_env, losses, run_train, train_command,  # noqa: E402
+                                            write_model, write_task)
 
 # lr 1e-2: the tiny pooled classifier's loss falls clearly (3e-3 left it within noise
 # once warm-up no longer spends two updates at lr 0)
@@ -255,17 +256,30 @@ def test_ds_config_rejects_setups_that_cannot_skip_nonfinite_steps():
     (["--model", "{tmp}/no/model"], "--model {tmp}/no/model: no such directory"),
     (["--bogus_flag", "1"], "unknown arguments: --bogus_flag"),
 ])
-def test_bad_arguments_fail_fast_with_one_named_line(setup, tmp_path, extra, message):
+def test_bad_arguments_fail_fast_with_one_named_line(setup, tmp_path, capsys, extra, message):
     """Refused before distributed init and the model load: exit code 2, one line on
-    stderr naming the file or argument, no traceback."""
+    stderr naming the file or argument, no traceback. ``main(argv)`` in this process (the
+    real process's exit is checked once below)."""
+    from dhrd.train import main
+
     root, paths, model = setup
     (tmp_path / "bad.yaml").write_text("lr: 1\nwarmup_steps: a: b\n")
     (tmp_path / "unknown.yaml").write_text("lrr: 1\n")
     (tmp_path / "bf16.json").write_text('{"bf16": {"enabled": true}}')
     extra = [a.format(tmp=tmp_path) for a in extra]
-    proc = run_train(model, paths, tmp_path / "out", "--max_steps", 1, *extra)
+    argv = train_command(model, paths, tmp_path / "out", "--max_steps", 1, *extra)[2:]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("train.py: error: " + message.format(tmp=tmp_path)), err
+    assert not os.path.exists(tmp_path / "out")  # nothing written: refused before any work
+
+
+def test_a_refused_run_exits_2_in_seconds_without_a_traceback(setup, tmp_path):
+    """The same refusal from a real process, as a launcher sees it."""
+    root, paths, model = setup
+    proc = run_train(model, paths, tmp_path / "out", "--lr", "-0.1")
     assert proc.returncode == 2, proc.stderr[-3000:]
-    assert "train.py: error: " + message.format(tmp=tmp_path) in proc.stderr, proc.stderr[-3000:]
+    assert "train.py: error: lr=-0.1 must be >= 0" in proc.stderr, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr and "deepspeed.init_distributed" not in proc.stderr
 
 
