@@ -9,8 +9,16 @@ import os
 
 import pytest
 
-from tests.distributed.train_helpers import (REPO, _free_port, child_env, losses, run_train, train_command,  # noqa: E402
-                                            write_model, write_task)
+from tests.distributed.train_helpers import (  # noqa: E402
+    REPO,
+    _free_port,
+    child_env,
+    losses,
+    run_train,
+    train_command,
+    write_model,
+    write_task,
+)
 
 # lr 1e-2: the tiny pooled classifier's loss falls clearly (3e-3 left it within noise
 # once warm-up no longer spends two updates at lr 0)
