@@ -5,7 +5,6 @@ HfArgumentParser) serves the CLI, train.py and the tests."""
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -302,8 +301,3 @@ def resolved_config(*arg_objs) -> dict[str, dict[str, Any]]:
     names = {ModelArgs: "model", DataArgs: "data", LossArgs: "loss", TrainArgs: "train"}
     return {names[type(a)]: asdict(a) for a in arg_objs}
 
-
-def write_config(path: str, *arg_objs) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(resolved_config(*arg_objs), f, indent=2)

@@ -3,9 +3,10 @@ nothing is dropped silently."""
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
+
+from ..fileio import atomic_write_json
 
 
 @dataclass
@@ -43,8 +44,7 @@ class DataReport:
         return {"counts": dict(sorted(self.counts.items())), "samples": self.samples}
 
     def write(self, path) -> None:
-        with open(path, "w") as f:
-            json.dump(self.to_dict(), f, indent=2)
+        atomic_write_json(path, self.to_dict(), indent=2)
 
     def format(self) -> str:
         width = max((len(k) for k in self.counts), default=0)

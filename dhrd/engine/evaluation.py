@@ -100,7 +100,7 @@ class Evaluator:
         """The LM head writes a rationale, then each verbalizer is scored after <ANS>."""
         t = self.t
         cot, results = evaluate_cot(
-            t.model.backbone, self.table, answers=self.answers, reason_id=t.special[0], ans_id=t.special[1],
+            t.model.backbone, self.table, answers=self.answers, reason_id=t.special.reason, ans_id=t.special.answer,
             pad_id=t.pad_id, eos_id=t.tokenizer.eos_token_id, dist=t.dist,
             max_new_tokens=t.train_args.cot_max_new_tokens, batch_size=t.train_args.cot_batch_size,
             synced_gpus=t.dist.world > 1 and zero_stage(t.ds_cfg) == 3)

@@ -72,7 +72,7 @@ def _write_final(state, model, tokenizer, special, task, model_args, data_args, 
     meta = {"task": task.name, "labels": list(task.labels), "verbalizers": list(task.verbalizers),
             "pooling": fresh.pooling, "num_labels": fresh.num_labels, "formulation": formulation,
             "head": head_kind(fresh.head), "head_inner_size": head_inner_size(fresh.head), "head_file": HEAD_FILE,
-            "special_token_ids": {"reason": special[0], "answer": special[1]},
+            "special_token_ids": special._asdict(),
             "alpha": loss_args.alpha, "beta": loss_args.beta, "method": loss_args.method,
             "rationale_mode": data_args.rationale_mode, "lora_merged": bool(model_args.lora),
             "dtype": str(dtype).replace("torch.", ""), "max_input_len": data_args.max_input_len}

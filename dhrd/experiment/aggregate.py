@@ -28,7 +28,7 @@ import shutil
 import statistics
 from dataclasses import dataclass, field
 
-from ..fileio import read_json_or_none
+from ..fileio import atomic_open, atomic_write, atomic_write_json, read_json_or_none
 from .grid import Grid, GridError, Run
 from .records import RECORDS, make_record, read_records, write_records
 from .runner import DONE, run_dir
@@ -307,7 +307,7 @@ def write_results(grid: Grid, root: str, n_boot: int = 1000) -> dict:
     for r in rows:
         r["task_above_chance"] = learned[r["task"]]
     avg = average_over_tasks(gaps, learned)
-    with open(os.path.join(root, "results.csv"), "w", newline="") as f:
+    with atomic_open(os.path.join(root, "results.csv")) as f:
         w = csv.writer(f)
         w.writerow(["task", "variant", "method", "axes", "seed", "score", "metrics", "n_eval", "code"])
         for r in sorted(results, key=lambda r: (r.run.task, r.run.variant, r.run.seed)):
@@ -315,11 +315,9 @@ def write_results(grid: Grid, root: str, n_boot: int = 1000) -> dict:
                         f"{r.score:.6f}", json.dumps(r.metrics), len(r.labels), r.code])
     md = format_markdown(grid, rows, gaps, avg, n_done=len(results), vs_dhrd=vs_dhrd, vs_best=vs_best,
                          code=collections.Counter(r.code for r in results))
-    with open(os.path.join(root, "results.md"), "w") as f:
-        f.write(md)
-    with open(os.path.join(root, "results.json"), "w") as f:
-        json.dump({"variants": rows, "gaps": gaps, "average": avg, "vs_dhrd": vs_dhrd, "vs_best_pooled": vs_best},
-                  f, indent=1)
+    atomic_write(os.path.join(root, "results.md"), md)
+    atomic_write_json(os.path.join(root, "results.json"), {"variants": rows, "gaps": gaps, "average": avg,
+                                                           "vs_dhrd": vs_dhrd, "vs_best_pooled": vs_best})
     return {"variants": rows, "gaps": gaps, "average": avg, "vs_dhrd": vs_dhrd, "vs_best_pooled": vs_best,
             "markdown": md}
 

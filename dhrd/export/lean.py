@@ -17,7 +17,7 @@ from torch import nn
 
 from ..engine import checkpoint
 from ..model.backbones import NO_REMOTE_CODE
-from ..model.dual_head import HEAD_FILE, head_inner_size, head_kind
+from ..model.dual_head import HEAD_FILE, SpecialTokens, head_inner_size, head_kind
 from ..serve.int8 import INT8_SCHEME, int8_tensors, quantize_int8
 from ..serve.lean_format import WEIGHTS, LeanConfig
 
@@ -316,8 +316,8 @@ def load_trained(path: str, tag: str | None = None) -> Trained:
         model, tokenizer = dual_head_from_checkpoint(source)
         cfg = source.train_config
         task = get_task(cfg["data"]["task"])
-        max_input_len, special = cfg["data"]["max_input_len"], cfg["derived"]["special_token_ids"]
-        special = {"reason": special[0], "answer": special[1]}
+        max_input_len = cfg["data"]["max_input_len"]
+        special = SpecialTokens(*cfg["derived"]["special_token_ids"])._asdict()
     else:
         model, tokenizer = dual_head_from_final(source)
         meta = _read_json(os.path.join(source.path, "dhrd_config.json"), "final/ export metadata")

@@ -64,7 +64,7 @@ def build_model(model_args, num_labels: int, ds_cfg: dict, *, zero3: bool, formu
 
 def build_dual_head_model(args, num_labels: int, device=None):
     """Backbone + tokenizer from ModelArgs, reasoning tokens added, head attached, no
-    DeepSpeed (tools, tests). Returns (DualHeadModel, tokenizer, (reason_id, ans_id))."""
+    DeepSpeed (tools, tests). Returns (DualHeadModel, tokenizer, SpecialTokens)."""
     path = resolve_model_path(args.model)
     tokenizer = load_tokenizer(path, args.gguf_file)
     backbone = load_backbone(path, dtype=resolve_dtype(args.dtype, device),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -202,7 +203,14 @@ def _gathered(params, modifier_rank: int = 0):
     return contextlib.nullcontext()
 
 
-def add_reasoning_tokens(tokenizer, backbone) -> tuple[int, int]:
+class SpecialTokens(NamedTuple):
+    """The ids of ``<REASON>`` and ``<ANS>``; a tuple, so it is stored as ``[reason, answer]``."""
+
+    reason: int
+    answer: int
+
+
+def add_reasoning_tokens(tokenizer, backbone) -> SpecialTokens:
     """Add ``<REASON>`` and ``<ANS>`` as special tokens and give each new embedding row
     (input and, when untied, output) the mean of the existing rows, so the new tokens
     start as an "average" token instead of noise. Idempotent: a tokenizer that already
@@ -227,4 +235,4 @@ def add_reasoning_tokens(tokenizer, backbone) -> tuple[int, int]:
             for w in tables:
                 if w.numel():  # under ZeRO-3 only the modifier rank holds the data
                     w[rows] = w[:first_new].float().mean(0).to(w.dtype)
-    return tuple(tokenizer.convert_tokens_to_ids(t) for t in (REASON_TOKEN, ANSWER_TOKEN))
+    return SpecialTokens(*(tokenizer.convert_tokens_to_ids(t) for t in (REASON_TOKEN, ANSWER_TOKEN)))

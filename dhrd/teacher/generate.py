@@ -40,7 +40,7 @@ from ..data.errors import DataError
 from ..data.pipeline import load_examples
 from ..data.rationales import END_MARKER, clean_rationale
 from ..data.tasks import Example, Task, get_task, read_examples
-from ..fileio import atomic_write_jsonl, repair_jsonl_tail
+from ..fileio import atomic_write_json, atomic_write_jsonl, repair_jsonl_tail
 from ..progress import Progress, quiet_library_bars
 from . import Completion, Teacher
 from .prompts import MODES, get_template, match_label, split_answer
@@ -330,9 +330,8 @@ def run(cfg: GenerateConfig, teacher: Teacher) -> Summary:
         bar.close()
         out.close()
         failures.close()
-        with open(cfg.summary_path, "w") as f:
-            json.dump({**asdict(summary), "failed": dict(summary.failed), "config": asdict(cfg),
-                       "teacher": teacher_name, "prompt_version": template.version}, f, indent=2)
+        atomic_write_json(cfg.summary_path, {**asdict(summary), "failed": dict(summary.failed), "config": asdict(cfg),
+                                             "teacher": teacher_name, "prompt_version": template.version}, indent=2)
     return summary
 
 
