@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import torch
 
@@ -14,13 +14,9 @@ from ..data.order import batch_inputs, collate
 from ..data.packing import plan_micro_batches
 from ..data.sequences import SequenceBuilder, SequenceSpec
 from ..fileio import atomic_write_json, atomic_write_jsonl
-from .cot_eval import evaluate_cot, resolve_eval_mode
+from .cot_eval import evaluate_cot
 from .dist import Dist
-from .ds_config import zero_stage
-from .monitor import log
-
-if TYPE_CHECKING:
-    from .trainer import Trainer
+from .monitor import Monitor, log
 
 
 def classifier_predictions(engine, eval_table: dict, pack_tokens: int, rows_per_batch: int, pad_id: int,
@@ -59,67 +55,84 @@ def score(task, preds: list[int], eval_table: dict) -> dict:
     return task.score(preds, eval_table["label"], eval_table["group"])
 
 
+@dataclass(frozen=True)
+class EvalSettings:
+    """What the Evaluator does and when: the resolved ``--eval_mode``, its cadence, and the
+    batch sizes of the classifier and CoT passes."""
+
+    mode: str                    # classifier | cot | both (cot_eval.resolve_eval_mode)
+    every: int                   # --eval_every (0: only at the end)
+    total_steps: int
+    pack_tokens: int
+    rows_per_batch: int
+    cot_max_new_tokens: int
+    cot_batch_size: int
+    synced_gpus: bool = False    # ZeRO-3 over several ranks: generate() in step on every rank
+    head_trained: bool = True    # beta > 0
+
+
 class Evaluator:
     """Scores the classifier head (and, by --eval_mode, CoT decoding) on the eval split,
-    every ``eval_every`` steps and at the end; keeps the history and the last predictions."""
+    every ``eval_every`` steps and at the end; keeps the history and the last predictions.
+    Built with what it reads (keyword-only), not with the trainer."""
 
-    def __init__(self, trainer: "Trainer"):
-        t = trainer
-        self.t, self.table = t, t.eval_table
-        self.mode = resolve_eval_mode(t.train_args.eval_mode, t.loss_args.beta)
+    def __init__(self, *, engine, backbone, table: dict | None, task, tokenizer, special, dist: Dist,
+                 monitor: Monitor, settings: EvalSettings):
+        self.engine, self.backbone, self.table, self.task = engine, backbone, table, task
+        self.tokenizer, self.special, self.dist, self.monitor, self.s = tokenizer, special, dist, monitor, settings
+        self.mode = settings.mode
         self.history: list[dict] = []
         self.metrics: dict = {}
         self.preds: dict = {}
-        self.answers = SequenceBuilder(t.tokenizer, *t.special, t.task.verbalizers, SequenceSpec()).answers
-        if self.table is not None and t.dist.rank == 0 and self.mode == "classifier" and t.loss_args.beta == 0:
+        self.answers = SequenceBuilder(tokenizer, *special, task.verbalizers, SequenceSpec()).answers
+        if table is not None and dist.rank == 0 and self.mode == "classifier" and not settings.head_trained:
             log(0, "warning: --eval_mode classifier with beta 0: the classifier head is never trained")
 
     def should_evaluate(self, step: int) -> bool:
-        every = self.t.train_args.eval_every
-        return self.table is not None and bool(every) and step % every == 0 and step < self.t.total_steps
+        every = self.s.every
+        return self.table is not None and bool(every) and step % every == 0 and step < self.s.total_steps
 
     def evaluate(self, step: int) -> dict:
-        t = self.t
         metrics, head, preds = {}, None, {}
-        t.engine.eval()  # no dropout
+        self.engine.eval()  # no dropout
         if self.mode in ("classifier", "both"):
-            head = classifier_predictions(t.engine, self.table, t.data_args.pack_tokens, t.data_args.rows_per_batch,
-                                          t.pad_id, t.dist)
-            metrics.update(score(t.task, head, self.table))
+            head = classifier_predictions(self.engine, self.table, self.s.pack_tokens, self.s.rows_per_batch,
+                                          self.tokenizer.pad_token_id, self.dist)
+            metrics.update(score(self.task, head, self.table))
             preds["pred"] = head
         if self.mode in ("cot", "both"):
             metrics.update(self._cot(step, head, preds))
-        t.engine.train()
+        self.engine.train()
         self.metrics, self.preds = metrics, preds
-        t.monitor.scalars(step, {f"eval/{k}": v for k, v in metrics.items()}, kind="eval")
+        self.monitor.scalars(step, {f"eval/{k}": v for k, v in metrics.items()}, kind="eval")
         self.history.append({"step": step, **metrics})
-        log(t.dist.rank, f"eval step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        log(self.dist.rank, f"eval step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         return metrics
 
     def _cot(self, step: int, head, preds: dict) -> dict:
         """The LM head writes a rationale, then each verbalizer is scored after <ANS>."""
-        t = self.t
+        dist, tok = self.dist, self.tokenizer
         cot, results = evaluate_cot(
-            t.model.backbone, self.table, answers=self.answers, reason_id=t.special.reason, ans_id=t.special.answer,
-            pad_id=t.pad_id, eos_id=t.tokenizer.eos_token_id, dist=t.dist,
-            max_new_tokens=t.train_args.cot_max_new_tokens, batch_size=t.train_args.cot_batch_size,
-            synced_gpus=t.dist.world > 1 and zero_stage(t.ds_cfg) == 3)
-        metrics = {f"cot_{k}": v for k, v in score(t.task, cot, self.table).items()}
+            self.backbone, self.table, answers=self.answers, reason_id=self.special.reason,
+            ans_id=self.special.answer, pad_id=tok.pad_token_id, eos_id=tok.eos_token_id, dist=dist,
+            max_new_tokens=self.s.cot_max_new_tokens, batch_size=self.s.cot_batch_size,
+            synced_gpus=self.s.synced_gpus)
+        metrics = {f"cot_{k}": v for k, v in score(self.task, cot, self.table).items()}
         preds["cot_pred"] = cot
-        fin = t.dist.all_reduce(torch.tensor([float(sum(sum(r.finished) for r in results)),
-                                              float(sum(len(r.finished) for r in results))], device=t.dist.device))
+        fin = dist.all_reduce(torch.tensor([float(sum(sum(r.finished) for r in results)),
+                                            float(sum(len(r.finished) for r in results))], device=dist.device))
         metrics["cot_finished"] = fin[0].item() / max(1.0, fin[1].item())  # rationales that reached <ANS>
         if head is not None:
             metrics["cot_agreement"] = sum(a == b for a, b in zip(head, cot)) / max(1, len(cot))
         if results:
-            samples = [t.tokenizer.decode(r) for r in results[0].rationales[:2]]
-            t.monitor.text("eval/cot_rationales", "\n\n".join(samples), step)
+            samples = [tok.decode(r) for r in results[0].rationales[:2]]
+            self.monitor.text("eval/cot_rationales", "\n\n".join(samples), step)
         return metrics
 
     def write(self, out: str, step: int) -> None:
         """eval_results.json (metrics + history) and eval_predictions.jsonl (rank 0)."""
-        if self.t.dist.rank == 0:
+        if self.dist.rank == 0:
             atomic_write_json(os.path.join(out, "eval_results.json"),
-                              {"task": self.t.task.name, "step": step, "metrics": self.metrics,
+                              {"task": self.task.name, "step": step, "metrics": self.metrics,
                                "history": self.history}, indent=2)
             write_predictions(os.path.join(out, "eval_predictions.jsonl"), self.table, self.preds)

@@ -81,6 +81,14 @@ class NonFiniteGuard:
     def __init__(self, patience: int, total: int = 0, in_row: int = 0):
         self.patience, self.total, self.in_row = patience, total, in_row
 
+    def state_dict(self) -> dict:
+        """The counters a checkpoint records (their keys in the checkpoint's client state)."""
+        return {"nonfinite_steps": self.total, "nonfinite_in_row": self.in_row}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Counters from a checkpoint's client state (absent keys, as in a fresh run: 0)."""
+        self.total, self.in_row = state.get("nonfinite_steps", 0), state.get("nonfinite_in_row", 0)
+
     def update(self, finite: bool, step: int) -> None:
         if finite:
             self.in_row = 0

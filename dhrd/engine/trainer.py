@@ -20,6 +20,7 @@ from ..model.builder import build_model
 from ..model.compile import compile_blocks
 from ..model.segment_attention import attention_path
 from . import checkpoint, locks, preemption, provenance
+from .cot_eval import resolve_eval_mode
 from .dist import init_distributed
 from .ds_config import (
     autocast_enabled,
@@ -30,7 +31,7 @@ from .ds_config import (
     start_warmup_schedule,
     zero_stage,
 )
-from .evaluation import Evaluator
+from .evaluation import EvalSettings, Evaluator
 from .flops import StepFlops, peak_tflops
 from .monitor import Monitor, log
 from .step import DualHeadLoss, NonFiniteGuard, optimizer_step, param_groups
@@ -70,42 +71,39 @@ def load_split(task, path, what, tokenizer, special, data_args, *, with_reasonin
 
 class Checkpointer:
     """When to save (``--save_every``, and on a preemption signal), what a checkpoint
-    records (the step and data position, the non-finite counters), and resuming."""
+    records (the step and data position, the non-finite counters), and resuming. Built
+    with what it uses (keyword-only), not with the trainer; the counters it saves and
+    restores are the guard's ``state_dict()``."""
 
-    def __init__(self, trainer: "Trainer"):
-        self.t = trainer
-        self.root = os.path.join(trainer.out, "checkpoints")
+    def __init__(self, *, engine, root: str, dist, stream, micro_batches_per_step: int, total_steps: int,
+                 save_every: int, keep: int):
+        self.engine, self.root, self.dist, self.stream = engine, root, dist, stream
+        self.M, self.total_steps, self.every, self.keep = micro_batches_per_step, total_steps, save_every, keep
 
     def should_save(self, step: int) -> bool:
-        every = self.t.train_args.save_every
-        return bool(every) and step % every == 0 and step < self.t.total_steps
+        return bool(self.every) and step % self.every == 0 and step < self.total_steps
 
-    def save(self, step: int) -> str:
-        t = self.t
-        epoch, index = t.stream.locate(step * t.M)
-        return checkpoint.save(t.engine, self.root, step,
-                               {"step": step, "epoch": epoch, "micro_index": index,
-                                "nonfinite_steps": t.guard.total, "nonfinite_in_row": t.guard.in_row},
-                               rank=t.dist.rank, world=t.dist.world, keep=t.train_args.keep_checkpoints)
+    def save(self, step: int, guard: NonFiniteGuard) -> str:
+        epoch, index = self.stream.locate(step * self.M)
+        return checkpoint.save(self.engine, self.root, step,
+                               {"step": step, "epoch": epoch, "micro_index": index, **guard.state_dict()},
+                               rank=self.dist.rank, world=self.dist.world, keep=self.keep)
 
-    def resume(self, how: str) -> int:
+    def resume(self, how: str) -> tuple[int, dict]:
         """Load the checkpoint ``how`` names (``auto``: the newest complete one, if any);
-        returns the step to start from and restores the non-finite counters."""
-        t = self.t
+        returns the step to start from and the state the checkpoint recorded ({} when fresh)."""
         if how == "none":
-            return 0
+            return 0, {}
         root, tag = (self.root, checkpoint.find_resumable(self.root)) if how == "auto" else \
             os.path.split(os.path.normpath(how))
         if tag is None:
-            if t.dist.rank == 0:
+            if self.dist.rank == 0:
                 log(0, f"--resume auto: no complete checkpoint in {self.root}; starting fresh")
-            return 0
-        state = checkpoint.load(t.engine, root, tag, rank=t.dist.rank)
-        t.guard = NonFiniteGuard(t.train_args.nan_patience, state.get("nonfinite_steps", 0),
-                                 state.get("nonfinite_in_row", 0))
-        log(t.dist.rank, f"resumed from {os.path.join(root, tag)} at step {state['step']} "
-                         f"(epoch {state.get('epoch')}, micro-batch {state.get('micro_index')})")
-        return int(state["step"])
+            return 0, {}
+        state = checkpoint.load(self.engine, root, tag, rank=self.dist.rank)
+        log(self.dist.rank, f"resumed from {os.path.join(root, tag)} at step {state['step']} "
+                            f"(epoch {state.get('epoch')}, micro-batch {state.get('micro_index')})")
+        return int(state["step"]), state
 
 
 class Trainer:
@@ -147,13 +145,30 @@ class Trainer:
         self._load_data()
         self._plan_steps()
         self._init_engine()
-        self.guard = NonFiniteGuard(self.train_args.nan_patience)
-        self.checkpointer = Checkpointer(self)
-        self.start_step = self.checkpointer.resume(self.train_args.resume)
+        a = self.train_args
+        self.checkpointer = Checkpointer(engine=self.engine, root=os.path.join(self.out, "checkpoints"),
+                                         dist=self.dist, stream=self.stream, micro_batches_per_step=self.M,
+                                         total_steps=self.total_steps, save_every=a.save_every,
+                                         keep=a.keep_checkpoints)
+        self.start_step, state = self.checkpointer.resume(a.resume)
+        self.guard = NonFiniteGuard(a.nan_patience)
+        self.guard.load_state_dict(state)
         if self.start_step == 0:
             start_warmup_schedule(self.ds_cfg, self.engine.lr_scheduler)  # else the first two updates run at lr 0
         self._open_logs()
-        self.evaluator = Evaluator(self)
+        self.evaluator = self._make_evaluator()
+
+    def _make_evaluator(self) -> Evaluator:
+        a, lo = self.train_args, self.loss_args
+        settings = EvalSettings(mode=resolve_eval_mode(a.eval_mode, lo.beta), every=a.eval_every,
+                                total_steps=self.total_steps, pack_tokens=self.data_args.pack_tokens,
+                                rows_per_batch=self.data_args.rows_per_batch,
+                                cot_max_new_tokens=a.cot_max_new_tokens, cot_batch_size=a.cot_batch_size,
+                                synced_gpus=self.dist.world > 1 and zero_stage(self.ds_cfg) == 3,
+                                head_trained=lo.beta > 0)
+        return Evaluator(engine=self.engine, backbone=self.model.backbone, table=self.eval_table, task=self.task,
+                         tokenizer=self.tokenizer, special=self.special, dist=self.dist, monitor=self.monitor,
+                         settings=settings)
 
     def _build_model(self) -> None:
         a = self.train_args
@@ -304,10 +319,10 @@ class Trainer:
             self.evaluator.evaluate(done)
         saved = self.checkpointer.should_save(done)
         if saved:
-            self.checkpointer.save(done)
+            self.checkpointer.save(done, self.guard)
         signum = self.stop_flag.agreed(self.reduce_max)  # every rank stops at the same step
         if signum and done < self.total_steps:
-            tag = checkpoint.tag_for(done) if saved else self.checkpointer.save(done)
+            tag = checkpoint.tag_for(done) if saved else self.checkpointer.save(done, self.guard)
             if self.dist.rank == 0:
                 preemption.write_marker(self.out, done, signum, tag)
             log(self.dist.rank, f"signal {signum}: checkpoint {tag} written at step {done}; exiting "
