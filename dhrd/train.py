@@ -57,6 +57,12 @@ def preflight(model_args, data_args, loss_args, train_args) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Our own errors (bad arguments, data, configs, files) end as one line on stderr and
     exit code 2; DHRD_DEBUG=1 shows the traceback. Anything else is a bug: traceback."""
+    return train_main(argv)[0]
+
+
+def train_main(argv: list[str] | None = None) -> tuple[int, int]:
+    """``main``'s work; returns the exit code and the world size the run had, which decides
+    how a launched process ends (``dist.exit_process``)."""
     _quiet()
     from dhrd.progress import quiet_library_bars
 
@@ -68,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     from dhrd.engine.trainer import run
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    finished = False
+    code, finished = 0, False
     try:
         model_args, data_args, loss_args, train_args, rest = parse_args(argv)
         # launchers pass --local_rank / --local-rank; anything else is a typo worth stopping for
@@ -83,22 +89,18 @@ def main(argv: list[str] | None = None) -> int:
         finished = True
     except TrainingDiverged as e:
         print(f"training stopped: {e}", file=sys.stderr)
-        return 3
+        code = 3
     except (DataError, ValueError, FileNotFoundError) as e:
         if os.environ.get("DHRD_DEBUG"):
             raise
         print(f"train.py: error: {e}", file=sys.stderr)
-        return 2
+        code = 2
     finally:
-        _STATE["world"] = shutdown_distributed(synchronize=finished)
-    return 0
-
-
-_STATE = {"world": 0}  # the world size the run had: how the process ends (dist.exit_process)
+        world = shutdown_distributed(synchronize=finished)
+    return code, world
 
 
 if __name__ == "__main__":
     from dhrd.engine.dist import exit_process
 
-    code = main()
-    exit_process(code, _STATE["world"])
+    exit_process(*train_main())
