@@ -105,7 +105,7 @@ def test_lean_predict_and_serve_give_the_trained_models_choices(run, lean, tmp_p
     from dhrd.data.tasks import get_task
     from dhrd.serve.classifier import LeanClassifier
     from dhrd.serve.lean_format import LeanConfig
-    from tests.test_serve import Server, call
+    from tests.serve_helpers import Server, call
 
     root, paths, _ = run
     cfg = LeanConfig.load(str(lean))

@@ -14,7 +14,7 @@ import sys
 import pytest
 import torch
 
-from tests.test_lean import make_dual_head, make_training_output
+from tests.lean_helpers import make_dual_head, make_training_output
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # mixed lengths, all within the training max_input_len (40 tiny-tokenizer tokens)

@@ -14,7 +14,7 @@ import sys
 import pytest
 import torch
 
-from tests.test_lean import REPO, TEXTS, make_dual_head, make_training_output, reference_probs
+from tests.lean_helpers import REPO, TEXTS, make_dual_head, make_training_output, reference_probs
 
 
 @pytest.fixture(scope="module")

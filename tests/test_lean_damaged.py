@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from tests.test_lean import REPO, make_dual_head, make_training_output
+from tests.lean_helpers import REPO, make_dual_head, make_training_output
 
 
 @pytest.fixture(scope="module")

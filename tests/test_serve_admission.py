@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from dhrd.serve.http import ServeConfig
-from tests.test_serve import FakeModel, app_server, call, call_full, scrape
+from tests.serve_helpers import FakeModel, app_server, call, call_full, scrape
 
 
 def test_overload_is_refused_with_503_and_counted():

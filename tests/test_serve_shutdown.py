@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.test_serve import POOL, Server, build_lean_dir, call, call_full, check_predictions, scrape
+from tests.serve_helpers import POOL, Server, build_lean_dir, call, call_full, check_predictions, scrape
 
 
 @pytest.fixture(scope="module")

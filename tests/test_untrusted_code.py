@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from tests.test_lean import REPO, make_dual_head, make_training_output
+from tests.lean_helpers import REPO, make_dual_head, make_training_output
 
 PAYLOAD = "import pathlib\npathlib.Path({marker!r}).write_text('ran')\n"
 
