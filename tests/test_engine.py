@@ -15,7 +15,7 @@ from tests.distributed.train_helpers import (  # noqa: E402
     child_env,
     losses,
     run_train,
-    train_command,
+    train_argv,
     write_model,
     write_task,
 )
@@ -275,8 +275,7 @@ def test_bad_arguments_fail_fast_with_one_named_line(setup, tmp_path, capsys, ex
     (tmp_path / "unknown.yaml").write_text("lrr: 1\n")
     (tmp_path / "bf16.json").write_text('{"bf16": {"enabled": true}}')
     extra = [a.format(tmp=tmp_path) for a in extra]
-    argv = train_command(model, paths, tmp_path / "out", "--max_steps", 1, *extra)[2:]
-    assert main(argv) == 2
+    assert main(train_argv(model, paths, tmp_path / "out", "--max_steps", 1, *extra)) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("train.py: error: " + message.format(tmp=tmp_path)), err
     assert not os.path.exists(tmp_path / "out")  # nothing written: refused before any work

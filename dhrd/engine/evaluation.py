@@ -80,12 +80,11 @@ class Evaluator:
                  monitor: Monitor, settings: EvalSettings):
         self.engine, self.backbone, self.table, self.task = engine, backbone, table, task
         self.tokenizer, self.special, self.dist, self.monitor, self.s = tokenizer, special, dist, monitor, settings
-        self.mode = settings.mode
         self.history: list[dict] = []
         self.metrics: dict = {}
         self.preds: dict = {}
         self.answers = SequenceBuilder(tokenizer, *special, task.verbalizers, SequenceSpec()).answers
-        if table is not None and dist.rank == 0 and self.mode == "classifier" and not settings.head_trained:
+        if table is not None and dist.rank == 0 and settings.mode == "classifier" and not settings.head_trained:
             log(0, "warning: --eval_mode classifier with beta 0: the classifier head is never trained")
 
     def should_evaluate(self, step: int) -> bool:
@@ -95,12 +94,12 @@ class Evaluator:
     def evaluate(self, step: int) -> dict:
         metrics, head, preds = {}, None, {}
         self.engine.eval()  # no dropout
-        if self.mode in ("classifier", "both"):
+        if self.s.mode in ("classifier", "both"):
             head = classifier_predictions(self.engine, self.table, self.s.pack_tokens, self.s.rows_per_batch,
                                           self.tokenizer.pad_token_id, self.dist)
             metrics.update(score(self.task, head, self.table))
             preds["pred"] = head
-        if self.mode in ("cot", "both"):
+        if self.s.mode in ("cot", "both"):
             metrics.update(self._cot(step, head, preds))
         self.engine.train()
         self.metrics, self.preds = metrics, preds

@@ -78,8 +78,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 class NonFiniteGuard:
     """Counts non-finite steps; raises after ``patience`` in a row."""
 
-    def __init__(self, patience: int, total: int = 0, in_row: int = 0):
-        self.patience, self.total, self.in_row = patience, total, in_row
+    def __init__(self, patience: int):
+        self.patience, self.total, self.in_row = patience, 0, 0
 
     def state_dict(self) -> dict:
         """The counters a checkpoint records (their keys in the checkpoint's client state)."""

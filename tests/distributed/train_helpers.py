@@ -52,13 +52,18 @@ TINY_ARGS = ["--task", "rte", "--pack_tokens", "128", "--max_seq_len", "128", "-
              "--warmup_steps", "2"]
 
 
+def train_argv(model_dir, paths, out_dir, *extra) -> list[str]:
+    """train.py's arguments for the tiny task (``dhrd.train.main(argv)`` takes them as is)."""
+    return ["--model", str(model_dir), "--train_file", paths["train"], "--eval_file", paths["eval"],
+            "--rationale_file", paths["rationales"], "--output_dir", str(out_dir), *TINY_ARGS, *map(str, extra)]
+
+
 def train_command(model_dir, paths, out_dir, *extra, nprocs: int = 1) -> list[str]:
     """``python dhrd/train.py`` for one process, ``deepspeed --num_gpus N`` for more."""
     script = os.path.join(REPO, "dhrd", "train.py")
     launcher = [sys.executable, script] if nprocs == 1 else \
         ["deepspeed", "--num_gpus", str(nprocs), "--master_port", str(_free_port()), script]
-    return [*launcher, "--model", str(model_dir), "--train_file", paths["train"], "--eval_file", paths["eval"],
-            "--rationale_file", paths["rationales"], "--output_dir", str(out_dir), *TINY_ARGS, *map(str, extra)]
+    return [*launcher, *train_argv(model_dir, paths, out_dir, *extra)]
 
 
 def run_train(model_dir, paths, out_dir, *extra, nprocs: int = 1, timeout: int = 300):
