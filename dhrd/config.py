@@ -147,7 +147,8 @@ class TrainArgs:
     warmup_steps: int = 5
     autocast: str = field(default="none", metadata={
         "help": "bf16: mixed precision through DeepSpeed's torch_autocast (fp32 weights and optimizer, "
-                "bf16 matmuls; 1.4-1.9x faster on a CPU with AVX512-BF16 or AMX); none: the weights' dtype"})
+                "bf16 matmuls; faster on a CPU with AVX512-BF16 or AMX: docs/performance.md); "
+                "none: the weights' dtype"})
     compile: bool = field(default=False, metadata={
         "help": "torch.compile each decoder block (fuses norms, rotary, activations; attention stays eager); "
                 "the first steps pay the compile; not with ZeRO-3"})

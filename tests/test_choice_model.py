@@ -91,11 +91,11 @@ def _setup(tmp_path, tokenizer, with_reasoning: bool):
 
 
 def _accuracy(wrapper, table) -> float:
-    from dhrd.data.order import batch_inputs, collate
+    from dhrd.data.order import collate, model_inputs
 
     with torch.no_grad():
         b = collate([list(range(len(table["label"])))], table, pad_id=0)
-        logits = wrapper(**batch_inputs(b, "cpu"), eval_only=True)
+        logits = wrapper(**model_inputs(b, "cpu")).cls_logits
     return float((logits.argmax(-1) == b.cls_labels).float().mean())
 
 
@@ -104,18 +104,17 @@ def test_a_tiny_model_learns_a_choice_task(tmp_path, alpha):
     """25 steps of 8 questions through the engine's loss module (DualHeadLoss): the choice
     loss falls from about ln 2, held-out accuracy ends far above chance (0.5); with alpha 1 the
     LM term (one sequence per question) trains too."""
-    from dhrd.config import LossArgs
     from dhrd.data.order import batch_inputs, collate
-    from dhrd.engine.step import DualHeadLoss
+    from dhrd.loss import DualHeadLoss
 
     model, (train, dev) = _setup(tmp_path, make_tiny_tokenizer(), with_reasoning=alpha > 0)
-    wrapper = DualHeadLoss(model, LossArgs(alpha=alpha, beta=1.0, loss_impl="reference"))
+    wrapper = DualHeadLoss(model, beta=1.0, impl="reference")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     g = torch.Generator().manual_seed(0)
     cls, lm = [], []
     for _ in range(25):
         b = collate([torch.randperm(64, generator=g)[:8].tolist()], train, pad_id=0)
-        total, c, m = wrapper(**batch_inputs(b, "cpu"), n_lm_tokens=max(b.n_lm_tokens, 1), n_cls=8)
+        total, c, m = wrapper(**batch_inputs(b, "cpu"), alpha=alpha, n_lm_tokens=max(b.n_lm_tokens, 1), n_cls=8)
         opt.zero_grad()
         total.backward()
         opt.step()

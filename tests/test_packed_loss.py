@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from dhrd.data.packing import collate_packed
-from dhrd.kernels import reference_dual_head_loss
+from dhrd.loss import reference_dual_head_loss
 from dhrd.model.dual_head import DualHeadModel
 from tests.helpers import tiny_backbone
 

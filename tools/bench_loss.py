@@ -71,7 +71,7 @@ def worker(args) -> dict:
     import torch
 
     sys.path.insert(0, REPO)
-    from dhrd.kernels import dual_head_loss
+    from dhrd.loss import dual_head_loss
 
     n, h, v = parse_size(args.size)
     dtype = getattr(torch, DTYPES[args.dtype])
@@ -153,7 +153,7 @@ def available_impls(device: str) -> list[str]:
     impls = ["reference", "chunked"]
     if device == "cuda":
         sys.path.insert(0, REPO)
-        from dhrd.kernels import IMPLEMENTATIONS
+        from dhrd.loss import IMPLEMENTATIONS
 
         if "triton" in IMPLEMENTATIONS:
             impls.append("triton")

@@ -195,18 +195,6 @@ def engine_worker(a, data: dict) -> int:
     return serve(run_step, {"threads": torch.get_num_threads(), "zero_stage": trainer.engine.zero_optimization_stage()})
 
 
-def padded(seqs: list[list[int]], pad_id: int):
-    import torch
-
-    T = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), T), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, :len(s)] = torch.as_tensor(s)
-        mask[i, :len(s)] = 1
-    return ids, mask
-
-
 def lm_targets_of(rows, T: int):
     import torch
 
@@ -220,15 +208,17 @@ def lm_targets_of(rows, T: int):
 def loop_batches(method: str, rows: list[dict], batch_size: int, pad_id: int) -> list[dict]:
     import torch
 
+    from dhrd.data.padding import pad_ids
+
     out = []
     for s in range(0, len(rows), batch_size):
         chunk = rows[s:s + batch_size]
         b = {"cls_pos": torch.tensor([r["cls_pos"] for r in chunk]),
              "labels": torch.tensor([r["label"] for r in chunk])}
-        b["ids"], b["mask"] = padded([r["input_ids"] for r in chunk], pad_id)
+        b["ids"], b["mask"] = pad_ids([r["input_ids"] for r in chunk], pad_id)
         b["tgt"] = lm_targets_of(chunk, b["ids"].shape[1])
         if method == "dss":
-            b["xids"], b["xmask"] = padded([r["input_ids"][:r["cls_pos"] + 1] for r in chunk], pad_id)
+            b["xids"], b["xmask"] = pad_ids([r["input_ids"][:r["cls_pos"] + 1] for r in chunk], pad_id)
         out.append(b)
     return out
 

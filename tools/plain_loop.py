@@ -81,14 +81,12 @@ def build_rows(args: PlainArgs, tokenizer, reason_id: int, ans_id: int, with_rea
 
 
 def pad_batch(rows, pad_id: int):
-    T = max(len(r["ids"]) for r in rows)
-    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), T), dtype=torch.long)
-    targets = torch.full((len(rows), T), -100, dtype=torch.long)
+    from dhrd.data.padding import pad_ids
+
+    ids, mask = pad_ids([r["ids"] for r in rows], pad_id)
+    targets = torch.full(ids.shape, -100, dtype=torch.long)
     for i, r in enumerate(rows):
         n = len(r["ids"])
-        ids[i, :n] = torch.tensor(r["ids"])
-        mask[i, :n] = 1
         if r["lm"]:
             targets[i, :n - 1] = torch.tensor(r["ids"][1:])  # every token of s predicts the next
     return ids, mask, targets

@@ -164,7 +164,14 @@ def collate(rows_idx, table: dict, pad_id: int):
     return collate_packed(rows, pad_id)
 
 
-def batch_inputs(b, device) -> dict:
+def model_inputs(b, device) -> dict:
+    """What the model reads of a batch (evaluation: no targets, so no loss)."""
     b = b.to(device)
     return dict(input_ids=b.input_ids, position_ids=b.position_ids, cls_index=b.cls_index,
-                cls_start=b.cls_start, lm_targets=b.lm_targets, cls_labels=b.cls_labels, choice_index=b.choice_index)
+                cls_start=b.cls_start, choice_index=b.choice_index)
+
+
+def batch_inputs(b, device) -> dict:
+    """The model's inputs and both heads' targets (training)."""
+    b = b.to(device)
+    return dict(model_inputs(b, device), lm_targets=b.lm_targets, cls_labels=b.cls_labels)

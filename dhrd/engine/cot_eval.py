@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..data.padding import pad_ids
+
 
 @dataclass
 class CotResult:
@@ -27,18 +29,6 @@ class CotResult:
     scores: list[list[float]]     # per label: log-likelihood of its verbalizer
 
 
-def _pad(seqs: list[list[int]], pad_id: int, *, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """[B, T] ids and attention mask; left padding for generate, right for scoring."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        cols = slice(width - len(s), width) if left else slice(0, len(s))
-        ids[i, cols] = torch.tensor(s, dtype=torch.long)
-        mask[i, cols] = 1
-    return ids, mask
-
-
 @torch.no_grad()
 def cot_predict(backbone, inputs: list[list[int]], answers: list[list[int]], *, reason_id: int, ans_id: int,
                 pad_id: int, eos_id: int | None, max_new_tokens: int, device, synced_gpus: bool = False) -> CotResult:
@@ -46,7 +36,7 @@ def cot_predict(backbone, inputs: list[list[int]], answers: list[list[int]], *, 
     label's verbalizer ids. Two model calls per batch on every rank (one ``generate``,
     one scoring forward), which keeps ZeRO-3 ranks in step when ``synced_gpus``."""
     prompts = [list(x) + [reason_id] for x in inputs]
-    ids, mask = _pad(prompts, pad_id, left=True)
+    ids, mask = pad_ids(prompts, pad_id, side="left")
     stops = [ans_id] + ([eos_id] if eos_id is not None and eos_id != ans_id else [])
     out = backbone.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
                             do_sample=False, num_beams=1, temperature=None, top_p=None, top_k=None,
@@ -65,7 +55,7 @@ def cot_predict(backbone, inputs: list[list[int]], answers: list[list[int]], *, 
         for a in answers:
             seqs.append(prefix + list(a))
             spans.append((len(prefix), len(prefix) + len(a)))
-    ids, mask = _pad(seqs, pad_id, left=False)
+    ids, mask = pad_ids(seqs, pad_id)
     logits = backbone(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
     logits = logits if logits.dtype == torch.float64 else logits.float()
     logp = torch.log_softmax(logits[:, :-1], dim=-1)

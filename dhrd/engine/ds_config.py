@@ -143,8 +143,8 @@ def fill_ds_config(cfg: dict, *, micro_rows: int, gas: int, world: int, lr: floa
     _fill(opt, "weight_decay", weight_decay)
     if device.type != "cuda" and not cfg.get("zero_optimization", {}).get("offload_optimizer"):
         opt.setdefault("torch_adam", True)
-        # torch's fused CPU AdamW: one pass over each tensor (135M params: 0.10 s a step
-        # against 0.43 s for the per-tensor loop, one thread)
+        # torch's fused CPU AdamW: one pass over each tensor, not a loop over them
+        # (docs/performance.md, "Defaults")
         opt.setdefault("fused", True)
     _fill_scheduler(cfg, lr_schedule)
     sched = cfg.get("scheduler", {}).get("params")
@@ -180,12 +180,11 @@ def _half_precision(cfg: dict) -> bool:
 def resolve_stage(world: int, *, half: bool) -> int:
     """The ZeRO stage of ``"stage": "auto"``: 0 for a single fp32 process, where there is
     nothing to partition and ZeRO-1/2 only add a flat fp32 copy of the weights and
-    gradients plus a copy of every gradient through the reduce buckets (SmolLM2-135M on
-    one CPU core: 1.32x the examples/s and 1.4 GB less peak memory at stage 0); 1 for a
-    single bf16/fp16 process (stage 0 in half precision would update the half-precision
-    weights with no fp32 master copy; stage 1 keeps it and, unlike stage 2, reduces
-    gradients once a step instead of once a micro-batch: 1.07x stage 2's tokens/s for a
-    1B Llama on one H200, tools/GPU_RESULTS.md); 2 for several processes."""
+    gradients plus a copy of every gradient through the reduce buckets; 1 for a single
+    bf16/fp16 process (stage 0 in half precision would update the half-precision weights
+    with no fp32 master copy; stage 1 keeps it and, unlike stage 2, reduces gradients once
+    a step instead of once a micro-batch); 2 for several processes. Measured:
+    docs/performance.md, "Defaults"."""
     if world == 1:
         return 1 if half else 0
     return 2

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..data.order import batch_inputs, collate
+from ..data.order import collate, model_inputs
 from ..data.packing import plan_micro_batches
 from ..data.sequences import SequenceBuilder, SequenceSpec
 from ..fileio import atomic_write_json, atomic_write_jsonl
@@ -31,7 +31,7 @@ def classifier_predictions(engine, eval_table: dict, pack_tokens: int, rows_per_
             j = it * dist.world + dist.rank
             rows = plan[j] if j < len(plan) else plan[0]  # a dummy forward keeps ranks in step
             b = collate(rows, eval_table, pad_id)
-            logits = engine(**batch_inputs(b, dist.device), eval_only=True)
+            logits = engine(**model_inputs(b, dist.device)).cls_logits
             if j < len(plan):
                 flat = [i for row in rows for i in row]
                 preds.update(zip(flat, logits.argmax(-1).tolist()))

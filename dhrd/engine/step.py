@@ -1,5 +1,5 @@
-"""One optimizer step: the module DeepSpeed wraps (model forward + dual-head loss), the
-parameter groups, and the step itself with its non-finite guard.
+"""One optimizer step: the parameter groups, and the step itself with its non-finite
+guard (the module DeepSpeed wraps, model forward + dual-head loss, is ``loss.DualHeadLoss``).
 
 Before the step's forward passes the ranks all-reduce the supervised-token and
 labelled-example counts of all the step's micro-batches; each micro-batch's loss is its
@@ -20,48 +20,11 @@ import torch
 from torch import nn
 
 from ..data.order import batch_inputs
-from ..kernels import dual_head_loss
 from .dist import Dist
 
 
 class TrainingDiverged(RuntimeError):
     pass
-
-
-class DualHeadLoss(nn.Module):
-    """The module DeepSpeed wraps: DualHeadModel forward + the dual-head loss, so ZeRO-3's
-    hooks gather every weight the loss touches. Returns (total, cls, lm) or, with
-    ``eval_only``, the class logits."""
-
-    def __init__(self, model, loss_args):
-        super().__init__()
-        self.model = model
-        self.loss_args = loss_args
-        self.alpha = loss_args.alpha  # this step's alpha (the trainer moves it by --alpha_schedule)
-        for p in (model.lm_weight, model.lm_bias):
-            if p is not None and hasattr(p, "ds_id"):
-                import deepspeed
-
-                deepspeed.zero.register_external_parameter(self, p)
-
-    def forward(self, input_ids, position_ids, cls_index, cls_start, lm_targets=None, cls_labels=None,
-                n_lm_tokens=None, n_cls=None, eval_only: bool = False, choice_index=None):
-        out = self.model(input_ids, position_ids, cls_index, cls_start, choice_index=choice_index)
-        if eval_only:
-            return out.cls_logits
-        a = self.loss_args
-        hidden, lm_weight = out.hidden, self.model.lm_weight
-        dev = hidden.device.type
-        if torch.is_autocast_enabled(dev):
-            # the LM head is a matmul like any Linear under autocast; the fused loss runs it
-            # by hand (torch.mm with out=, which autocast leaves alone), so cast here
-            dt = torch.get_autocast_dtype(dev)
-            hidden, lm_weight = hidden.to(dt), lm_weight.to(dt)
-        loss = dual_head_loss(hidden, lm_weight, lm_targets, out.cls_logits, cls_labels,
-                              alpha=self.alpha, beta=a.beta, n_lm_tokens=n_lm_tokens, n_cls=n_cls,
-                              impl=a.loss_impl, logit_softcap=self.model.logit_softcap,
-                              lm_bias=self.model.lm_bias, label_smoothing=a.label_smoothing, z_loss=a.z_loss)
-        return loss.total, loss.cls, loss.lm
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -140,9 +103,9 @@ class StepSkipper:
 _SKIPPERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def optimizer_step(engine, batches: list, dist: Dist, n_lm: float, n_cls: float) -> list[float] | None:
+def optimizer_step(engine, batches: list, dist: Dist, n_lm: float, n_cls: float, alpha: float) -> list[float] | None:
     """This rank's micro-batches of one optimizer step: forward, backward, engine.step()
-    each (``n_lm``/``n_cls``: the step's global counts). Returns the step's global
+    each (``n_lm``/``n_cls``: the step's global counts; ``alpha``: the step's LM weight). Returns the step's global
     (total, cls, lm) loss, or None when a loss was NaN/inf on any rank: then the step is
     skipped for real. The ranks agree on that after each forward, and from then on every
     rank backpropagates a NaN loss, so the accumulated gradients are NaN everywhere and
@@ -158,8 +121,8 @@ def optimizer_step(engine, batches: list, dist: Dist, n_lm: float, n_cls: float)
     skip_empty = dist.world == 1 and not engine.zero_optimization()
     for b in batches:
         if not (skip_empty and b.n_segments == 0):
-            total, cls, lm = engine(**batch_inputs(b, dist.device), n_lm_tokens=max(n_lm, 1.0),
-                                    n_cls=max(n_cls, 1.0))
+            total, cls, lm = engine(**batch_inputs(b, dist.device), alpha=alpha,
+                                    n_lm_tokens=max(n_lm, 1.0), n_cls=max(n_cls, 1.0))
             bad = dist.all_reduce(torch.tensor([0.0 if torch.isfinite(total) else 1.0], device=dist.device),
                                   torch.distributed.ReduceOp.MAX)
             finite = finite and not bad.item()

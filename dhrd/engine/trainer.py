@@ -16,7 +16,8 @@ from ..alpha_schedule import alpha_at
 from ..config import resolved_config
 from ..data.order import CHOICE_COLUMNS, ROW_COLUMNS, collate, data_order
 from ..fileio import atomic_write_json, read_json_or_none, repair_jsonl_tail
-from ..model.builder import build_model
+from ..loss import DualHeadLoss
+from ..model.builder import build_model, training_tokenizer
 from ..model.compile import compile_blocks
 from ..model.segment_attention import attention_path
 from . import checkpoint, locks, preemption, provenance
@@ -34,7 +35,7 @@ from .ds_config import (
 from .evaluation import EvalSettings, Evaluator
 from .flops import StepFlops, peak_tflops
 from .monitor import Monitor, log
-from .step import DualHeadLoss, NonFiniteGuard, optimizer_step, param_groups
+from .step import NonFiniteGuard, optimizer_step, param_groups
 
 
 def load_split(task, path, what, tokenizer, special, data_args, *, with_reasoning, seed, cache_dir, dist,
@@ -141,9 +142,15 @@ class Trainer:
 
     def _build(self) -> None:
         self.base_cfg = load_ds_config(self.train_args.ds_config)
-        self._build_model()
+        self.tokenizer, self.special, new_token_ids, backbone_config = training_tokenizer(self.model_args)
+        self.pad_id = self.tokenizer.pad_token_id
         self._load_data()
-        self._plan_steps()
+        self._plan_steps(backbone_config)
+        self.model, self._hf_ds = build_model(self.model_args, len(self.task.labels), self.ds_cfg,
+                                              tokenizer=self.tokenizer, new_token_ids=new_token_ids,
+                                              zero3=zero_stage(self.ds_cfg) == 3,
+                                              formulation=self.data_args.formulation)
+        self._record_run()
         self._init_engine()
         a = self.train_args
         self.checkpointer = Checkpointer(engine=self.engine, root=os.path.join(self.out, "checkpoints"),
@@ -170,18 +177,6 @@ class Trainer:
                          tokenizer=self.tokenizer, special=self.special, dist=self.dist, monitor=self.monitor,
                          settings=settings)
 
-    def _build_model(self) -> None:
-        a = self.train_args
-        # a provisional fill: zero.Init needs a valid config before the batch sizes are known
-        pre_cfg = fill_ds_config(self.base_cfg, micro_rows=self.data_args.rows_per_batch, gas=1,
-                                 world=self.dist.world, lr=a.lr, weight_decay=a.weight_decay, warmup_steps=1,
-                                 total_steps=2, max_grad_norm=a.max_grad_norm, device=self.dist.device,
-                                 lr_schedule=a.lr_schedule, autocast=a.autocast)
-        self.model, self.tokenizer, self.special, self._hf_ds = build_model(
-            self.model_args, len(self.task.labels), pre_cfg, zero3=zero_stage(pre_cfg) == 3,
-            formulation=self.data_args.formulation)
-        self.pad_id = self.tokenizer.pad_token_id
-
     def _load_data(self) -> None:
         d, t = self.data_args, self.train_args
         cache_dir = d.cache_dir or os.path.join(self.out, "cache")
@@ -199,22 +194,28 @@ class Trainer:
             if with_reasoning and d.rationale_mode != "none" and not d.rationale_file:
                 log(0, "warning: alpha > 0 but no --rationale_file: sequences are [x, <ANS>, y] (label-only)")
 
-    def _plan_steps(self) -> None:
-        """The data order, the DeepSpeed config that fits it, and config.json."""
+    def _plan_steps(self, backbone_config) -> None:
+        """The data order and the DeepSpeed config that fits it (filled once, here)."""
         a, dist = self.train_args, self.dist
         self.stream, self.M, self.total_steps, why = data_order(a, self.data_args, self.train_table["length"],
                                                                 dist.world, slots=self.train_table.get("slot"))
-        n_train = self.stream.n_examples
         self.gas = self.M // dist.world
         self.ds_cfg = fill_ds_config(self.base_cfg, micro_rows=self.data_args.rows_per_batch, gas=self.gas,
                                      world=dist.world, lr=a.lr, weight_decay=a.weight_decay,
                                      warmup_steps=a.warmup_steps, total_steps=self.total_steps,
                                      max_grad_norm=a.max_grad_norm, device=dist.device,
                                      lr_schedule=a.lr_schedule, autocast=a.autocast,
-                                     hidden_size=getattr(self.model.config, "hidden_size", None))
-        derived = {"world_size": dist.world, "micro_batches_per_step": self.M, "gradient_accumulation_steps": self.gas,
-                   "total_steps": self.total_steps, "train_examples": n_train, "batching": why,
-                   "micro_batches_per_epoch": len(self.stream.plan(0)), "special_token_ids": list(self.special)}
+                                     hidden_size=getattr(backbone_config, "hidden_size", None))
+        self.derived = {"world_size": dist.world, "micro_batches_per_step": self.M,
+                        "gradient_accumulation_steps": self.gas, "total_steps": self.total_steps,
+                        "train_examples": self.stream.n_examples, "batching": why,
+                        "micro_batches_per_epoch": len(self.stream.plan(0)), "special_token_ids": list(self.special)}
+
+    def _record_run(self) -> None:
+        """config.json (the resolved arguments, the plan, the DeepSpeed config, provenance)
+        and the start-up log line; after the model load, which settles the attention path."""
+        a, dist, derived = self.train_args, self.dist, self.derived
+        n_train, why = derived["train_examples"], derived["batching"]
         if dist.rank == 0:
             path = os.path.join(self.out, "config.json")
             atomic_write_json(path, {**resolved_config(self.model_args, self.data_args, self.loss_args, a),
@@ -239,7 +240,9 @@ class Trainer:
         dtype = torch.bfloat16 if ds_cfg.get("bf16", {}).get("enabled") else \
             torch.float16 if ds_cfg.get("fp16", {}).get("enabled") else next(self.model.backbone.parameters()).dtype
         self.peak = peak_tflops(dist.device, dtype, self.train_args.peak_tflops)
-        self.wrapper = DualHeadLoss(self.model, self.loss_args)
+        lo = self.loss_args
+        self.wrapper = DualHeadLoss(self.model, beta=lo.beta, impl=lo.loss_impl, label_smoothing=lo.label_smoothing,
+                                    z_loss=lo.z_loss)
         if self.train_args.compile:
             n = compile_blocks(self.model.backbone)
             if dist.rank == 0:
@@ -274,8 +277,7 @@ class Trainer:
         dist, table = self.dist, self.train_table
         lr = self.engine.get_lr()[0]  # the rate this step's update uses
         a = self.loss_args
-        self.wrapper.alpha = alpha_at(step, self.total_steps, a.alpha, a.alpha_schedule, a.alpha_floor,
-                                      a.alpha_switch_fraction)
+        alpha = alpha_at(step, self.total_steps, a.alpha, a.alpha_schedule, a.alpha_floor, a.alpha_switch_fraction)
         first = step * self.M + dist.rank * self.gas
         plans = [self.stream[first + j] for j in range(self.gas)]
         batches = [collate(rows, table, self.pad_id) for rows in plans]
@@ -287,11 +289,11 @@ class Trainer:
                                sum(b.n_real_tokens for b in batches), sum(b.n_segments for b in batches),
                                sum(b.budget for b in batches), sum_sq], dtype=torch.float64, device=dist.device)
         n_lm, n_cls, n_real, n_seg, budget, sum_sq = dist.all_reduce(counts).tolist()
-        losses = optimizer_step(self.engine, batches, dist, n_lm, n_cls)
+        losses = optimizer_step(self.engine, batches, dist, n_lm, n_cls, alpha)
         self.guard.update(losses is not None, step + 1)
         dt = max(time.time() - t0, 1e-9)
         tflops = self.step_flops(n_real, n_lm, sum_sq) / dt / 1e12 / dist.world  # per device
-        values = {"train/lr": lr, "train/alpha": self.wrapper.alpha, "perf/real_tokens_per_s": n_real / dt,
+        values = {"train/lr": lr, "train/alpha": alpha, "perf/real_tokens_per_s": n_real / dt,
                   "perf/samples_per_s": n_seg / dt, "perf/packing_efficiency": n_real / max(budget, 1),
                   "train/nonfinite_steps": self.guard.total, "perf/model_tflops_per_device": tflops}
         if self.peak:

@@ -18,7 +18,7 @@ from .backbones import (
     resolve_dtype,
     resolve_model_path,
 )
-from .dual_head import DualHeadModel, add_reasoning_tokens
+from .dual_head import DualHeadModel, add_reasoning_tokens, init_reasoning_rows, register_reasoning_tokens
 from .lora import apply_lora
 from .segment_attention import resolve
 
@@ -33,11 +33,29 @@ def dual_head(backbone, num_labels: int, settings, *, pooling: str | None = None
                          choice=formulation == "choice")
 
 
-def build_model(model_args, num_labels: int, ds_cfg: dict, *, zero3: bool, formulation: str = "classify"):
-    """Backbone + tokenizer + reasoning tokens + (LoRA) + head. Under ZeRO-3 (``zero3``:
-    the caller reads the stage from ``ds_cfg``) the backbone is loaded under
-    ``HfDeepSpeedConfig`` (which must stay alive: it is returned) and the head is built
-    under ``zero.Init``, so no rank ever holds the full model."""
+def training_tokenizer(model_args):
+    """The backbone's tokenizer with the reasoning tokens, and its config, before the model
+    loads: the data is tokenised and the steps planned first, so the DeepSpeed config
+    (batch sizes, bucket sizes from the hidden size) is filled once, before zero.Init.
+    Returns (tokenizer, SpecialTokens, the new token ids, config)."""
+    from transformers import AutoConfig
+
+    path = resolve_model_path(model_args.model)
+    if not os.path.exists(path) and (os.path.sep in path or path.startswith(".")):
+        raise FileNotFoundError(f"model directory not found: {path}")
+    tokenizer = load_tokenizer(path, model_args.gguf_file)
+    special, new_ids = register_reasoning_tokens(tokenizer)
+    config = AutoConfig.from_pretrained(path, gguf_file=model_args.gguf_file, **NO_REMOTE_CODE)
+    return tokenizer, special, new_ids, config
+
+
+def build_model(model_args, num_labels: int, ds_cfg: dict, *, tokenizer, new_token_ids: list[int], zero3: bool,
+                formulation: str = "classify"):
+    """Backbone (its embeddings sized for ``tokenizer``, from ``training_tokenizer``) +
+    (LoRA) + head. Under ZeRO-3 (``zero3``: the caller reads the stage from ``ds_cfg``) the
+    backbone is loaded under ``HfDeepSpeedConfig`` (which must stay alive: it is returned)
+    and the head is built under ``zero.Init``, so no rank ever holds the full model.
+    Returns (DualHeadModel, the HfDeepSpeedConfig or None)."""
     hf_ds = None
     init_ctx = contextlib.nullcontext()
     if zero3:
@@ -47,19 +65,15 @@ def build_model(model_args, num_labels: int, ds_cfg: dict, *, zero3: bool, formu
         hf_ds = HfDeepSpeedConfig(ds_cfg)
         init_ctx = deepspeed.zero.Init(config_dict_or_path=ds_cfg)
     path = resolve_model_path(model_args.model)
-    if not os.path.exists(path) and (os.path.sep in path or path.startswith(".")):
-        raise FileNotFoundError(f"model directory not found: {path}")
-    tokenizer = load_tokenizer(path, model_args.gguf_file)
     dtype = torch.bfloat16 if ds_cfg.get("bf16", {}).get("enabled") else resolve_dtype(model_args.dtype, "cpu")
     backbone = load_backbone(path, dtype=dtype, attn_implementation=model_args.attn_implementation,
                              gguf_file=model_args.gguf_file)
-    special = add_reasoning_tokens(tokenizer, backbone)
+    init_reasoning_rows(backbone, len(tokenizer), new_token_ids)
     if model_args.lora:
         backbone = apply_lora(backbone, model_args)
     with init_ctx:
         model = dual_head(backbone, num_labels, model_args, formulation=formulation)
-    return model, tokenizer, special, hf_ds
-
+    return model, hf_ds
 
 
 def build_dual_head_model(args, num_labels: int, device=None):

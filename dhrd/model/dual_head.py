@@ -210,29 +210,44 @@ class SpecialTokens(NamedTuple):
     answer: int
 
 
-def add_reasoning_tokens(tokenizer, backbone) -> SpecialTokens:
-    """Add ``<REASON>`` and ``<ANS>`` as special tokens and give each new embedding row
-    (input and, when untied, output) the mean of the existing rows, so the new tokens
-    start as an "average" token instead of noise. Idempotent: a tokenizer that already
-    has them (a saved DHRD tokenizer) is left alone. Returns their ids."""
+def register_reasoning_tokens(tokenizer) -> tuple[SpecialTokens, list[int]]:
+    """Add ``<REASON>`` and ``<ANS>`` to the tokenizer as special tokens (idempotent: a
+    saved DHRD tokenizer already has them). Returns their ids and the ids that are new,
+    whose embedding rows ``init_reasoning_rows`` fills once the backbone is loaded: the
+    data can be tokenised (and the steps planned) before the model exists."""
     from transformers import AddedToken
 
     missing = [t for t in (REASON_TOKEN, ANSWER_TOKEN) if t not in tokenizer.get_vocab()]
     if missing:
-        first_new = len(tokenizer)
-        tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in missing],
-                             special_tokens=True)
-        new_ids = [tokenizer.convert_tokens_to_ids(t) for t in missing]
-        emb = backbone.get_input_embeddings()
-        if len(tokenizer) > emb.num_embeddings:
-            backbone.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-        rows = torch.tensor(new_ids)
-        tables = [backbone.get_input_embeddings().weight]
-        out_emb = backbone.get_output_embeddings()
-        if out_emb is not None and out_emb.weight is not tables[0]:
-            tables.append(out_emb.weight)
-        with _gathered(tables), torch.no_grad():
-            for w in tables:
-                if w.numel():  # under ZeRO-3 only the modifier rank holds the data
-                    w[rows] = w[:first_new].float().mean(0).to(w.dtype)
-    return SpecialTokens(*(tokenizer.convert_tokens_to_ids(t) for t in (REASON_TOKEN, ANSWER_TOKEN)))
+        tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in missing], special_tokens=True)
+    special = SpecialTokens(*(tokenizer.convert_tokens_to_ids(t) for t in (REASON_TOKEN, ANSWER_TOKEN)))
+    return special, [tokenizer.convert_tokens_to_ids(t) for t in missing]
+
+
+def init_reasoning_rows(backbone, n_vocab: int, new_ids: list[int]) -> None:
+    """Size the embeddings for a tokenizer of ``n_vocab`` tokens and give each new row
+    (input and, when untied, output) the mean of the existing ones, so the new tokens
+    start as an "average" token instead of noise."""
+    if not new_ids:
+        return
+    first_new = min(new_ids)
+    emb = backbone.get_input_embeddings()
+    if n_vocab > emb.num_embeddings:
+        backbone.resize_token_embeddings(n_vocab, mean_resizing=False)
+    rows = torch.tensor(new_ids)
+    tables = [backbone.get_input_embeddings().weight]
+    out_emb = backbone.get_output_embeddings()
+    if out_emb is not None and out_emb.weight is not tables[0]:
+        tables.append(out_emb.weight)
+    with _gathered(tables), torch.no_grad():
+        for w in tables:
+            if w.numel():  # under ZeRO-3 only the modifier rank holds the data
+                w[rows] = w[:first_new].float().mean(0).to(w.dtype)
+
+
+def add_reasoning_tokens(tokenizer, backbone) -> SpecialTokens:
+    """Both steps at once (``register_reasoning_tokens``, ``init_reasoning_rows``): the
+    tokens added, the backbone's embeddings sized and their new rows initialised."""
+    special, new_ids = register_reasoning_tokens(tokenizer)
+    init_reasoning_rows(backbone, len(tokenizer), new_ids)
+    return special

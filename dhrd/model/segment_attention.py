@@ -14,7 +14,8 @@ position ids, decoding with a cache, dropout, soft-capping, a position bias, a s
 window shorter than the row, non-causal modules, a padding mask) it hands the call to
 transformers' own ``sdpa`` with its mask, so results never depend on it. On CUDA without
 a usable varlen kernel (fp32, an old torch) it hands packed rows to ``sdpa`` as well:
-there ~100 small per-segment calls a layer cost 2.2x sdpa's time (tools/GPU_RESULTS.md).
+there many small per-segment calls a layer cost more than sdpa's masked one (measured:
+docs/performance.md, "Defaults").
 """
 
 from __future__ import annotations
@@ -230,8 +231,8 @@ def attention_path(config, device: torch.device) -> str:
 
 
 def resolve(name: str) -> str:
-    """``auto``: this implementation on CPU (1.15-1.3x faster than masked sdpa for a
-    packed SmolLM2 row, forward + backward) and on CUDA where torch's varlen kernel runs
+    """``auto``: this implementation on CPU (faster than masked sdpa for a packed row,
+    forward + backward: docs/performance.md, "Defaults") and on CUDA where torch's varlen kernel runs
     (bf16), else ``sdpa``."""
     if name == "auto":
         cuda = torch.cuda.is_available()

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..data.padding import pad_ids
 from ..data.rationales import END_MARKER
 from ..model.backbones import NO_REMOTE_CODE, refuse_remote_code, resolve_model_path
 from . import Completion
@@ -130,12 +131,8 @@ class LocalTeacher:
 
     def _generate(self, batch: list[list[int]]) -> list[Completion]:
         cfg, tok = self.cfg, self.tokenizer
-        width = max(map(len, batch))
-        input_ids = torch.full((len(batch), width), tok.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, ids in enumerate(batch):  # left padding: every prompt ends at the same column
-            input_ids[row, width - len(ids):] = torch.tensor(ids)
-            mask[row, width - len(ids):] = 1
+        input_ids, mask = pad_ids(batch, tok.pad_token_id, side="left")  # every prompt ends at one column
+        width = input_ids.shape[1]
         kw = dict(max_new_tokens=cfg.max_new_tokens, pad_token_id=tok.pad_token_id,
                   eos_token_id=sorted(self.eos_ids))
         if cfg.temperature > 0:

@@ -84,10 +84,10 @@ def main() -> None:
     stage, out_dir = (a for a in sys.argv[1:] if not a.startswith("--local_rank"))
     import deepspeed
 
-    from dhrd.config import LossArgs
     from dhrd.engine.dist import init_distributed
     from dhrd.engine.ds_config import fill_ds_config, load_ds_config, start_warmup_schedule
-    from dhrd.engine.step import DualHeadLoss, NonFiniteGuard, TrainingDiverged, optimizer_step, param_groups
+    from dhrd.engine.step import NonFiniteGuard, TrainingDiverged, optimizer_step, param_groups
+    from dhrd.loss import DualHeadLoss
     from dhrd.model.dual_head import DualHeadModel
     from tests.helpers import tiny_backbone
 
@@ -97,7 +97,7 @@ def main() -> None:
     cfg = fill_ds_config(cfg, micro_rows=1, gas=2, world=dist.world, lr=1e-2, weight_decay=0.1, warmup_steps=1,
                          total_steps=8, max_grad_norm=1.0, device=dist.device, hidden_size=32)
     torch.manual_seed(0)
-    wrapper = type("Faulty", (FaultyLoss, DualHeadLoss), {})(DualHeadModel(tiny_backbone(), 2), LossArgs())
+    wrapper = type("Faulty", (FaultyLoss, DualHeadLoss), {})(DualHeadModel(tiny_backbone(), 2), beta=1.0)
     engine, *_ = deepspeed.initialize(model=wrapper, model_parameters=param_groups(wrapper, 0.1), config=cfg)
     start_warmup_schedule(cfg, engine.lr_scheduler)
     guard = NonFiniteGuard(patience=2)
@@ -110,7 +110,7 @@ def main() -> None:
         before, lr_before, skipped_before = snapshot(engine), engine.get_lr()[0], engine.skipped_steps
         fault_rank, fault_mb = FAULTS.get(step, (None, None))
         wrapper.calls, wrapper.fault_at = 0, fault_mb if dist.rank == fault_rank else None
-        losses = optimizer_step(engine, batches, dist, n_lm, n_cls)
+        losses = optimizer_step(engine, batches, dist, n_lm, n_cls, alpha=1.0)
         after = snapshot(engine)
         steps.append({"step": step, "losses": losses, "unchanged": same(before, after),
                       "lr_before": lr_before, "lr_after": engine.get_lr()[0],

@@ -22,12 +22,12 @@ import deepspeed  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from dhrd.config import LossArgs  # noqa: E402
 from dhrd.data.order import collate  # noqa: E402
 from dhrd.data.packing import collate_packed  # noqa: E402
 from dhrd.engine.dist import init_distributed, shutdown_distributed  # noqa: E402
 from dhrd.engine.ds_config import fill_ds_config, load_ds_config, start_warmup_schedule  # noqa: E402
-from dhrd.engine.step import DualHeadLoss, optimizer_step, param_groups  # noqa: E402
+from dhrd.engine.step import optimizer_step, param_groups  # noqa: E402
+from dhrd.loss import DualHeadLoss  # noqa: E402
 from dhrd.model.dual_head import DualHeadModel, add_reasoning_tokens  # noqa: E402
 from tests.helpers import make_tiny_tokenizer, tiny_backbone  # noqa: E402
 
@@ -57,7 +57,7 @@ def main(alpha: float, attn: str, n_steps: int = 5) -> dict:
              for _ in range(n_steps)]
     cfg = fill_ds_config(load_ds_config(None), micro_rows=1, gas=3, world=1, lr=1e-3, weight_decay=0.01,
                          warmup_steps=2, total_steps=n_steps, max_grad_norm=1.0, device=dist.device)
-    wrapper = DualHeadLoss(model, LossArgs(alpha=alpha, beta=1.0, loss_impl="chunked"))
+    wrapper = DualHeadLoss(model, beta=1.0, impl="chunked")
     engine, *_ = deepspeed.initialize(model=wrapper, model_parameters=param_groups(wrapper, 0.01), config=cfg)
     start_warmup_schedule(cfg, engine.lr_scheduler)
     lrs = []
@@ -65,7 +65,7 @@ def main(alpha: float, attn: str, n_steps: int = 5) -> dict:
         batches = [collate_packed(rows, 0) if rows else collate([], {}, 0) for rows in micro]
         lrs.append(engine.get_lr()[0])
         optimizer_step(engine, batches, dist, sum(b.n_lm_tokens for b in batches),
-                         sum(b.n_segments for b in batches))
+                         sum(b.n_segments for b in batches), alpha)
 
     opt = torch.optim.AdamW(param_groups(plain, 0.01), lr=1e-3, betas=(0.9, 0.999), eps=1e-8)
     params = [p for p in plain.parameters() if p.requires_grad]

@@ -9,7 +9,7 @@ parameters and its post-hook frees them again, and its backward hooks do the sam
 the backward. The LM weight here is the embedding's weight (tied), whose forward is over
 before the loss runs. So the loss is computed inside the forward of the module that
 DeepSpeed wraps, with the weight registered as an *external parameter* of that module
-(``deepspeed.zero.register_external_parameter``), exactly as ``dhrd.engine.DualHeadLoss``
+(``deepspeed.zero.register_external_parameter``), exactly as ``dhrd.loss.DualHeadLoss``
 does: the weight is then gathered for that module's forward and again for its backward
 (the reference loss's matmul backward reads W). ``deepspeed.zero.GatheredParameters``
 around the loss call would be the wrong tool: it re-partitions the weight when the
@@ -34,7 +34,7 @@ import torch.nn as nn
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 
-from dhrd.kernels import dual_head_loss  # noqa: E402
+from dhrd.loss import dual_head_loss  # noqa: E402
 
 VOCAB, HIDDEN, CLASSES, SEQ = 1000, 32, 3, 40
 IMPL_OPTIONS = {"reference": {}, "chunked": {"chunk_size": 7}}  # 7: several uneven chunks

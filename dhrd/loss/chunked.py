@@ -20,26 +20,16 @@ device), a fused Triton kernel in ``triton_kernels`` (CUDA); the driver is share
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch.autograd.function import once_differentiable
 
-from .reference import LossOutput, combine_terms, upcast
+from .token_ce import CEOptions, upcast
 
 # Bytes of per-chunk [rows x V] scratch (logits buffer and its fp32 work copies). 64 MiB
 # keeps the loss far below the reference's footprint and chunks large enough for
 # efficient matmuls (at V=49152 ~340 rows in fp32, ~230 in bf16; ~40 at V=262144 bf16).
 DEFAULT_MEMORY_BUDGET = 64 * 2**20
-
-
-@dataclass(frozen=True)
-class CEOptions:
-    """The per-token loss options of ``token_cross_entropy``."""
-
-    logit_softcap: float | None = None
-    label_smoothing: float = 0.0
-    z_loss: float = 0.0
 
 
 class TorchChunkStep:
@@ -55,9 +45,8 @@ class TorchChunkStep:
     """
 
     # At least this many rows a chunk when the weight gradient is needed: every chunk
-    # reads and writes the whole fp32 [V, H] accumulator, and with the ~40 rows that the
-    # default budget gives at V=262144 that memory traffic cost the CPU ~40% more time
-    # than the reference at H=2048. (At V=49152 the budget already gives ~230 rows.)
+    # reads and writes the whole fp32 [V, H] accumulator, so few rows a chunk at a large
+    # vocabulary make that traffic dominate (measured: docs/performance.md, "Defaults")
     MIN_ROWS = 256
 
     def __init__(self, rows: int, vocab: int, dtype: torch.dtype, device, opts: CEOptions):
@@ -120,9 +109,7 @@ class WeightGradAccumulator:
     - else the half-precision product goes through two small, reused block buffers
       (half, then fp32; mixed-dtype ``fp32.add_(bf16)`` is ~7x slower than a copy plus a
       same-dtype add on CPU, and a [V, H] half temporary would be as large as the weight).
-    On the 2-core avx512_bf16 CPU (shared, noisy) the fp32 GEMM was 1.5-2.3x faster than
-    the bf16 blocks in most whole-loss runs (bf16 matmuls are faster, but the blocks'
-    copy and add passes over the accumulator cost more), slower in one (V=262144, H=2048).
+    ``FP32_GEMM`` is on because it measured faster on CPU (docs/performance.md, "Defaults").
     """
 
     BLOCK_BYTES = 8 * 2**20  # both block buffers together: cache-sized
@@ -254,39 +241,25 @@ def chunk_rows(n_rows: int, vocab: int, dtype: torch.dtype, opts: CEOptions, ste
     return max(1, math.ceil(n_rows / n_chunks))
 
 
-def fused_loss(name: str, step_cls, default_budget: int, doc: str):
-    """A fused implementation's entry point: ``reference_dual_head_loss``'s semantics and
-    arguments plus the chunking knobs, its LM term computed by ``FusedLinearCrossEntropy``
-    with the per-chunk step ``step_cls``."""
+def fused_lm_term(name: str, step_cls, default_budget: int, doc: str):
+    """A fused LM term (``reference_lm_term``'s arguments and result plus the chunking
+    knobs), computed by ``FusedLinearCrossEntropy`` with the per-chunk step ``step_cls``.
+    ``chunk_size`` (rows) overrides the chunking that ``memory_budget`` (bytes of
+    per-chunk scratch) would pick."""
 
-    def loss(hidden, lm_weight, lm_targets, cls_logits, cls_labels, *, alpha: float = 1.0,
-             beta: float = 1.0, n_lm_tokens=None, n_cls=None, lm_bias=None,
-             ignore_index: int = -100, logit_softcap: float | None = None,
-             label_smoothing: float = 0.0, z_loss: float = 0.0, chunk_size: int | None = None,
-             memory_budget: int = default_budget) -> LossOutput:
-        opts = CEOptions(logit_softcap=logit_softcap or None,
-                         label_smoothing=float(label_smoothing), z_loss=float(z_loss))
+    def lm_term(flat_h, weight, bias, rows, targets, n, opts: CEOptions, *, chunk_size: int | None = None,
+                memory_budget: int = default_budget):
+        grad_on = torch.is_grad_enabled()
+        need = tuple(bool(grad_on and t is not None and t.requires_grad) for t in (flat_h, weight, bias))
+        chunk = chunk_rows(rows.numel(), weight.shape[0], flat_h.dtype, opts, step_cls,
+                           memory_budget, chunk_size, step_cls.MIN_ROWS if need[1] else 1)
+        return FusedLinearCrossEntropy.apply(flat_h, weight, bias, rows, targets, n, opts, step_cls, chunk, need)
 
-        def lm_term(flat_h, rows, targets, n):
-            grad_on = torch.is_grad_enabled()
-            need = tuple(bool(grad_on and t is not None and t.requires_grad)
-                         for t in (flat_h, lm_weight, lm_bias))
-            chunk = chunk_rows(rows.numel(), lm_weight.shape[0], flat_h.dtype, opts, step_cls,
-                               memory_budget, chunk_size, step_cls.MIN_ROWS if need[1] else 1)
-            return FusedLinearCrossEntropy.apply(flat_h, lm_weight, lm_bias, rows, targets, n,
-                                                 opts, step_cls, chunk, need)
-
-        return combine_terms(lm_term, hidden, lm_weight, lm_targets, cls_logits, cls_labels,
-                             alpha=alpha, beta=beta, n_lm_tokens=n_lm_tokens, n_cls=n_cls,
-                             lm_bias=lm_bias, ignore_index=ignore_index)
-
-    loss.__name__ = loss.__qualname__ = name
-    loss.__doc__ = doc
-    return loss
+    lm_term.__name__ = lm_term.__qualname__ = name
+    lm_term.__doc__ = doc
+    return lm_term
 
 
-chunked_dual_head_loss = fused_loss(
-    "chunked_dual_head_loss", TorchChunkStep, DEFAULT_MEMORY_BUDGET, """\
-``reference_dual_head_loss`` without ever materialising [N x V] logits: same arguments
-and results. ``chunk_size`` (rows) overrides the chunking that ``memory_budget`` (bytes
-of per-chunk scratch) would pick.""")
+chunked_lm_term = fused_lm_term(
+    "chunked_lm_term", TorchChunkStep, DEFAULT_MEMORY_BUDGET,
+    "``reference_lm_term`` without ever materialising [N x V] logits (pure PyTorch, any device).")

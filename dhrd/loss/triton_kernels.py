@@ -8,7 +8,7 @@ their gradient, in the logits' dtype: no fp32 copy and no second [chunk x V] buf
 exist, unlike the pure-PyTorch step.
 
 The module imports ``triton`` at the top: import it only where triton is installed
-(``dhrd.kernels`` registers it as "triton" only with CUDA). The kernel also runs under
+(``dhrd.loss`` registers it as "triton" only with CUDA). The kernel also runs under
 Triton's CPU interpreter (``TRITON_INTERPRET=1`` set before importing this module) on
 CPU tensors, which is how the tests check it on machines without a GPU.
 """
@@ -19,7 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .chunked import CEOptions, fused_loss
+from .chunked import fused_lm_term
+from .token_ce import CEOptions
 
 # Per-chunk logits buffer. Larger than the CPU default: every chunk re-reads and rewrites
 # the fp32 [V, H] weight-gradient accumulator, which at V=262144, H=2048 costs as much
@@ -123,8 +124,8 @@ class TritonChunkStep:
         return loss
 
 
-triton_dual_head_loss = fused_loss(
-    "triton_dual_head_loss", TritonChunkStep, DEFAULT_MEMORY_BUDGET, """\
-``reference_dual_head_loss`` with the LM term fused (see module docstring); same arguments
-and results, plus the chunking knobs of ``chunked_dual_head_loss``. The softmax math is
-fp32 whatever the input dtype (fp64 inputs included).""")
+triton_lm_term = fused_lm_term(
+    "triton_lm_term", TritonChunkStep, DEFAULT_MEMORY_BUDGET, """\
+``reference_lm_term`` with the per-chunk softmax step fused into one kernel (see module
+docstring); the chunking knobs of ``chunked_lm_term``. The softmax math is fp32 whatever
+the input dtype (fp64 inputs included).""")

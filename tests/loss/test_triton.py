@@ -19,8 +19,8 @@ import sys
 import pytest
 import torch
 
-from dhrd.kernels import IMPLEMENTATIONS, dual_head_loss, resolve_impl
-from tests.kernels.loss_cases import OPTIONS, assert_close, check_bf16, make_inputs, rel_err, run
+from dhrd.loss import IMPLEMENTATIONS, dual_head_loss, resolve_impl
+from tests.loss.loss_cases import OPTIONS, assert_close, check_bf16, make_inputs, rel_err, run
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 CUDA = torch.cuda.is_available()
@@ -33,11 +33,13 @@ cuda_only = pytest.mark.skipif(not CUDA, reason="needs CUDA")
 
 @pytest.fixture(scope="module")
 def triton_loss():
-    from dhrd.kernels import triton_kernels
+    from functools import partial
+
+    from dhrd.loss import dual_head_loss, triton_kernels
 
     if INTERPRET and not CUDA:
         triton_kernels.MAX_BLOCK = 256       # several blocks per row, the last one masked
-    return triton_kernels.triton_dual_head_loss
+    return partial(dual_head_loss, impl=triton_kernels.triton_lm_term)
 
 
 @needs_kernel

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from dhrd.kernels import IMPLEMENTATIONS
+from dhrd.loss import IMPLEMENTATIONS
 
 IGNORE = -100
 

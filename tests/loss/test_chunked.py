@@ -17,8 +17,8 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from dhrd.kernels import IMPLEMENTATIONS, chunked, dual_head_loss, resolve_impl
-from tests.kernels.loss_cases import OPTIONS, assert_close, check_bf16, make_inputs, rel_err, run
+from dhrd.loss import IMPLEMENTATIONS, chunked, dual_head_loss, resolve_impl
+from tests.loss.loss_cases import OPTIONS, assert_close, check_bf16, make_inputs, rel_err, run
 
 
 @pytest.mark.parametrize("opt", sorted(OPTIONS))
@@ -214,7 +214,7 @@ def test_bf16_block_weight_gradient(monkeypatch):
 @pytest.mark.parametrize("shape", [(1,), (7, 5), (300, 129)])
 def test_cast_in_place_rounds_like_to_inside_the_same_storage(dtype, shape):
     """The backward's weight-gradient cast: equal to ``.to(dtype)``, no second buffer."""
-    from dhrd.kernels.chunked import cast_in_place
+    from dhrd.loss.chunked import cast_in_place
 
     src = torch.randn(*shape, generator=torch.Generator().manual_seed(0)) * 3
     want = src.to(dtype)
