@@ -29,6 +29,18 @@ def list_tasks() -> int:
     return 0
 
 
+def train(argv: list[str]) -> int:
+    """``dhrd train`` ends as ``dhrd/train.py`` does under a launcher (``srun dhrd train``,
+    ``torchrun -m dhrd.cli train``): after a multi-process run, through ``exit_process``."""
+    from .engine.dist import exit_process
+    from .train import train_main
+
+    code, world = train_main(argv)
+    if world > 1:
+        exit_process(code, world)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="dhrd", description="Dual-Head Reasoning Distillation")
@@ -44,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         return list_tasks()
     if command not in DELEGATES:
         parser.error(f"unknown command {command!r}")
+    if command == "train":
+        return train(rest)
     try:
         module = importlib.import_module(DELEGATES[command][0])
     except ModuleNotFoundError as e:

@@ -14,11 +14,17 @@ from .data.errors import DataError
 USER_ERRORS = (DataError, ValueError, OSError, UnicodeError)
 
 
+def report_user_error(prog: str, e: BaseException) -> int:
+    """``PROG: error: ...`` on stderr and exit code 2 for one of ``USER_ERRORS`` (call it
+    in an ``except USER_ERRORS`` block: with DHRD_DEBUG=1 it re-raises, traceback and all)."""
+    if os.environ.get("DHRD_DEBUG"):
+        raise e
+    print(f"{prog}: error: {e}", file=sys.stderr)
+    return 2
+
+
 def run_main(prog: str, fn: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
     try:
         return fn(argv) or 0
     except USER_ERRORS as e:
-        if os.environ.get("DHRD_DEBUG"):
-            raise
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 2
+        return report_user_error(prog, e)

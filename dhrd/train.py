@@ -67,8 +67,8 @@ def train_main(argv: list[str] | None = None) -> tuple[int, int]:
     from dhrd.progress import quiet_library_bars
 
     quiet_library_bars()  # a log (Slurm's, train.log) gets plain progress lines, not tqdm bars
+    from dhrd.cli_errors import USER_ERRORS, report_user_error
     from dhrd.config import apply_method, explicit_fields, parse_args
-    from dhrd.data.errors import DataError
     from dhrd.engine.dist import shutdown_distributed
     from dhrd.engine.step import TrainingDiverged
     from dhrd.engine.trainer import run
@@ -90,11 +90,8 @@ def train_main(argv: list[str] | None = None) -> tuple[int, int]:
     except TrainingDiverged as e:
         print(f"training stopped: {e}", file=sys.stderr)
         code = 3
-    except (DataError, ValueError, FileNotFoundError) as e:
-        if os.environ.get("DHRD_DEBUG"):
-            raise
-        print(f"train.py: error: {e}", file=sys.stderr)
-        code = 2
+    except USER_ERRORS as e:
+        code = report_user_error("train.py", e)
     finally:
         world = shutdown_distributed(synchronize=finished)
     return code, world

@@ -19,3 +19,14 @@ def tiny_model_dir(tmp_path_factory):
     tiny_backbone("llama").save_pretrained(path)
     make_tiny_tokenizer().save_pretrained(path)
     return path
+
+
+# Tests a developer may skip locally with ``pytest -m "not slow"`` (CI runs everything):
+# real multi-process DeepSpeed launches, the Slurm cluster, whole trainings in a subprocess.
+SLOW_DIRS = ("distributed", "slurm")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if any(f"tests/{d}/" in item.nodeid for d in SLOW_DIRS):
+            item.add_marker(pytest.mark.slow)

@@ -13,6 +13,7 @@ import pytest
 from tests.distributed.train_helpers import REPO, child_env, write_model, write_task
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method,methods", [("dhrd", "engine,single,dss"), ("pooled", "engine,hf,single")])
 def test_bench_train_runs_every_method(tmp_path, method, methods):
     paths, model = write_task(tmp_path / "data", n_train=24), write_model(tmp_path / "model")

@@ -47,6 +47,7 @@ def test_compile_with_zero3_is_refused():
     check_train_settings(load_ds_config(None), "auto", "none", compile=True)  # stage auto: fine
 
 
+@pytest.mark.slow
 def test_training_with_compile(tmp_path):
     paths, model = write_task(tmp_path / "data"), write_model(tmp_path / "model")
     proc = run_train(model, paths, tmp_path / "out", "--max_steps", 3, "--compile", "true")

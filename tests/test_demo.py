@@ -10,6 +10,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from dhrd.demo import make_example  # noqa: E402
 from tests.distributed.train_helpers import REPO, child_env, write_model  # noqa: E402
 
@@ -61,6 +63,7 @@ def test_bundled_slice_is_real_aligned_and_small():
     assert "CC BY-SA 4.0" in readme and "Apache-2.0" in readme and "MIT" in readme
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path):
     model = write_model(tmp_path / "model")
     work = tmp_path / "demo"
@@ -86,6 +89,7 @@ def test_demo_runs_end_to_end(tmp_path):
     assert again.returncode == 0 and "4 done, 0 to run" in again.stdout  # resumable: nothing rerun
 
 
+@pytest.mark.slow
 def test_demo_sum4_option_from_another_directory(tmp_path):
     """Run from anywhere with a relative work dir (the runs start in the repository: their
     paths once stayed relative and every run failed with 'No such file')."""

@@ -123,6 +123,7 @@ def test_unexportable_heads_are_refused_by_name(tmp_path, kind, pooling, match):
     assert "no HF export: " in both.stdout and match in both.stdout
 
 
+@pytest.mark.slow
 def test_real_smollm2_export(tmp_path):
     """SmolLM2-135M (pad == EOS in its tokenizer? it gets a distinct pad either way)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -37,6 +37,7 @@ def test_engine_steps_equal_a_plain_adamw_loop(alpha, attn):
     assert res["lrs"][0] > 0  # the first update is not spent at lr 0
 
 
+@pytest.mark.slow
 def test_plain_loop_runs_and_reproduces_the_engines_step_composition(tmp_path):
     plain_loop = load_tool("plain_loop")
     PlainArgs, step_batches, train_plain = plain_loop.PlainArgs, plain_loop.step_batches, plain_loop.train_plain

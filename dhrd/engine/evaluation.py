@@ -51,6 +51,12 @@ def write_predictions(path: str, eval_table: dict, preds: dict) -> None:
     atomic_write_jsonl(path, rows)
 
 
+def periodic(step: int, every: int, total_steps: int) -> bool:
+    """Every ``every`` steps (0: never), before the last: what happens after the last
+    step (the final evaluation, the final export) is the end of the run's business."""
+    return bool(every) and step % every == 0 and step < total_steps
+
+
 def score(task, preds: list[int], eval_table: dict) -> dict:
     return task.score(preds, eval_table["label"], eval_table["group"])
 
@@ -88,8 +94,7 @@ class Evaluator:
             log(0, "warning: --eval_mode classifier with beta 0: the classifier head is never trained")
 
     def should_evaluate(self, step: int) -> bool:
-        every = self.s.every
-        return self.table is not None and bool(every) and step % every == 0 and step < self.s.total_steps
+        return self.table is not None and periodic(step, self.s.every, self.s.total_steps)
 
     def evaluate(self, step: int) -> dict:
         metrics, head, preds = {}, None, {}

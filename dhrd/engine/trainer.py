@@ -32,7 +32,7 @@ from .ds_config import (
     start_warmup_schedule,
     zero_stage,
 )
-from .evaluation import EvalSettings, Evaluator
+from .evaluation import EvalSettings, Evaluator, periodic
 from .flops import StepFlops, peak_tflops
 from .monitor import Monitor, log
 from .step import NonFiniteGuard, optimizer_step, param_groups
@@ -82,7 +82,7 @@ class Checkpointer:
         self.M, self.total_steps, self.every, self.keep = micro_batches_per_step, total_steps, save_every, keep
 
     def should_save(self, step: int) -> bool:
-        return bool(self.every) and step % self.every == 0 and step < self.total_steps
+        return periodic(step, self.every, self.total_steps)
 
     def save(self, step: int, guard: NonFiniteGuard) -> str:
         epoch, index = self.stream.locate(step * self.M)

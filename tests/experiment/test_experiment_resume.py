@@ -36,6 +36,7 @@ def _headers(run_dir):
     return open(os.path.join(run_dir, "train.log")).read().count("\n=== ")
 
 
+@pytest.mark.slow
 def test_killed_grid_resumes_without_rerunning_finished_runs(tmp_path):
     write_task(tmp_path / "data")
     write_model(tmp_path / "model")
