@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from .data.errors import DataError
+from .errors import DataError
 
 USER_ERRORS = (DataError, ValueError, OSError, UnicodeError)
 

@@ -25,10 +25,11 @@ at chance.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import sys
+
+from .fileio import atomic_write, atomic_write_jsonl
 
 TASK_NAME = "sum4"
 THRESHOLD = 20
@@ -53,12 +54,9 @@ def write_sum4(workdir: str, n_train: int, n_eval: int, seed: int = 0) -> dict:
     os.makedirs(workdir, exist_ok=True)
     paths = {k: os.path.join(workdir, f"{k}.jsonl") for k in ("train_file", "eval_file", "rationale_file")}
     rows = [make_example(rng, i) for i in range(n_train + n_eval)]
-    with open(paths["train_file"], "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r, _ in rows[:n_train])
-    with open(paths["rationale_file"], "w") as f:
-        f.writelines(json.dumps(r) + "\n" for _, r in rows[:n_train])
-    with open(paths["eval_file"], "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r, _ in rows[n_train:])
+    atomic_write_jsonl(paths["train_file"], (r for r, _ in rows[:n_train]))
+    atomic_write_jsonl(paths["rationale_file"], (r for _, r in rows[:n_train]))
+    atomic_write_jsonl(paths["eval_file"], (r for r, _ in rows[n_train:]))
     return paths
 
 
@@ -70,8 +68,7 @@ def esnli_files(workdir: str, n_eval: int) -> dict:
         rows = [line for line in f if line.strip()]
     if n_eval > len(rows):
         raise SystemExit(f"--eval {n_eval}: the bundled dev split has {len(rows)} rows")
-    with open(dev, "w") as f:
-        f.writelines(rows[:n_eval])
+    atomic_write(dev, "".join(rows[:n_eval]))
     return {"train_file": os.path.join(DATA, "train.jsonl"), "eval_file": dev,
             "rationale_file": os.path.join(DATA, "rationales.jsonl")}
 
@@ -98,9 +95,7 @@ def write_grid(args) -> str:
             "seeds": [int(s) for s in args.seeds.split(",")],
             "tasks": {args.task: files}, "blocks": [{"methods": args.methods.split(",")}]}
     path = os.path.join(args.workdir, "grid.yaml")
-    os.makedirs(args.workdir, exist_ok=True)
-    with open(path, "w") as f:
-        yaml.safe_dump(grid, f, sort_keys=False)
+    atomic_write(path, yaml.safe_dump(grid, sort_keys=False))
     return path
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import socket
 import sys
 import threading
@@ -73,6 +74,13 @@ def atomic_write_jsonl(path: str, records: Iterable[dict], *, fsync: bool = True
 
 def atomic_write_json(path: str, obj, *, indent: int | None = 1, fsync: bool = True) -> None:
     atomic_write(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n", fsync=fsync)
+
+
+def atomic_copy(src: str, dst: str, *, fsync: bool = True) -> None:
+    """``shutil.copyfile``, but ``dst`` is replaced whole (see :func:`atomic_open`): a
+    published records file killed mid-copy must not lose the runs it recorded."""
+    with open(src, "rb") as fin, atomic_open(dst, "wb", fsync=fsync) as fout:
+        shutil.copyfileobj(fin, fout)
 
 
 def loads_json(text: str | bytes):

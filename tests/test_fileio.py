@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from dhrd.fileio import atomic_open, atomic_write, atomic_write_jsonl, free_port, repair_jsonl_tail
+from dhrd.fileio import atomic_copy, atomic_open, atomic_write, atomic_write_jsonl, free_port, repair_jsonl_tail
 
 
 def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
@@ -61,6 +61,25 @@ def test_repair_cuts_only_a_torn_last_line(tmp_path):
     assert path.read_bytes() == b'{"a": 1}\n{"b": 2}\n'
     assert repair_jsonl_tail(str(path)) == 0
     assert repair_jsonl_tail(str(tmp_path / "missing.jsonl")) == 0
+
+
+def test_atomic_copy_replaces_the_copy_whole(tmp_path, monkeypatch):
+    import shutil
+
+    src, dst = tmp_path / "records.jsonl", tmp_path / "pub" / "records.jsonl"
+    src.write_bytes(b'{"run": "a"}\n' * 1000)
+    atomic_copy(str(src), str(dst))
+    assert dst.read_bytes() == src.read_bytes()
+
+    def dies(fin, fout):
+        fout.write(fin.read(10))
+        raise KeyboardInterrupt  # killed mid-copy
+
+    src.write_bytes(b"new\n")
+    monkeypatch.setattr(shutil, "copyfileobj", dies)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_copy(str(src), str(dst))
+    assert dst.read_bytes() == b'{"run": "a"}\n' * 1000 and os.listdir(dst.parent) == ["records.jsonl"]
 
 
 def test_free_port_can_be_bound():

@@ -25,7 +25,10 @@ FORBIDDEN = {
     "serve": {"engine", "export", "experiment", "teacher"},
     "export": {"experiment", "teacher"},
     "fileio": {"*"},
+    "errors": {"*"},
 }
+# the leaves every layer may import -> the only layers each of them may import itself
+LEAVES = {"fileio": set(), "errors": set(), "jsonl": {"errors", "fileio"}}
 
 
 def modules() -> dict[str, str]:
@@ -76,6 +79,12 @@ def graph() -> dict[str, set[str]]:
 def test_imports_flow_one_way(graph):
     bad = [f"{src} imports {dst}" for src, dsts in graph.items() for dst in dsts
            if layer(dst) != layer(src) and ({layer(dst), "*"} & FORBIDDEN.get(layer(src), set()))]
+    assert not bad, "\n".join(sorted(bad))
+
+
+def test_leaves_import_only_leaves(graph):
+    bad = [f"{src} imports {dst}" for src, dsts in graph.items() if layer(src) in LEAVES
+           for dst in dsts if layer(dst) not in LEAVES[layer(src)]]
     assert not bad, "\n".join(sorted(bad))
 
 

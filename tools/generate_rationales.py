@@ -12,7 +12,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a checkout, uninstalled
 
 from dhrd.cli_errors import run_main  # noqa: E402
-from dhrd.teacher.generate import main  # noqa: E402
+from dhrd.teacher.generate_cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(run_main("generate_rationales.py", main))

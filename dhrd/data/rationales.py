@@ -10,8 +10,8 @@ import random
 import re
 from dataclasses import dataclass
 
+from ..jsonl import read_jsonl
 from .errors import DataError
-from .jsonl import read_jsonl
 from .report import DataReport
 
 END_MARKER = "[END OF REASONING]"

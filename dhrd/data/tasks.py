@@ -16,9 +16,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..jsonl import read_jsonl
 from . import metrics
 from .errors import DataError
-from .jsonl import read_jsonl
 
 
 @dataclass(frozen=True)

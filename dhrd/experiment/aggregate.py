@@ -28,7 +28,7 @@ import shutil
 import statistics
 from dataclasses import dataclass, field
 
-from ..fileio import atomic_open, atomic_write, atomic_write_json, read_json_or_none
+from ..fileio import atomic_copy, atomic_open, atomic_write, atomic_write_json, read_json_or_none
 from .grid import Grid, GridError, Run
 from .records import RECORDS, make_record, read_records, write_records
 from .runner import DONE, run_dir
@@ -341,10 +341,10 @@ def publish_results(grid: Grid, root: str, dest: str, check_only: bool = False) 
     os.makedirs(dest, exist_ok=True)
     for name in PUBLISHED:
         if os.path.exists(os.path.join(root, name)) and os.path.abspath(root) != os.path.abspath(dest):
-            shutil.copyfile(os.path.join(root, name), os.path.join(dest, name))
+            atomic_copy(os.path.join(root, name), os.path.join(dest, name))
     if not os.path.exists(os.path.join(dest, "grid.yaml")) or not os.path.samefile(grid.path,
                                                                                    os.path.join(dest, "grid.yaml")):
-        shutil.copyfile(grid.path, os.path.join(dest, "grid.yaml"))  # the grid these results are of
+        atomic_copy(grid.path, os.path.join(dest, "grid.yaml"))  # the grid these results are of
     src, dst = os.path.join(root, "plots"), os.path.join(dest, "plots")
     if os.path.isdir(src) and os.path.abspath(src) != os.path.abspath(dst):
         shutil.rmtree(dst, ignore_errors=True)  # the plots of this aggregation, no stale ones

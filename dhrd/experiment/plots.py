@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import statistics
 
+from ..fileio import atomic_open
 from .aggregate import LOSS_ONLY, baseline_key, signature
 from .grid import Grid
 from .records import read_records
@@ -32,7 +33,8 @@ def _plt():
 
 def _save(fig, path: str) -> str:
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_open(path, "wb") as f:  # a plot a reader opens mid-write is never half a PNG
+        fig.savefig(f, dpi=110, format=os.path.splitext(path)[1][1:] or "png")
     _plt().close(fig)
     return path
 

@@ -28,20 +28,13 @@ import os
 import random
 
 from ..data.tasks import get_task
+from ..jsonl import read_jsonl
 from ..teacher.palm_cot import write_records
 
 
 def _rows(path: str) -> list[tuple[int, dict]]:
     """(position, row) of the non-blank lines, positions as the task reader counts them."""
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    out.append((len(out), json.loads(line)))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
-    return out
+    return [(i, row) for i, (_, row) in enumerate(read_jsonl(path))]
 
 
 def carve(task_name: str, source: str, train_out: str, dev_out: str, *, dev_size: int, seed: int = 0,

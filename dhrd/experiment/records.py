@@ -15,7 +15,9 @@ from __future__ import annotations
 import json
 import os
 
+from ..errors import DataError
 from ..fileio import atomic_write_lines, read_json_or_none
+from ..jsonl import read_jsonl
 from .grid import GridError
 
 RECORDS = "records.jsonl"
@@ -26,8 +28,9 @@ CURVES = ("train/loss_cls", "train/loss_lm")
 CURVE_POINTS = 128
 
 
-class RecordsError(GridError):
-    """A records file that cannot be read: names the file, line and field."""
+class RecordsError(GridError, DataError):
+    """A records file that cannot be read: names the file, line and field (a GridError,
+    which ``dhrd experiment`` reports in one line)."""
 
 
 def records_path(root: str) -> str:
@@ -38,12 +41,10 @@ def read_predictions(path: str) -> tuple[list[int], list[int], list | None]:
     """(labels, predictions, groups) from a run's eval_predictions.jsonl: the classifier's
     predictions, or the CoT decoder's where the run had no classifier (rationale_only)."""
     labels, preds, groups = [], [], []
-    with open(path) as f:
-        for line in f:
-            row = json.loads(line)
-            labels.append(row["label"])
-            preds.append(row["pred"] if "pred" in row else row["cot_pred"])
-            groups.append(row.get("group"))
+    for _, row in read_jsonl(path):
+        labels.append(row["label"])
+        preds.append(row["pred"] if "pred" in row else row["cot_pred"])
+        groups.append(row.get("group"))
     return labels, preds, (groups if any(g is not None for g in groups) else None)
 
 
@@ -108,30 +109,23 @@ def read_records(root: str) -> dict[str, dict]:
     if path in _cache and _cache[path][0] == key:
         return _cache[path][1]
     out: dict[str, dict] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except ValueError as e:
-                raise RecordsError(f"{path}, line {lineno}: not JSON ({e})") from None
-            if not isinstance(rec, dict):
-                raise RecordsError(f"{path}, line {lineno}: a record is a JSON object, not {type(rec).__name__}")
-            missing = [k for k in REQUIRED if k not in rec]
-            if missing:
-                raise RecordsError(f"{path}, line {lineno}: missing field(s) {', '.join(missing)}")
-            try:
-                rec["labels"], rec["preds"] = decode_ints(rec["labels"]), decode_ints(rec["preds"])
-            except (TypeError, ValueError):
-                raise RecordsError(f"{path}, line {lineno}, run {rec['run']!r}: fields 'labels' and 'preds' must be "
-                                   "lists of class indices or strings of digits") from None
-            if len(rec["preds"]) != len(rec["labels"]):
-                raise RecordsError(f"{path}, line {lineno}, run {rec['run']!r}: field 'preds' has {len(rec['preds'])} "
-                                   f"predictions for {len(rec['labels'])} labels")
-            if rec["run"] in out:
-                raise RecordsError(f"{path}, line {lineno}: run {rec['run']!r} is recorded twice")
-            out[rec["run"]] = rec
+    for lineno, rec in read_jsonl(path, error=RecordsError):
+        if not isinstance(rec, dict):
+            raise RecordsError(f"a record is a JSON object, not {type(rec).__name__}", path=path, line=lineno)
+        missing = [k for k in REQUIRED if k not in rec]
+        if missing:
+            raise RecordsError(f"missing field(s) {', '.join(missing)}", path=path, line=lineno)
+        try:
+            rec["labels"], rec["preds"] = decode_ints(rec["labels"]), decode_ints(rec["preds"])
+        except (TypeError, ValueError):
+            raise RecordsError(f"run {rec['run']!r}: fields 'labels' and 'preds' must be lists of class indices or "
+                               "strings of digits", path=path, line=lineno) from None
+        if len(rec["preds"]) != len(rec["labels"]):
+            raise RecordsError(f"run {rec['run']!r}: {len(rec['preds'])} predictions for {len(rec['labels'])} "
+                               "labels", path=path, line=lineno, field="preds")
+        if rec["run"] in out:
+            raise RecordsError(f"run {rec['run']!r} is recorded twice", path=path, line=lineno)
+        out[rec["run"]] = rec
     _cache[path] = (key, out)
     return out
 

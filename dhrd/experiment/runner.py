@@ -28,7 +28,9 @@ import time
 from dataclasses import dataclass
 
 from ..engine.locks import OutputDirInUse, OutputDirLock, holder
+from ..errors import DataError
 from ..fileio import atomic_write, atomic_write_json, read_json_or_none
+from ..jsonl import parse_line
 from ..progress import duration, log_every, status_line
 from .grid import PATH_KEYS, Grid, GridError, Run
 from .prepare import prepare_task
@@ -70,18 +72,20 @@ def claimed_by(root: str, run: Run) -> str | None:
 
 def _train_rows(out: str, tail_bytes: int = 16384) -> list[dict]:
     """The training rows in the last ``tail_bytes`` of a run's metrics.jsonl, in order
-    (a line cut by the seek or by a kill is left out); [] before the first."""
+    (a line cut by the seek or by a kill, or any other bad line, is left out: this is a
+    progress display, never a reason to stop); [] before the first."""
+    path = os.path.join(out, "metrics.jsonl")
     try:
-        with open(os.path.join(out, "metrics.jsonl"), "rb") as f:
+        with open(path, "rb") as f:
             f.seek(max(0, os.fstat(f.fileno()).st_size - tail_bytes))
-            lines = f.read().decode("utf-8", "replace").splitlines()
+            lines = f.read().splitlines()
     except OSError:
         return []
     rows = []
     for line in lines:
         try:
-            rec = json.loads(line)
-        except ValueError:
+            rec = parse_line(line, path, None)
+        except DataError:
             continue
         if isinstance(rec, dict) and rec.get("kind") == "train" and isinstance(rec.get("step"), int):
             rows.append(rec)

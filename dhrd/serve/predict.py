@@ -11,6 +11,7 @@ import os
 import sys
 import time
 
+from ..fileio import atomic_write_json, atomic_write_lines
 from .classifier import LeanClassifier
 from .lean_format import LeanConfig
 
@@ -18,8 +19,8 @@ from .lean_format import LeanConfig
 def read_examples(task_name: str, path: str):
     """The task's own reader and checks (labels optional); ``-`` is stdin, named
     ``<stdin>`` in errors. Bad rows raise DataError with file, line and field."""
-    from ..data.jsonl import iter_lines
     from ..data.tasks import get_task
+    from ..jsonl import iter_lines
 
     task = get_task(task_name)
     if path != "-":
@@ -97,21 +98,18 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     preds, rows = prediction_rows(clf, examples, args.batch_size, args.max_batch_tokens)
     elapsed = time.perf_counter() - t0
-    out = sys.stdout if args.output == "-" else open(args.output, "w")
-    try:
-        for row in rows:
-            out.write(json.dumps(row) + "\n")
-    finally:
-        if out is not sys.stdout:
-            out.close()
+    lines = (json.dumps(row) for row in rows)
+    if args.output == "-":
+        sys.stdout.writelines(line + "\n" for line in lines)
+    else:
+        atomic_write_lines(args.output, lines)
     summary = {"examples": len(examples), "seconds": round(elapsed, 4), "qps": round(len(examples) / elapsed, 2)}
     metrics = metrics_of(clf.config.task, examples, preds)
     if metrics is not None:
         summary["metrics"] = metrics
     print(json.dumps(summary), file=sys.stderr)
     if args.metrics_out:
-        with open(args.metrics_out, "w") as f:
-            json.dump(summary, f, indent=2)
+        atomic_write_json(args.metrics_out, summary, indent=2)
     return 0
 
 

@@ -8,7 +8,7 @@ import asyncio
 from collections.abc import Sequence
 
 from ..data.errors import DataError
-from ..data.jsonl import parse_line
+from ..jsonl import parse_line
 
 
 class RequestError(Exception):

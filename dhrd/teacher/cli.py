@@ -7,8 +7,8 @@ import importlib
 import sys
 
 COMMANDS = {
-    "generate": ("dhrd.teacher.generate", "main", "generate rationales with a local model or an endpoint"),
-    "merge": ("dhrd.teacher.generate", "merge_main", "join shard / regenerated rationale files"),
+    "generate": ("dhrd.teacher.generate_cli", "main", "generate rationales with a local model or an endpoint"),
+    "merge": ("dhrd.teacher.merge", "merge_main", "join shard / regenerated rationale files"),
     "import": ("dhrd.teacher.palm_cot", "main", "import released rationales (PaLM CoT, human explanations)"),
     "check": ("dhrd.teacher.consistency", "main", "label consistency, filter, length statistics"),
 }

@@ -28,7 +28,7 @@ from ..data.pipeline import load_examples
 from ..data.rationales import clean_rationale, read_rationales
 from ..data.tasks import Task, get_task
 from ..fileio import atomic_write_json, atomic_write_lines
-from .generate import scan_jsonl
+from .generation_log import read_log
 
 POLICIES = ("keep", "drop", "strict")
 
@@ -103,7 +103,7 @@ def check(task: Task, examples_path: str, rationales_path: str,
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {POLICIES}")
     gold = {ex.id: task.labels[ex.label] for ex in load_examples(task, examples_path)}  # a path or hub:<split>
-    rows = scan_jsonl(rationales_path)
+    rows = read_log(rationales_path)
     if not rows:
         raise DataError("no rationales", path=rationales_path)
     report = ConsistencyReport(examples=len(gold))

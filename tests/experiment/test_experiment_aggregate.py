@@ -230,10 +230,10 @@ def test_records_keep_the_results_when_run_directories_are_lost(tmp_path):
     path = os.path.join(root, "records.jsonl")
     lines = open(path).read().splitlines()
     open(path, "w").write("\n".join(lines[:3] + [lines[3][: len(lines[3]) // 2]] + lines[4:]) + "\n")
-    with pytest.raises(RecordsError, match=r"records.jsonl, line 4: not JSON"):
+    with pytest.raises(RecordsError, match=r"records.jsonl:4: malformed JSON"):
         write_results(grid, root, n_boot=50)
     open(path, "w").write("\n".join(lines[:1] + ['{"run": "x", "task": "esnli"}']) + "\n")
-    with pytest.raises(RecordsError, match=r"line 2: missing field\(s\) method, seed, labels, preds"):
+    with pytest.raises(RecordsError, match=r"records.jsonl:2: missing field\(s\) method, seed, labels, preds"):
         is_done(root, next(r for r in grid.runs if "n400" in r.name))  # (no run directory left)
 
 
@@ -416,7 +416,7 @@ def test_publish_copies_results_and_refuses_to_drop_recorded_runs(tmp_path, caps
         f.write("{not json\n")
     assert main(["list", str(grid_path), "--root", other]) == 2
     err = capsys.readouterr().err
-    assert f"records.jsonl, line {len(grid.runs) + 1}: not JSON" in err and "Traceback" not in err
+    assert f"records.jsonl:{len(grid.runs) + 1}: malformed JSON" in err and "Traceback" not in err
 
 
 def test_record_curves_are_thinned_to_bucket_means_and_labels_round_trip():

@@ -8,7 +8,8 @@ import pytest
 from dhrd.data.errors import DataError
 from dhrd.data.tasks import get_task
 from dhrd.teacher.consistency import check, length_stats, main, percentile
-from dhrd.teacher.generate import GenerateConfig, merge, run
+from dhrd.teacher.generate import GenerateConfig, run
+from dhrd.teacher.merge import merge
 from tests.teacher.teacher_helpers import CB_LABELS, FakeTeacher, read_jsonl, write_cb
 
 

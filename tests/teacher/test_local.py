@@ -3,7 +3,8 @@ never writes the end marker: both the strict and the lenient setting are exercis
 
 import pytest
 
-from dhrd.teacher.generate import GenerateConfig, build_parser, main, run
+from dhrd.teacher.generate import GenerateConfig, run
+from dhrd.teacher.generate_cli import build_parser, main
 from dhrd.teacher.local import LocalTeacher, LocalTeacherConfig
 from dhrd.teacher.prompts import Prompt
 from tests.teacher.teacher_helpers import read_jsonl, write_cb

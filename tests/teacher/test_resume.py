@@ -12,7 +12,11 @@ import pytest
 
 from dhrd.data.errors import DataError
 from dhrd.data.tasks import read_examples
-from dhrd.teacher.generate import GenerateConfig, merge, merge_main, parse_shard, run, select, shard_of
+from dhrd.teacher.generate import GenerateConfig, run
+from dhrd.teacher.interrupts import Interrupts
+from dhrd.teacher.merge import merge, merge_main
+from dhrd.teacher.selection import select
+from dhrd.teacher.shards import parse_shard, shard_of
 from tests.teacher.stub_openai import StubServer, StubState
 from tests.teacher.teacher_helpers import FakeTeacher, read_jsonl, write_cb
 
@@ -27,7 +31,7 @@ def test_kill_9_mid_run_then_rerun_writes_every_id_exactly_once(tmp_path):
     n = 60
     data = write_cb(tmp_path / "cb.jsonl", n)
     out = tmp_path / "r.jsonl"
-    cmd = [sys.executable, "-m", "dhrd.teacher.generate", "--task", "cb", "--input", str(data), "--out", str(out),
+    cmd = [sys.executable, "-m", "dhrd.teacher.generate_cli", "--task", "cb", "--input", str(data), "--out", str(out),
            "--model", "stub", "--concurrency", "3", "--timeout", "10", "--no_progress"]
     with StubServer(StubState(delay=0.05)) as url:
         proc = subprocess.Popen(cmd + ["--base_url", url], cwd=ROOT, stderr=subprocess.PIPE)
@@ -117,7 +121,7 @@ def test_ids_file_targets_a_subset_and_replace_merges_it_back(tmp_path):
 def test_sigterm_stops_cleanly_with_a_summary(tmp_path):
     data = write_cb(tmp_path / "cb.jsonl", 200)
     out = tmp_path / "r.jsonl"
-    cmd = [sys.executable, "-m", "dhrd.teacher.generate", "--task", "cb", "--input", str(data), "--out", str(out),
+    cmd = [sys.executable, "-m", "dhrd.teacher.generate_cli", "--task", "cb", "--input", str(data), "--out", str(out),
            "--model", "stub", "--concurrency", "2", "--no_progress"]
     with StubServer(StubState(delay=0.05)) as url:
         proc = subprocess.Popen(cmd + ["--base_url", url], cwd=ROOT, stderr=subprocess.PIPE, text=True)
@@ -135,22 +139,40 @@ def test_an_interrupt_waits_for_the_record_being_written():
     """The SIGTERM/SIGINT handler inside a record's write-and-count section only marks
     the interrupt; it is raised when the section ends, so the summary counts every record
     on disk (the race behind a once-seen 'written N' mismatch)."""
-    from dhrd.teacher.generate import _interrupt, record_section, reset_interrupts
-
-    reset_interrupts()
+    interrupts = Interrupts()
     done = []
     with pytest.raises(KeyboardInterrupt):
-        with record_section():
-            _interrupt(signal.SIGTERM, None)
+        with interrupts.section():
+            interrupts.handle(signal.SIGTERM, None)
             done.append("written and counted")
     assert done == ["written and counted"]
-    _interrupt(signal.SIGTERM, None)  # a second signal (Slurm's and the job script's): ignored
-    reset_interrupts()
+    interrupts.handle(signal.SIGTERM, None)  # a second signal (Slurm's and the job script's): ignored
+    fresh = Interrupts()  # a new run's state: the first run's signals are not its own
+    assert not fresh.interrupted and not fresh.pending
     with pytest.raises(KeyboardInterrupt):
-        _interrupt(signal.SIGTERM, None)  # outside a section: at once
-    with record_section():
+        fresh.handle(signal.SIGTERM, None)  # outside a section: at once
+    with fresh.section():
         pass  # nothing pending any more
-    reset_interrupts()
+
+
+def test_a_run_counts_a_signal_inside_a_record_section_after_writing_it(tmp_path):
+    """The run owns its Interrupts: a signal while a record is being written stops the
+    run after that record is on disk and counted."""
+    data = write_cb(tmp_path / "cb.jsonl", 5)
+    out = tmp_path / "r.jsonl"
+    interrupts = Interrupts()
+
+    class SignalOnSecond(FakeTeacher):
+        def generate(self, prompts):
+            for i, completion in super().generate(prompts):
+                if i == 1:
+                    interrupts.depth += 1  # as if the signal lands in the section of record 1
+                    interrupts.handle(signal.SIGTERM, None)
+                    interrupts.depth -= 1
+                yield i, completion
+
+    s = run(GenerateConfig("cb", str(data), str(out), progress=False), SignalOnSecond(), interrupts)
+    assert s.interrupted and (s.written, s.not_attempted) == (2, 3) and len(ids_in(out)) == 2
 
 
 def test_parse_shard(monkeypatch):
