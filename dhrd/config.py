@@ -47,7 +47,7 @@ class ModelArgs:
     head_dropout: float = 0.0
     head: str = field(default="linear", metadata={
         "help": "linear (one bias-free projection; the default, measured best with DHRD; exports as a standard "
-                "HF <Arch>ForSequenceClassification, tools/export_classifier.py --format hf) or mlp (the paper's "
+                "HF <Arch>ForSequenceClassification, dhrd export --format hf) or mlp (the paper's "
                 "2-layer head; --method dhrd_paper)"})
     lora: bool = field(default=False, metadata={"help": "train LoRA adapters + head instead of all weights"})
     lora_r: int = 16
