@@ -43,12 +43,10 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from dhrd.model.backbones import RANDOM_INIT_SHAPES, random_init_config  # noqa: E402
-from dhrd.model.dual_head import ClassificationHead  # noqa: E402
-from dhrd.serve.classifier import LeanClassifier  # noqa: E402
-from dhrd.serve.lean_format import LeanConfig  # noqa: E402
+from dhrd.model.backbones import RANDOM_INIT_SHAPES, random_init_config
+from dhrd.model.dual_head import ClassificationHead
+from dhrd.serve.classifier import LeanClassifier
+from dhrd.serve.lean_format import LeanConfig
 
 COT_PROMPT = "\nLet's think step by step, then answer yes or no."
 WORDS = ("the cat dog sun tree book river stone cloud city road house water light small large old new "
