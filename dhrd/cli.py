@@ -12,9 +12,10 @@ DELEGATES = {
     "train": ("dhrd.train", "train a dual-head classifier (see dhrd train --help)"),
     "data": ("dhrd.cli_data", "tokenise a task file with its rationales and print the data report"),
     "rationales": ("dhrd.teacher.cli", "generate / import / check teacher rationales"),
-    "predict": ("dhrd.serve.predict", "batched prediction with an exported lean classifier"),
+    "predict": ("dhrd.serve.predict", "batched prediction with an exported classifier (lean or hf)"),
     "experiment": ("dhrd.experiment.cli", "run a grid of methods x seeds x settings and compare them"),
     "serve": ("dhrd.serve.http", "HTTP service for batch classification over an exported classifier"),
+    "export": ("dhrd.export.cli", "export the classifier of a training output (lean or Hugging Face format)"),
 }
 
 

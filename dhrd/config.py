@@ -5,6 +5,7 @@ HfArgumentParser) serves the CLI, train.py and the tests."""
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -32,10 +33,23 @@ def _check_choice(name: str, value, choices) -> None:
         raise ValueError(f"{name}={value!r} is not one of {', '.join(map(str, choices))}")
 
 
+def split_gguf_model(model: str, gguf_file: str | None) -> tuple[str, str | None]:
+    """``--model DIR/x.gguf`` (the file) means ``--model DIR --gguf_file x.gguf``, which is
+    what transformers loads; a different --gguf_file beside it is a contradiction."""
+    if not (model.endswith(".gguf") and os.path.isfile(model)):
+        return model, gguf_file
+    folder, name = os.path.split(model)
+    if gguf_file not in (None, name):
+        raise ValueError(f"--model {model} is a GGUF file and --gguf_file {gguf_file} names another: give "
+                         "--model the file alone, or its folder with --gguf_file")
+    return folder or ".", name
+
+
 @dataclass
 class ModelArgs:
     model: str = field(default="", metadata={"help": "HF model directory (or hub name when online)"})
-    gguf_file: str | None = field(default=None, metadata={"help": "GGUF file inside --model"})
+    gguf_file: str | None = field(default=None, metadata={
+        "help": "GGUF file inside --model (or give --model the .gguf file itself)"})
     dtype: str = field(default="auto", metadata={"help": "auto, float32, bfloat16, float16"})
     attn_implementation: str = field(default="auto", metadata={
         "help": "auto (dhrd_segments; on CUDA where torch's varlen kernel is unusable, sdpa), dhrd_segments (packed "
@@ -47,7 +61,7 @@ class ModelArgs:
     head_dropout: float = 0.0
     head: str = field(default="linear", metadata={
         "help": "linear (one bias-free projection; the default, measured best with DHRD; exports as a standard "
-                "HF <Arch>ForSequenceClassification, tools/export_classifier.py --format hf) or mlp (the paper's "
+                "HF <Arch>ForSequenceClassification, dhrd export --format hf) or mlp (the paper's "
                 "2-layer head; --method dhrd_paper)"})
     lora: bool = field(default=False, metadata={"help": "train LoRA adapters + head instead of all weights"})
     lora_r: int = 16
@@ -57,6 +71,7 @@ class ModelArgs:
 
     def __post_init__(self):
         _check_choice("dtype", self.dtype, ("auto", "float32", "bfloat16", "float16"))
+        self.model, self.gguf_file = split_gguf_model(self.model, self.gguf_file)
         _check_choice("pooling", self.pooling, ("last", "mean"))
         _check_choice("head", self.head, ("mlp", "linear"))
 

@@ -51,6 +51,9 @@ def preflight(model_args, data_args, loss_args, train_args) -> None:
                          "asks for half-precision ones: drop one")
     if model_args.model != "smollm2" and (os.sep in model_args.model or model_args.model.startswith(".")) \
             and not os.path.isdir(model_args.model):
+        if model_args.model.endswith(".gguf"):  # an existing file was split into folder + --gguf_file
+            raise FileNotFoundError(f"--model {model_args.model}: no such GGUF file (--model takes a model "
+                                    "directory, a .gguf file, or a directory with --gguf_file NAME)")
         raise FileNotFoundError(f"--model {model_args.model}: no such directory")
 
 

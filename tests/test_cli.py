@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from dhrd.cli import main
 
 
@@ -86,3 +88,15 @@ def test_rationales_check_fails_where_training_would(tmp_path, capsys):
     assert main(base + [str(good), "--out", str(tmp_path)]) == 2  # a directory: refused before any work
     assert "is a directory" in capsys.readouterr().err and not list(tmp_path.glob("*.tmp-*"))
     assert main(base + [str(good), "--out", str(tmp_path / "kept.jsonl")]) == 0
+
+
+def test_export_is_a_verb_with_the_tools_scripts_flags(capsys):
+    """``dhrd export`` is listed and takes what tools/export_classifier.py (its alias) takes."""
+    assert main(["--help"]) == 0
+    assert "export" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(["export", "--help"])
+    assert e.value.code == 0
+    usage = capsys.readouterr().out
+    assert usage.startswith("usage: dhrd export") and all(f in usage for f in ("--format", "--tag", "--dtype",
+                                                                                  "--int8"))

@@ -42,3 +42,21 @@ def test_invalid_values_are_named(argv, fragment):
     with pytest.raises(ValueError) as err:
         parse_args(argv)
     assert fragment in str(err.value)
+
+
+def test_model_given_as_a_gguf_file_is_split(tmp_path, monkeypatch):
+    """``--model DIR/x.gguf`` is ``--model DIR --gguf_file x.gguf`` (what transformers loads);
+    a directory, a hub name or a missing file stays as given (preflight names the last)."""
+    (tmp_path / "x.gguf").write_bytes(b"")
+    m, *_ = parse_args(["--model", str(tmp_path / "x.gguf")])
+    assert (m.model, m.gguf_file) == (str(tmp_path), "x.gguf")
+    m, *_ = parse_args(["--model", str(tmp_path / "x.gguf"), "--gguf_file", "x.gguf"])  # both, agreeing
+    assert (m.model, m.gguf_file) == (str(tmp_path), "x.gguf")
+    monkeypatch.chdir(tmp_path)
+    m, *_ = parse_args(["--model", "x.gguf"])
+    assert (m.model, m.gguf_file) == (".", "x.gguf")
+    for model in (str(tmp_path), "org/name", str(tmp_path / "absent.gguf")):
+        m, *_ = parse_args(["--model", model])
+        assert (m.model, m.gguf_file) == (model, None)
+    with pytest.raises(ValueError, match="--gguf_file y.gguf names another"):
+        parse_args(["--model", str(tmp_path / "x.gguf"), "--gguf_file", "y.gguf"])

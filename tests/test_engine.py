@@ -262,6 +262,9 @@ def test_ds_config_rejects_setups_that_cannot_skip_nonfinite_steps():
     (["--config", "{tmp}/bad.yaml"], "{tmp}/bad.yaml:2: not valid YAML"),
     (["--config", "{tmp}/unknown.yaml"], "{tmp}/unknown.yaml: unknown field(s) lrr"),
     (["--model", "{tmp}/no/model"], "--model {tmp}/no/model: no such directory"),
+    (["--model", "{tmp}/no/model.gguf"], "--model {tmp}/no/model.gguf: no such GGUF file (--model takes"),
+    (["--model", "{tmp}/m.gguf", "--gguf_file", "other.gguf"],
+     "--model {tmp}/m.gguf is a GGUF file and --gguf_file other.gguf names another"),
     (["--bogus_flag", "1"], "unknown arguments: --bogus_flag"),
 ])
 def test_bad_arguments_fail_fast_with_one_named_line(setup, tmp_path, capsys, extra, message):
@@ -274,6 +277,7 @@ def test_bad_arguments_fail_fast_with_one_named_line(setup, tmp_path, capsys, ex
     (tmp_path / "bad.yaml").write_text("lr: 1\nwarmup_steps: a: b\n")
     (tmp_path / "unknown.yaml").write_text("lrr: 1\n")
     (tmp_path / "bf16.json").write_text('{"bf16": {"enabled": true}}')
+    (tmp_path / "m.gguf").write_bytes(b"")
     extra = [a.format(tmp=tmp_path) for a in extra]
     assert main(train_argv(model, paths, tmp_path / "out", "--max_steps", 1, *extra)) == 2
     err = capsys.readouterr().err

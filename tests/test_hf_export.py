@@ -106,6 +106,46 @@ def test_template_card_and_single_examples(tmp_path):
         assert max(abs(a[k] - b[k]) for k in a) < 1e-5
 
 
+def _predict_cli(model_dir, data, out, capsys, *extra) -> tuple[int, list[dict], str]:
+    from dhrd.cli import main
+
+    rc = main(["predict", str(model_dir), "--input", str(data), "--output", str(out), "--batch_size", "2", *extra])
+    err = capsys.readouterr().err
+    return rc, ([json.loads(line) for line in open(out)] if rc == 0 else []), err
+
+
+def test_dhrd_predict_takes_the_hf_export(tmp_path, capsys):
+    """``dhrd export`` both formats of one training output, then ``dhrd predict`` on each
+    (the loader ``dhrd serve`` uses): the same labels, probabilities and metrics."""
+    from dhrd.cli import main
+
+    model, tok, special = make_dual_head(head="linear")
+    with torch.no_grad():  # a head that separates the classes clearly, so labels are a real check
+        model.head.out.weight.normal_(0, 2.0)
+    out = make_training_output(tmp_path, model, tok, special)
+    assert main(["export", out, str(tmp_path / "export"), "--format", "all"]) == 0
+    assert "Hugging Face classifier" in capsys.readouterr().out
+    # rows of different lengths, each rendered within max_input_len (where the two formats may differ)
+    pairs = [("yes", "no"), ("Hi", "no"), ("false so", "yes"), ("the cat", "true"), ("so", "the")]
+    rows = [{"idx": i, "premise": p, "hypothesis": h, "label": ["entailment", "not_entailment"][i % 2]}
+            for i, (p, h) in enumerate(pairs)]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = {}
+    for fmt in ("lean", "hf"):
+        rc, preds, err = _predict_cli(tmp_path / "export" / fmt, tmp_path / "in.jsonl", tmp_path / f"{fmt}.jsonl",
+                                      capsys)
+        assert rc == 0, err
+        got[fmt] = (preds, json.loads(err.strip().splitlines()[-1])["metrics"])
+    (lean, lean_metrics), (hf, hf_metrics) = got["lean"], got["hf"]
+    assert [p["label"] for p in hf] == [p["label"] for p in lean] and hf_metrics == lean_metrics
+    assert len({round(p["probs"]["entailment"], 4) for p in lean}) == len(rows)  # the inputs matter
+    for a, b in zip(hf, lean):
+        assert a["id"] == b["id"] and max(abs(a["probs"][k] - b["probs"][k]) for k in b["probs"]) < 1e-5
+    rc, _, err = _predict_cli(tmp_path / "export" / "hf", tmp_path / "in.jsonl", tmp_path / "x.jsonl", capsys,
+                              "--int8", "true")
+    assert rc == 2 and "--int8 is a lean-format option" in err and len(err.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize("kind,pooling,match", [("mlp", "last", "the mlp head"), ("linear", "mean", "pools by 'mean'")])
 def test_unexportable_heads_are_refused_by_name(tmp_path, kind, pooling, match):
     model, tok, special = make_dual_head(head=kind, pooling=pooling)

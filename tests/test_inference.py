@@ -170,4 +170,4 @@ def test_predict_stdin_partial_labels_and_bad_lines(lean, tmp_path, capsys, monk
     rc, _, err = _predict_here([path, "--input", tmp_path / "absent.jsonl"], capsys, monkeypatch)
     assert rc == 2 and "absent.jsonl" in err
     rc, _, err = _predict_here([tmp_path], capsys, monkeypatch, stdin=good)
-    assert rc == 2 and "not a lean classifier directory" in err
+    assert rc == 2 and "not a model directory: neither lean_config.json" in err

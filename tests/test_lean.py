@@ -7,15 +7,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from tests.lean_helpers import (  # noqa: E402
     MAX_INPUT_LEN,
-    REPO,
     TEXTS,
     make_dual_head,
     make_training_output,
@@ -174,14 +171,21 @@ def test_missing_or_broken_sources_are_named(tmp_path):
         LeanClassifier.load(str(tmp_path / "run"))
 
 
-def test_export_cli_prints_sizes(tmp_path):
+def test_export_cli_prints_sizes(tmp_path, capsys):
+    """``dhrd export`` in this process (the tools/export_classifier.py alias runs in a child
+    in tests/test_hf_export.py): sizes on stdout; a missing output is one line, exit 2."""
+    from dhrd.cli import main
+    from dhrd.serve.lean_format import LeanConfig
+
     model, tok, special = make_dual_head()
     out = make_training_output(tmp_path, model, tok, special)
-    cmd = [sys.executable, os.path.join(REPO, "tools", "export_classifier.py"), out, str(tmp_path / "lean"),
-           "--dtype", "bfloat16"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "dual-head weights" in proc.stdout and "lean classifier" in proc.stdout and "MiB" in proc.stdout
-    bad = subprocess.run([*cmd[:2], str(tmp_path / "missing"), str(tmp_path / "x")], capture_output=True,
-                         text=True, timeout=120)
-    assert bad.returncode == 2 and "training output not found" in bad.stderr
+    assert main(["export", out, str(tmp_path / "lean"), "--dtype", "bfloat16"]) == 0
+    stdout = capsys.readouterr().out
+    assert "dual-head weights" in stdout and "lean classifier" in stdout and "MiB" in stdout
+    assert LeanConfig.load(str(tmp_path / "lean")).dtype == "bfloat16"
+    assert main(["export", str(tmp_path / "missing"), str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("dhrd export: error: training output not found") and "\n" not in err
+    with pytest.raises(SystemExit):  # argparse: a lean-only option with --format hf
+        main(["export", out, str(tmp_path / "hf"), "--format", "hf", "--int8"])
+    assert "--int8 is a lean-format option" in capsys.readouterr().err

@@ -30,7 +30,6 @@ import subprocess
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_SIZES = [f"{n}x{h}x{v}" for n in (4096, 16384) for h in (576, 2048)
                  for v in (49152, 262144)]
 DTYPES = {"bf16": "bfloat16", "fp32": "float32", "fp16": "float16"}
@@ -70,7 +69,6 @@ def _status_kb(field: str) -> int:
 def worker(args) -> dict:
     import torch
 
-    sys.path.insert(0, REPO)
     from dhrd.loss import dual_head_loss
 
     n, h, v = parse_size(args.size)
@@ -152,7 +150,6 @@ CUDA_IMPLS = ("triton", "liger")
 def available_impls(device: str) -> list[str]:
     impls = ["reference", "chunked"]
     if device == "cuda":
-        sys.path.insert(0, REPO)
         from dhrd.loss import IMPLEMENTATIONS
 
         if "triton" in IMPLEMENTATIONS:

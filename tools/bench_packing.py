@@ -19,14 +19,12 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from dhrd.config import DataArgs  # noqa: E402
-from dhrd.data.packing import best_fit_decreasing, packing_efficiency  # noqa: E402
-from dhrd.data.pipeline import build_training_set  # noqa: E402
-from dhrd.data.tasks import get_task  # noqa: E402
-from dhrd.model.backbones import load_backbone, load_tokenizer, resolve_model_path  # noqa: E402
-from dhrd.model.dual_head import add_reasoning_tokens  # noqa: E402
+from dhrd.config import DataArgs
+from dhrd.data.packing import best_fit_decreasing, packing_efficiency
+from dhrd.data.pipeline import build_training_set
+from dhrd.data.tasks import get_task
+from dhrd.model.backbones import load_backbone, load_tokenizer, resolve_model_path
+from dhrd.model.dual_head import add_reasoning_tokens
 
 
 def synthetic_rationales(examples, words: int, seed: int = 0) -> str:

@@ -11,13 +11,11 @@ import os
 import sys
 import time
 
+from dhrd.data.tasks import get_task
+from dhrd.teacher.consistency import length_stats
+from dhrd.teacher.palm_cot import RELEASED, format_agreement, format_confusion, import_palm_cot
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)  # runs from a checkout without an install
-
-from dhrd.data.tasks import get_task  # noqa: E402
-from dhrd.teacher.consistency import length_stats  # noqa: E402
-from dhrd.teacher.palm_cot import RELEASED, format_agreement, format_confusion, import_palm_cot  # noqa: E402
-
 SPLITS = {"cqa": "train", "esnli": "valid", "anli1": "valid"}
 
 

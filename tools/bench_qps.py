@@ -1,9 +1,10 @@
 """Queries per second of three ways to classify with the same decoder on the same inputs:
 
 1. the lean DHRD classifier (dhrd.serve.classifier: length-bucketed batches, one forward, pooled head);
-2. CoT decoding: batched greedy HF ``generate`` with the KV cache writes a rationale and
-   then the answer ("Let's think step by step, then answer yes or no."); the answer is
-   the last verbalizer in the generated text;
+2. CoT decoding as DHRD's own CoT evaluation runs it (dhrd.engine.cot_eval.cot_predict):
+   after ``[x + "Let's think step by step, then answer yes or no.", <REASON>]`` batched
+   greedy ``generate`` with the KV cache writes a rationale, then one forward scores each
+   label's verbalizer after ``<ANS>`` (the answer by likelihood, not parsed from text);
 3. the HF pipeline on our export: ``pipeline("text-classification")`` loading the
    ``--format hf`` directory (dhrd.export.hf) of the same decoder with a linear head;
 4. with ``--serve``: ``dhrd serve`` over a lean directory written from the same decoder,
@@ -13,8 +14,9 @@
 Prints a markdown table with QPS, ratios to the lean classifier, batch sizes and the
 achieved FLOP/s, counted as 2 x matmul parameters x tokens (decoder weights without the
 embedding table; CoT adds the LM-head projection for every generated token; attention's
-quadratic term is ignored) against ``--peak_tflops``. Each time is the best of
-``--repeats`` runs with the methods interleaved (robust to other load on the machine).
+quadratic term is ignored; CoT's scoring forward counts its tokens with the LM head)
+against ``--peak_tflops``. Each time is the best of ``--repeats`` runs with the methods
+interleaved (robust to other load on the machine).
 
     python tools/bench_qps.py --model smollm2 --n 32 --cot_new_tokens 32        # CPU, minutes
     python tools/bench_qps.py --random_init_config llama-3.2-3b --device cuda --dtype bfloat16 \\
@@ -43,12 +45,11 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from dhrd.model.backbones import RANDOM_INIT_SHAPES, random_init_config  # noqa: E402
-from dhrd.model.dual_head import ClassificationHead  # noqa: E402
-from dhrd.serve.classifier import LeanClassifier  # noqa: E402
-from dhrd.serve.lean_format import LeanConfig  # noqa: E402
+from dhrd.engine.cot_eval import cot_predict
+from dhrd.model.backbones import RANDOM_INIT_SHAPES, random_init_config
+from dhrd.model.dual_head import ClassificationHead
+from dhrd.serve.classifier import LeanClassifier
+from dhrd.serve.lean_format import LeanConfig
 
 COT_PROMPT = "\nLet's think step by step, then answer yes or no."
 WORDS = ("the cat dog sun tree book river stone cloud city road house water light small large old new "
@@ -278,44 +279,40 @@ def bench_serve(model, tok, texts, args, cleanup: contextlib.ExitStack):
     return row, run
 
 
-def parse_answer(text: str, verbalizers) -> int | None:
-    """The label whose verbalizer occurs last in the generated text (None: none does)."""
-    words = text.lower().replace(".", " ").replace(",", " ").split()
-    for w in reversed(words):
-        if w in verbalizers:
-            return verbalizers.index(w)
-    return None
-
-
-def _cot_batch(model, tok, batch, args):
-    """One batched greedy generate: the rationale, then the answer, as CoT prompting does."""
-    enc = tok([t + COT_PROMPT for t in batch], return_tensors="pt", padding=True).to(args.device)
-    n = args.cot_new_tokens
-    gen = model.generate(**enc, do_sample=False, max_new_tokens=n, use_cache=True,
-                         min_new_tokens=None if args.cot_stop_at_eos else n)
-    new = gen[:, enc["input_ids"].shape[1]:]
-    preds = [parse_answer(t, ["yes", "no"]) for t in tok.batch_decode(new, skip_special_tokens=True)]
-    real_new = int((new != tok.pad_token_id).sum()) if args.cot_stop_at_eos else new.numel()
-    return preds, int(enc["attention_mask"].sum()), real_new
+def _cot_batch(model, builder, special, ids, n: int, args) -> tuple[list[int], dict]:
+    """One batch of DHRD's CoT evaluation: (predicted labels, token counts: prompt,
+    generated, and scored by the answer-likelihood forward)."""
+    res = cot_predict(model, ids, builder.answers, reason_id=special.reason, ans_id=special.answer,
+                      pad_id=builder.tok.pad_token_id, eos_id=builder.tok.eos_token_id, max_new_tokens=n,
+                      device=args.device, min_new_tokens=None if args.cot_stop_at_eos else n)
+    prompt = [len(x) + 1 for x in ids]  # x, <REASON>
+    scored = sum(len(a) + p + len(r) + 1 for p, r in zip(prompt, res.rationales) for a in builder.answers)
+    generated = sum(min(len(r) + 1, n) for r in res.rationales)  # the stop token where one came
+    return res.predictions, {"tokens": sum(prompt) + scored, "generated": generated, "scored": scored}
 
 
 def bench_cot(model, tok, texts, args):
+    """CoT decoding through dhrd.engine.cot_eval: ``<REASON>``/``<ANS>`` are added to the
+    tokenizer and model (mean-initialised rows, as training adds them)."""
+    from dhrd.data.sequences import SequenceBuilder, SequenceSpec
+    from dhrd.model.dual_head import add_reasoning_tokens
+
     bs = args.cot_batch_size
-    tok.padding_side = "left"
-    _cot_batch(model, tok, texts[:bs], argparse.Namespace(**dict(vars(args), cot_new_tokens=2)))  # warm-up
-    row = {"method": f"CoT decoding ({args.cot_new_tokens} new tokens, greedy, KV cache)", "batch": bs,
-           "tokens": 0, "generated": 0}
+    special = add_reasoning_tokens(tok, model)
+    builder = SequenceBuilder(tok, special.reason, special.answer, ("yes", "no"),
+                              SequenceSpec(max_seq_len=args.max_input_len, max_input_len=args.max_input_len))
+    ids = builder.input_ids_batch([t + COT_PROMPT for t in texts])
+    _cot_batch(model, builder, special, ids[:bs], 2, args)  # warm-up
+    row = {"method": f"CoT decoding ({args.cot_new_tokens} new tokens, greedy, KV cache, answer by likelihood)",
+           "batch": bs, "tokens": 0, "generated": 0, "scored": 0}
 
     def run():
-        tok.padding_side = "left"
-        row["tokens"] = row["generated"] = 0
-        for i in range(0, len(texts), bs):
-            _, prompt_tokens, gen_tokens = _cot_batch(model, tok, texts[i:i + bs], args)
-            row["tokens"] += prompt_tokens
-            row["generated"] += gen_tokens
-        tok.padding_side = "right"
+        row.update(tokens=0, generated=0, scored=0)
+        for i in range(0, len(ids), bs):
+            _, counts = _cot_batch(model, builder, special, ids[i:i + bs], args.cot_new_tokens, args)
+            for key, value in counts.items():
+                row[key] += value
 
-    tok.padding_side = "right"
     return row, run
 
 
@@ -345,7 +342,7 @@ def table(rows, n, args, body, lm_head) -> str:
              + ("---|---|---|" if args.serve else "")]
     for r in rows:
         r["qps"] = n / r["seconds"]
-        flops = 2 * body * (r["tokens"] + r["generated"]) + 2 * lm_head * r["generated"]
+        flops = 2 * body * (r["tokens"] + r["generated"]) + 2 * lm_head * (r["generated"] + r.get("scored", 0))
         r["tflops"] = flops / r["seconds"] / 1e12
         ratio = f"{lean['qps'] / r['qps']:.2f}x" if lean else "-"
         line = (f"| {r['method']} | {r['batch']} | {n} | {r['seconds']:.2f} | {r['qps']:.2f} | {ratio} | "

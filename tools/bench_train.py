@@ -42,8 +42,6 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 METHODS = {"dhrd": ("engine", "single", "dss"), "pooled": ("engine", "hf", "single")}
 NAMES = {"engine": "engine (dhrd/train.py's Trainer)", "single": "single-pass padded loop",
          "dss": "DSS two-pass padded loop", "hf": "HF Trainer + AutoModelForSequenceClassification"}

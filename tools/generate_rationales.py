@@ -6,13 +6,10 @@
     python tools/generate_rationales.py ... --model gpt-x --base_url http://host:8000/v1  # endpoint
 """
 
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a checkout, uninstalled
-
-from dhrd.cli_errors import run_main  # noqa: E402
-from dhrd.teacher.generate_cli import main  # noqa: E402
+from dhrd.cli_errors import run_main
+from dhrd.teacher.generate_cli import main
 
 if __name__ == "__main__":
     sys.exit(run_main("generate_rationales.py", main))

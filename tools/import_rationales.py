@@ -5,13 +5,10 @@
     python tools/import_rationales.py --task esnli --root palm-cot --split valid --source human --out esnli.human.jsonl
 """
 
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a checkout, uninstalled
-
-from dhrd.cli_errors import run_main  # noqa: E402
-from dhrd.teacher.palm_cot import main  # noqa: E402
+from dhrd.cli_errors import run_main
+from dhrd.teacher.palm_cot import main
 
 if __name__ == "__main__":
     sys.exit(run_main("import_rationales.py", main))

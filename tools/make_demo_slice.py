@@ -15,8 +15,6 @@ import os
 import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 OUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "dhrd", "demo_data", "esnli")
 KEEP = ("idx", "premise", "hypothesis", "label")
 

@@ -8,14 +8,11 @@ throughput and memory runs of ``dhrd/train.py`` where the weights are out of rea
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from dhrd.model.backbones import RANDOM_INIT_SHAPES, save_random_init  # noqa: E402
+from dhrd.model.backbones import RANDOM_INIT_SHAPES, save_random_init
 
 
 def main(argv=None) -> None:

@@ -4,12 +4,9 @@
     python tools/run_experiments.py aggregate experiments/cpu_small.yaml
 """
 
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from dhrd.experiment.cli import main  # noqa: E402
+from dhrd.experiment.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

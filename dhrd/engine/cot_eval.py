@@ -31,16 +31,19 @@ class CotResult:
 
 @torch.no_grad()
 def cot_predict(backbone, inputs: list[list[int]], answers: list[list[int]], *, reason_id: int, ans_id: int,
-                pad_id: int, eos_id: int | None, max_new_tokens: int, device, synced_gpus: bool = False) -> CotResult:
+                pad_id: int, eos_id: int | None, max_new_tokens: int, device, synced_gpus: bool = False,
+                min_new_tokens: int | None = None) -> CotResult:
     """One batch: ``inputs`` are the task inputs x (ids, BOS included), ``answers`` each
     label's verbalizer ids. Two model calls per batch on every rank (one ``generate``,
-    one scoring forward), which keeps ZeRO-3 ranks in step when ``synced_gpus``."""
+    one scoring forward), which keeps ZeRO-3 ranks in step when ``synced_gpus``.
+    ``min_new_tokens``: no stop before that many (benchmarks decode a fixed length)."""
     prompts = [list(x) + [reason_id] for x in inputs]
     ids, mask = pad_ids(prompts, pad_id, side="left")
     stops = [ans_id] + ([eos_id] if eos_id is not None and eos_id != ans_id else [])
     out = backbone.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
                             do_sample=False, num_beams=1, temperature=None, top_p=None, top_k=None,
-                            eos_token_id=stops, pad_token_id=pad_id, synced_gpus=synced_gpus)
+                            eos_token_id=stops, pad_token_id=pad_id, synced_gpus=synced_gpus,
+                            min_new_tokens=min_new_tokens)
     generated = out[:, ids.shape[1]:].tolist()
     rationales, finished = [], []
     for gen in generated:

@@ -54,7 +54,7 @@ class ClassificationHead(nn.Module):
 class LinearHead(nn.Module):
     """One projection of the pooled state, no bias: exactly the ``score`` layer of a
     Hugging Face ``<Arch>ForSequenceClassification``, so the classifier exports to that
-    standard class (tools/export_classifier.py --format hf)."""
+    standard class (dhrd export --format hf)."""
 
     def __init__(self, hidden_size: int, num_labels: int, dropout: float = 0.0):
         super().__init__()

@@ -88,7 +88,7 @@ class LeanConfig:
         path = os.path.join(directory, LEAN_CONFIG)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{directory} is not a lean classifier directory: no {LEAN_CONFIG} "
-                                    "(export one with tools/export_classifier.py)")
+                                    "(export one with dhrd export)")
         raw = read_json(path)
         if not isinstance(raw, dict):
             raise ValueError(f"{path}: expected a JSON object")

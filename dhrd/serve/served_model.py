@@ -1,7 +1,8 @@
-"""The model behind ``dhrd serve``: a lean classifier directory or a Hugging Face
-sequence-classification directory, behind one interface (``predict`` texts, ``render``
-rows, ``labels``, ``task``), loaded and checked with one prediction before any port is
-bound, so that a directory that cannot be served is one line and exit code 2."""
+"""The model behind ``dhrd serve`` and ``dhrd predict``: a lean classifier directory or a
+Hugging Face sequence-classification directory, behind one interface (``predict`` texts,
+``render`` rows, ``labels``, ``task``), loaded and checked with one prediction before any
+port is bound or input is read, so that a directory that cannot be used is one line and
+exit code 2 (and both verbs accept the same directories)."""
 
 from __future__ import annotations
 
@@ -29,15 +30,16 @@ class LeanModel:
 
     format = "lean"
 
-    def __init__(self, path: str, device: str, dtype: str | None, batch_size: int):
+    def __init__(self, path: str, device: str, dtype: str | None, batch_size: int, int8: bool | None = None,
+                 max_batch_tokens: int | None = None):
         from ..data.tasks import get_task
         from .classifier import LeanClassifier
 
-        self.clf = LeanClassifier.load(path, device=device, dtype=dtype)
+        self.clf = LeanClassifier.load(path, device=device, dtype=dtype, int8=int8)
         self.task = self.clf.config.task
         self.labels = list(self.clf.config.labels)
         self._task = get_task(self.task)
-        self.batch_size = batch_size
+        self.batch_size, self.max_batch_tokens = batch_size, max_batch_tokens
         self.choice = self.clf.config.formulation == "choice"
         self.accepts_rows, self.accepts_texts = True, not self.choice
         self.warm_up_item = Question(["warm-up"] * len(self.labels), self.labels) if self.choice else "warm-up"
@@ -46,8 +48,12 @@ class LeanModel:
         import torch
 
         if self.choice:
-            return torch.stack(self.clf.predict_choices([q.inputs for q in items], self.batch_size))
-        return self.clf.predict(items, self.batch_size)
+            return torch.stack(self.predict_choices([q.inputs for q in items]))
+        return self.clf.predict(items, self.batch_size, self.max_batch_tokens)
+
+    def predict_choices(self, questions: Sequence[Sequence[str]]) -> list:
+        """Per question, its options' probabilities (questions may differ in option count)."""
+        return self.clf.predict_choices(questions, self.batch_size, self.max_batch_tokens)
 
     def render(self, row: Mapping):
         if self.choice:
@@ -65,7 +71,8 @@ class HFModel:
     format = "hf"
     accepts_texts, warm_up_item, choice = True, "warm-up", False
 
-    def __init__(self, path: str, device: str, dtype: str | None):
+    def __init__(self, path: str, device: str, dtype: str | None, batch_size: int = 32,
+                 max_batch_tokens: int | None = None):
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -84,6 +91,7 @@ class HFModel:
                                                                    use_safetensors=True, **NO_REMOTE_CODE)
         model.config.pad_token_id = tok.pad_token_id  # the id the model looks for is the one we pad with
         self.model, self.tokenizer, self.device = model.to(device).eval(), tok, torch.device(device)
+        self.batch_size, self.max_batch_tokens = batch_size, max_batch_tokens
         self.labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
         meta = getattr(model.config, "dhrd", None)  # what dhrd.export.hf records
         self.task = meta.get("task") if isinstance(meta, dict) else None
@@ -93,12 +101,19 @@ class HFModel:
         self.max_length = min(n for n in limits if n is not None)
 
     def predict(self, texts: Sequence[str]):
+        """Class probabilities [N, C] in input order, in batches of similar length (as the
+        lean classifier batches)."""
         import torch
 
-        enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
-                             return_tensors="pt").to(self.device)
-        with torch.inference_mode():
-            return self.model(**enc).logits.float().softmax(-1).cpu()
+        from .classifier import length_buckets
+
+        ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
+        out = torch.empty(len(ids), len(self.labels))
+        for batch in length_buckets([len(x) for x in ids], self.batch_size, self.max_batch_tokens):
+            enc = self.tokenizer.pad({"input_ids": [ids[i] for i in batch]}, return_tensors="pt").to(self.device)
+            with torch.inference_mode():
+                out[batch] = self.model(**enc).logits.float().softmax(-1).cpu()
+        return out
 
     def render(self, row: Mapping) -> str:
         from jinja2 import TemplateError
@@ -136,13 +151,36 @@ def model_format(path: str) -> str:
     return "hf"
 
 
-def load_model(path: str, device: str = "cpu", dtype: str | None = None, batch_size: int = 32):
-    """The served model: LeanModel or HFModel, checked with one prediction. Any failure is
-    a ValueError naming the directory: whatever breaks, the directory cannot be served."""
+def model_task(path: str) -> str:
+    """The task a model directory was trained on, from its config alone (so ``dhrd
+    predict`` checks its input before any weights load)."""
+    from ..fileio import read_json
+    from .lean_format import LeanConfig
+
+    path = str(path)
+    if model_format(path) == "lean":
+        return LeanConfig.load(path).task
+    config = os.path.join(path, "config.json")
+    meta = read_json(config).get("dhrd")
+    task = meta.get("task") if isinstance(meta, dict) else None
+    if not isinstance(task, str):
+        raise ValueError(f"{config}: field 'dhrd.task' missing: not a dhrd export, so the task of the input is "
+                         "unknown (export with dhrd export --format hf)")
+    return task
+
+
+def load_model(path: str, device: str = "cpu", dtype: str | None = None, batch_size: int = 32,
+               int8: bool | None = None, max_batch_tokens: int | None = None):
+    """LeanModel or HFModel, checked with one prediction. Any failure is a ValueError
+    naming the directory: whatever breaks, the directory cannot be used. ``int8`` is a
+    lean option (None: the directory's own flag)."""
     path = str(path)
     fmt = model_format(path)
+    if fmt == "hf" and int8:
+        raise ValueError(f"{path}: --int8 is a lean-format option (a Hugging Face directory holds float weights)")
     try:
-        model = LeanModel(path, device, dtype, batch_size) if fmt == "lean" else HFModel(path, device, dtype)
+        model = (LeanModel(path, device, dtype, batch_size, int8, max_batch_tokens) if fmt == "lean"
+                 else HFModel(path, device, dtype, batch_size, max_batch_tokens))
         model.predict([model.warm_up_item])
     except Exception as e:  # noqa: BLE001 - reported as one line; DHRD_DEBUG=1 shows the cause
         first = (str(e).strip().splitlines() or [""])[0][:300]

@@ -24,10 +24,6 @@ import sys
 
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(os.path.dirname(HERE))
-sys.path.insert(0, REPO)  # a script: the repository root makes dhrd and tests importable
-
 FAULTS = {1: (1, 0), 3: (0, 1), 4: (1, 1)}  # step -> (rank, micro-batch)
 
 

@@ -12,24 +12,20 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
+import deepspeed
+import torch
+import torch.nn.functional as F
 
-import deepspeed  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from dhrd.data.order import collate  # noqa: E402
-from dhrd.data.packing import collate_packed  # noqa: E402
-from dhrd.engine.dist import init_distributed, shutdown_distributed  # noqa: E402
-from dhrd.engine.ds_config import fill_ds_config, load_ds_config, start_warmup_schedule  # noqa: E402
-from dhrd.engine.step import optimizer_step, param_groups  # noqa: E402
-from dhrd.loss import DualHeadLoss  # noqa: E402
-from dhrd.model.dual_head import DualHeadModel, add_reasoning_tokens  # noqa: E402
-from tests.helpers import make_tiny_tokenizer, tiny_backbone  # noqa: E402
+from dhrd.data.order import collate
+from dhrd.data.packing import collate_packed
+from dhrd.engine.dist import init_distributed, shutdown_distributed
+from dhrd.engine.ds_config import fill_ds_config, load_ds_config, start_warmup_schedule
+from dhrd.engine.step import optimizer_step, param_groups
+from dhrd.loss import DualHeadLoss
+from dhrd.model.dual_head import DualHeadModel, add_reasoning_tokens
+from tests.helpers import make_tiny_tokenizer, tiny_backbone
 
 
 def main(alpha: float, attn: str, n_steps: int = 5) -> dict:

@@ -31,10 +31,7 @@ import sys
 import torch
 import torch.nn as nn
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
-
-from dhrd.loss import dual_head_loss  # noqa: E402
+from dhrd.loss import dual_head_loss
 
 VOCAB, HIDDEN, CLASSES, SEQ = 1000, 32, 3, 40
 IMPL_OPTIONS = {"reference": {}, "chunked": {"chunk_size": 7}}  # 7: several uneven chunks

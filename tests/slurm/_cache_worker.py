@@ -2,28 +2,26 @@
 the tokenised BoolQ training set in a shared cache dir, as the trainer's rank 0 does (dhrd/engine/trainer.py)
 (under locks.cache_lock unless told not to), recording every example it tokenises.
 
-    python _cache_worker.py REPO TOKENIZER_DIR TRAIN RATIONALES CACHE_DIR COUNTS GO LOCK(0/1)
+    python _cache_worker.py TOKENIZER_DIR TRAIN RATIONALES CACHE_DIR COUNTS GO LOCK(0/1)
 
 After its imports it writes GO.ready<pid> and waits for the file GO, so that the
 workers race from the same moment; each tokenised example appends "<pid>" to COUNTS (and sleeps 50 ms, so a build
 takes long enough for the race to matter). Prints the number of rows it got."""
 
+import contextlib
 import os
 import sys
 import time
 
-repo, tok_dir, train, rationales, cache_dir, counts, go, use_lock = sys.argv[1:9]
-sys.path.insert(0, repo)
+from tokenizers import Tokenizer
 
-import contextlib  # noqa: E402
+from dhrd.config import DataArgs
+from dhrd.data import sequences
+from dhrd.data.pipeline import build_training_set
+from dhrd.data.tasks import get_task
+from dhrd.engine import locks
 
-from tokenizers import Tokenizer  # noqa: E402
-
-from dhrd.config import DataArgs  # noqa: E402
-from dhrd.data import sequences  # noqa: E402
-from dhrd.data.pipeline import build_training_set  # noqa: E402
-from dhrd.data.tasks import get_task  # noqa: E402
-from dhrd.engine import locks  # noqa: E402
+tok_dir, train, rationales, cache_dir, counts, go, use_lock = sys.argv[1:8]
 
 original_build = sequences.SequenceBuilder.build
 

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from dhrd.engine import locks  # noqa: E402
-from tests.slurm.slurm_helpers import REPO, job_state, wait_for, wait_job
+from tests.slurm.slurm_helpers import job_state, wait_for, wait_job
 
 pytest_plugins = ["tests.slurm.slurm_fixtures"]  # the cluster and data fixtures (not a conftest.py: see there)
 
@@ -86,7 +86,7 @@ def _race_cache_builders(fixtures, cache_dir, counts, use_lock: bool, n: int = 2
     pid of every example tokenised, in order, and how many workers said they waited."""
     paths, go = fixtures["boolq"], str(cache_dir) + ".go"
     workers = [subprocess.Popen([sys.executable, os.path.join(os.path.dirname(__file__), "_cache_worker.py"),
-                                 REPO, fixtures["model"], paths["train"], paths["rationales"], str(cache_dir),
+                                 fixtures["model"], paths["train"], paths["rationales"], str(cache_dir),
                                  str(counts), go, "1" if use_lock else "0"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                for _ in range(n)]
