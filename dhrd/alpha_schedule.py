@@ -15,8 +15,10 @@ late steps serve the classifier; these schedules test that.
 from __future__ import annotations
 
 import math
+from typing import Literal, get_args
 
-ALPHA_SCHEDULES = ("constant", "linear", "cosine", "step", "ramp")
+AlphaSchedule = Literal["constant", "linear", "cosine", "step", "ramp"]
+ALPHA_SCHEDULES = get_args(AlphaSchedule)
 
 
 def alpha_at(step: int, total_steps: int, alpha: float, schedule: str = "constant", floor: float = 0.0,

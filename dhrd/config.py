@@ -7,30 +7,50 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
-LM_SECTIONS = ("all", "rationale", "rationale+answer")
-RATIONALE_MODES = ("teacher", "none", "shuffled")
-# --method presets: (alpha, beta, rationale_mode); explicit --alpha/--beta/--rationale_mode win.
-# ``dhrd`` is the recipe measured best here (experiments/results: the linear head, --head's
-# default, brings DHRD level with or above pooled where the paper's MLP head left it below);
-# ``dhrd_paper`` is the paper's as published (its 2-layer MLP head), for grids that measure it.
-METHODS = {
-    "dhrd": (1.0, 1.0, "teacher"),
-    "dhrd_paper": (1.0, 1.0, "teacher"),
-    "pooled": (0.0, 1.0, "teacher"),       # alpha 0: sequences are x only
-    "label_only": (1.0, 1.0, "none"),      # [x, <ANS>, y]
-    "shuffled": (1.0, 1.0, "shuffled"),    # rationales permuted among examples
-    "rationale_only": (1.0, 0.0, "teacher"),
+from .alpha_schedule import AlphaSchedule
+
+LmSections = Literal["all", "rationale", "rationale+answer"]
+RationaleMode = Literal["teacher", "none", "shuffled"]
+Consistency = Literal["keep", "drop", "drop_example"]
+Method = Literal["dhrd", "dhrd_paper", "pooled", "label_only", "shuffled", "rationale_only"]
+
+# --method presets: the fields each sets, in any argument class; an explicit flag (or a
+# --config field) wins. ``dhrd`` is the recipe measured best here (docs/results.md,
+# experiments/results: the linear head, where the paper's MLP head left DHRD below pooled);
+# ``dhrd_paper`` is the paper's as published (its 2-layer MLP head, alpha constant), for the
+# grids that measure the paper (experiments/gpu_paper.yaml).
+_DUAL = {"alpha": 1.0, "beta": 1.0, "rationale_mode": "teacher"}
+METHODS: dict[str, dict[str, Any]] = {
+    "dhrd": {**_DUAL, "head": "linear"},
+    "dhrd_paper": {**_DUAL, "head": "mlp", "alpha_schedule": "constant"},
+    "pooled": {"alpha": 0.0, "beta": 1.0, "rationale_mode": "teacher"},  # alpha 0: sequences are x only
+    "label_only": {**_DUAL, "rationale_mode": "none"},                  # [x, <ANS>, y]
+    "shuffled": {**_DUAL, "rationale_mode": "shuffled"},                # rationales permuted among examples
+    "rationale_only": {**_DUAL, "beta": 0.0},
 }
-# model settings a preset fixes (explicit flags still win)
-METHOD_MODEL = {"dhrd_paper": {"head": "mlp"}}
-CONSISTENCY_POLICIES = ("keep", "drop", "drop_example")
+assert tuple(METHODS) == get_args(Method)
 
 
-def _check_choice(name: str, value, choices) -> None:
-    if value not in choices:
-        raise ValueError(f"{name}={value!r} is not one of {', '.join(map(str, choices))}")
+def _literal_values(hint) -> tuple[tuple | None, bool]:
+    """The values of a ``Literal[...]`` or ``Literal[...] | None`` hint, and whether None is allowed."""
+    if get_origin(hint) is Literal:
+        return get_args(hint), False
+    literals = [a for a in get_args(hint) if get_origin(a) is Literal]
+    return (get_args(literals[0]), True) if literals else (None, False)
+
+
+def check_choices(args) -> None:
+    """Every ``Literal`` field of the dataclass ``args`` holds one of its values: argparse
+    checks the command line (HfArgumentParser makes them choices), but a --config file's
+    values and a dataclass built in code are checked only here."""
+    hints = get_type_hints(type(args))
+    for f in fields(args):
+        values, optional = _literal_values(hints[f.name])
+        value = getattr(args, f.name)
+        if values is not None and value not in values and not (optional and value is None):
+            raise ValueError(f"{f.name}={value!r} is not one of {', '.join(map(str, values))}")
 
 
 def split_gguf_model(model: str, gguf_file: str | None) -> tuple[str, str | None]:
@@ -50,16 +70,18 @@ class ModelArgs:
     model: str = field(default="", metadata={"help": "HF model directory (or hub name when online)"})
     gguf_file: str | None = field(default=None, metadata={
         "help": "GGUF file inside --model (or give --model the .gguf file itself)"})
-    dtype: str = field(default="auto", metadata={"help": "auto, float32, bfloat16, float16"})
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = field(default="auto", metadata={
+        "help": "the backbone's weights (auto: as saved)"})
     attn_implementation: str = field(default="auto", metadata={
         "help": "auto (dhrd_segments; on CUDA where torch's varlen kernel is unusable, sdpa), dhrd_segments (packed "
                 "rows: attention per segment, one varlen call on CUDA), flex_attention (a document block mask "
                 "from the packed position ids), sdpa, eager, "
                 "flash_attention_2"})
-    pooling: str = field(default="last", metadata={"help": "last (paper) or mean over the task input"})
+    pooling: Literal["last", "mean"] = field(default="last", metadata={
+        "help": "the last token of the task input (the paper) or the mean over it"})
     head_inner_size: int | None = field(default=None, metadata={"help": "MLP width; default hidden size"})
     head_dropout: float = 0.0
-    head: str = field(default="linear", metadata={
+    head: Literal["linear", "mlp"] = field(default="linear", metadata={
         "help": "linear (one bias-free projection; the default, measured best with DHRD; exports as a standard "
                 "HF <Arch>ForSequenceClassification, dhrd export --format hf) or mlp (the paper's "
                 "2-layer head; --method dhrd_paper)"})
@@ -70,10 +92,8 @@ class ModelArgs:
     lora_targets: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 
     def __post_init__(self):
-        _check_choice("dtype", self.dtype, ("auto", "float32", "bfloat16", "float16"))
+        check_choices(self)
         self.model, self.gguf_file = split_gguf_model(self.model, self.gguf_file)
-        _check_choice("pooling", self.pooling, ("last", "mean"))
-        _check_choice("head", self.head, ("mlp", "linear"))
 
 
 @dataclass
@@ -84,30 +104,27 @@ class DataArgs:
     rationale_file: str | None = field(default=None, metadata={"help": "JSONL {id, rationale, teacher_label?}"})
     max_train_examples: int = field(default=0, metadata={
         "help": "train on the first N examples of --train_file (0 = all): a training-set-size axis"})
-    lm_sections: str = field(default="all", metadata={"help": "tokens the LM loss covers: " + ", ".join(LM_SECTIONS)})
-    rationale_mode: str = field(default="teacher", metadata={
+    lm_sections: LmSections = field(default="all", metadata={"help": "the tokens the LM loss covers"})
+    rationale_mode: RationaleMode = field(default="teacher", metadata={
         "help": "teacher (DHRD), none (label-only: [x, <ANS>, y]), shuffled (ablation)"})
     rationales_per_example: int = field(default=0, metadata={
         "help": "with several rationales an example in --rationale_file ('rationales': [...]), use at most k "
                 "(0 = all): each epoch trains on a different one, at the compute of one"})
     rationale_fraction: float = field(default=1.0, metadata={
         "help": "keep the first p of each rationale's tokens (Distilling the Essence)"})
-    label_consistency: str = field(default="keep", metadata={
+    label_consistency: Consistency = field(default="keep", metadata={
         "help": "where teacher_label disagrees with the gold label: keep, drop (the rationale), drop_example"})
     max_seq_len: int = field(default=1024, metadata={"help": "longest training sequence [x,<REASON>,r,<ANS>,y]"})
     max_input_len: int | None = field(default=None, metadata={"help": "longest x; default max_seq_len - 32"})
     pack_tokens: int = field(default=4096, metadata={"help": "token budget of one packed row"})
     rows_per_batch: int = field(default=1, metadata={"help": "packed rows per micro-batch"})
     cache_dir: str | None = field(default=None, metadata={"help": "tokenised-data cache; default <output_dir>/cache"})
-    formulation: str = field(default="classify", metadata={
+    formulation: Literal["classify", "choice"] = field(default="classify", metadata={
         "help": "classify (one pooled input, a head over the labels) or choice (multiple-choice tasks: each "
                 "option scored alone, softmax over a question's options; docs/multiple_choice.md)"})
 
     def __post_init__(self):
-        _check_choice("lm_sections", self.lm_sections, LM_SECTIONS)
-        _check_choice("formulation", self.formulation, ("classify", "choice"))
-        _check_choice("rationale_mode", self.rationale_mode, RATIONALE_MODES)
-        _check_choice("label_consistency", self.label_consistency, CONSISTENCY_POLICIES)
+        check_choices(self)
         if not 0.0 <= self.rationale_fraction <= 1.0:
             raise ValueError(f"rationale_fraction={self.rationale_fraction} must be in [0, 1]")
         if self.rationales_per_example < 0:
@@ -126,25 +143,24 @@ class DataArgs:
 class LossArgs:
     alpha: float = field(default=1.0, metadata={"help": "weight of the LM (reasoning) term; 0 = pooled baseline"})
     beta: float = field(default=1.0, metadata={"help": "weight of the classification term"})
-    loss_impl: str = field(default="auto", metadata={"help": "auto, reference, chunked, triton"})
-    alpha_schedule: str = field(default="constant", metadata={
-        "help": "alpha over training: constant (paper), linear or cosine (decay to alpha_floor), step "
-                "(alpha, then alpha_floor after alpha_switch_fraction of the steps)"})
+    loss_impl: Literal["auto", "reference", "chunked", "triton"] = field(default="auto", metadata={
+        "help": "the LM term's implementation (docs/performance.md); auto: triton on CUDA, else chunked"})
+    alpha_schedule: AlphaSchedule = field(default="constant", metadata={
+        "help": "alpha over training: constant (the paper), linear or cosine (decay to alpha_floor), step "
+                "(alpha, then alpha_floor after alpha_switch_fraction of the steps), ramp (alpha_floor rising to "
+                "alpha at alpha_switch_fraction: the classifier first; dhrd/alpha_schedule.py)"})
     alpha_floor: float = field(default=0.0, metadata={"help": "alpha at the end of a decaying schedule"})
-    alpha_switch_fraction: float = field(default=0.5, metadata={"help": "where the step schedule switches"})
+    alpha_switch_fraction: float = field(default=0.5, metadata={
+        "help": "the fraction of the steps where the step schedule switches or the ramp ends"})
     label_smoothing: float = 0.0
     z_loss: float = 0.0
-    method: str | None = field(default=None, metadata={
-        "help": "preset of alpha/beta/rationale_mode: " + ", ".join(METHODS) + "; explicit flags override"})
+    method: Method | None = field(default=None, metadata={
+        "help": "a preset of the method's settings (config.METHODS, docs/method.md); explicit flags override"})
 
     def __post_init__(self):
-        if self.method is not None:
-            _check_choice("method", self.method, tuple(METHODS))
+        check_choices(self)
         if self.alpha < 0 or self.beta < 0 or self.alpha == self.beta == 0:
             raise ValueError(f"alpha={self.alpha}, beta={self.beta}: both >= 0 and not both 0")
-        from .alpha_schedule import ALPHA_SCHEDULES
-
-        _check_choice("alpha_schedule", self.alpha_schedule, ALPHA_SCHEDULES)
         if not 0.0 <= self.alpha_floor <= max(self.alpha, 0.0) and self.alpha_schedule != "constant":
             raise ValueError(f"alpha_floor={self.alpha_floor} must be in [0, alpha={self.alpha}]")
         if not 0.0 <= self.alpha_switch_fraction <= 1.0:
@@ -160,20 +176,20 @@ class TrainArgs:
     lr: float = 2e-4
     weight_decay: float = 0.01
     warmup_steps: int = 5
-    autocast: str = field(default="none", metadata={
+    autocast: Literal["none", "bf16"] = field(default="none", metadata={
         "help": "bf16: mixed precision through DeepSpeed's torch_autocast (fp32 weights and optimizer, "
                 "bf16 matmuls; faster on a CPU with AVX512-BF16 or AMX: docs/performance.md); "
                 "none: the weights' dtype"})
     compile: bool = field(default=False, metadata={
         "help": "torch.compile each decoder block (fuses norms, rotary, activations; attention stays eager); "
                 "the first steps pay the compile; not with ZeRO-3"})
-    lr_schedule: str = field(default="auto", metadata={
+    lr_schedule: Literal["auto", "cosine", "linear", "constant"] = field(default="auto", metadata={
         "help": "after the linear warm-up: cosine, linear (transformers' default decay) or constant; "
                 "auto: the --ds_config's scheduler, cosine for the built-in config"})
     global_batch_size: int = 32
     eval_every: int = 0
     save_every: int = 0
-    eval_mode: str = field(default="auto", metadata={
+    eval_mode: Literal["auto", "classifier", "cot", "both"] = field(default="auto", metadata={
         "help": "classifier (the pooled head), cot (the LM head decodes a rationale, then answers), both; "
                 "auto: cot when beta is 0 (rationale-only: no classifier), else classifier"})
     cot_max_new_tokens: int = field(default=256, metadata={"help": "rationale budget of CoT evaluation"})
@@ -187,7 +203,7 @@ class TrainArgs:
     micro_batches_per_step: int = field(default=0, metadata={
         "help": "GLOBAL micro-batches (all ranks) per optimizer step; 0 = from global_batch_size and the "
                 "mean examples per packed micro-batch. Same value => same step on any world size"})
-    batching: str = field(default="auto", metadata={
+    batching: Literal["auto", "exact", "packed"] = field(default="auto", metadata={
         "help": "exact: every optimizer step is global_batch_size examples (random, packed within the step); "
                 "packed: micro_batches_per_step full packs a step (the tightest packing; the example count "
                 "per step varies); auto: packed when --micro_batches_per_step is given, else exact"})
@@ -202,7 +218,7 @@ class TrainArgs:
     export_final: bool = field(default=True, metadata={"help": "write consolidated weights to <output_dir>/final"})
 
     def __post_init__(self):
-        _check_choice("eval_mode", self.eval_mode, ("auto", "classifier", "cot", "both"))
+        check_choices(self)
         if not self.epochs > 0:
             raise ValueError(f"epochs={self.epochs} must be > 0")
         for name in ("lr", "weight_decay", "warmup_steps", "max_grad_norm", "eval_every", "save_every", "log_every"):
@@ -210,9 +226,6 @@ class TrainArgs:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
         if self.cot_max_new_tokens < 1 or self.cot_batch_size < 1:
             raise ValueError("cot_max_new_tokens and cot_batch_size must be >= 1")
-        _check_choice("batching", self.batching, ("auto", "exact", "packed"))
-        _check_choice("lr_schedule", self.lr_schedule, ("auto", "cosine", "linear", "constant"))
-        _check_choice("autocast", self.autocast, ("none", "bf16"))
         if self.global_batch_size < 1:
             raise ValueError(f"global_batch_size={self.global_batch_size} must be >= 1")
         if self.micro_batches_per_step < 0:
@@ -260,7 +273,11 @@ def _read_config_file(path: str) -> dict[str, Any]:
 def build_parser():
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser(ARG_CLASSES)
+    class Parser(HfArgumentParser):
+        def error(self, message):  # one line through the callers' user-error path, not usage + exit
+            raise ValueError(message)
+
+    parser = Parser(ARG_CLASSES)
     parser.add_argument("--config", default=None, help="JSON or YAML file of arguments; CLI overrides it")
     return parser
 
@@ -293,24 +310,18 @@ def explicit_fields(argv: list[str] | None) -> set[str]:
 
 def apply_method(loss_args: "LossArgs", data_args: "DataArgs", explicit: set[str],
                  model_args: "ModelArgs | None" = None) -> None:
-    """Fill alpha, beta and rationale_mode (and the preset's model settings, e.g.
-    dhrd_paper's MLP head) from ``loss_args.method`` where not explicit."""
+    """Set the fields of the ``loss_args.method`` preset (METHODS) that were not given
+    explicitly, then check the results again. Without ``model_args`` the preset's model
+    fields (its head) are left alone: callers that build no model."""
     if loss_args.method is None:
         return
-    if model_args is not None:
-        for key, value in METHOD_MODEL.get(loss_args.method, {}).items():
-            if key not in explicit:
-                setattr(model_args, key, value)
-        ModelArgs.__post_init__(model_args)
-    alpha, beta, mode = METHODS[loss_args.method]
-    if "alpha" not in explicit:
-        loss_args.alpha = alpha
-    if "beta" not in explicit:
-        loss_args.beta = beta
-    if "rationale_mode" not in explicit:
-        data_args.rationale_mode = mode
-    LossArgs.__post_init__(loss_args)
-    DataArgs.__post_init__(data_args)
+    targets = [a for a in (model_args, data_args, loss_args) if a is not None]
+    for key, value in METHODS[loss_args.method].items():
+        owner = next((a for a in targets if key in {f.name for f in fields(a)}), None)
+        if owner is not None and key not in explicit:
+            setattr(owner, key, value)
+    for a in targets:
+        type(a).__post_init__(a)
 
 
 def resolved_config(*arg_objs) -> dict[str, dict[str, Any]]:

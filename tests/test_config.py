@@ -32,8 +32,8 @@ def test_json_config_and_unknown_field(tmp_path):
 
 
 @pytest.mark.parametrize("argv,fragment", [
-    (["--pooling", "max"], "pooling='max'"),
-    (["--lm_sections", "everything"], "lm_sections='everything'"),
+    (["--pooling", "max"], "argument --pooling: invalid choice: 'max' (choose from 'last', 'mean')"),
+    (["--lm_sections", "everything"], "argument --lm_sections/--lm-sections: invalid choice: 'everything'"),
     (["--rationale_fraction", "1.5"], "rationale_fraction=1.5"),
     (["--max_seq_len", "4096", "--pack_tokens", "1024"], "pack_tokens=1024 must be >= max_seq_len=4096"),
     (["--alpha", "0", "--beta", "0"], "not both 0"),
@@ -60,3 +60,21 @@ def test_model_given_as_a_gguf_file_is_split(tmp_path, monkeypatch):
         assert (m.model, m.gguf_file) == (model, None)
     with pytest.raises(ValueError, match="--gguf_file y.gguf names another"):
         parse_args(["--model", str(tmp_path / "x.gguf"), "--gguf_file", "y.gguf"])
+
+
+def test_typed_choices_are_checked_from_a_file_and_in_code(tmp_path):
+    """argparse checks a Literal field's value on the command line; a --config file's value
+    and a dataclass built in code go through check_choices, with the same field named."""
+    from dhrd.config import DataArgs, LossArgs, ModelArgs
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("loss: {alpha_schedule: sawtooth}\n")
+    with pytest.raises(ValueError, match="alpha_schedule='sawtooth' is not one of constant, linear, cosine, step"):
+        parse_args(["--config", str(cfg)])
+    with pytest.raises(ValueError, match="head='wide' is not one of linear, mlp"):
+        ModelArgs(head="wide")
+    with pytest.raises(ValueError, match="label_consistency='maybe' is not one of keep, drop, drop_example"):
+        DataArgs(label_consistency="maybe")
+    assert LossArgs(method=None).method is None  # Optional[Literal]: None allowed
+    with pytest.raises(ValueError, match="method='dhrd2' is not one of dhrd, dhrd_paper"):
+        LossArgs(method="dhrd2")

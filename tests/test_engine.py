@@ -249,13 +249,14 @@ def test_ds_config_rejects_setups_that_cannot_skip_nonfinite_steps():
 @pytest.mark.parametrize("extra,message", [
     (["--train_file", "{tmp}/nope.jsonl"], "--train_file {tmp}/nope.jsonl: no such file"),
     (["--eval_file", "{tmp}/nope.jsonl"], "--eval_file {tmp}/nope.jsonl: no such file"),
-    (["--method", "bogus"], "method='bogus' is not one of"),
+    (["--method", "bogus"], "argument --method: invalid choice: 'bogus' (choose from 'dhrd', 'dhrd_paper',"),
     (["--task", "bogus"], "unknown task 'bogus'"),
     (["--lr", "-0.1"], "lr=-0.1 must be >= 0"),
     (["--ds_config", "{tmp}/none.json"], "DeepSpeed config not found: {tmp}/none.json"),
     (["--ds_config", "ds_configs/zero2.json", "--lr_schedule", "linear"],
      "--lr_schedule linear (WarmupDecayLR), but the DeepSpeed config names scheduler WarmupCosineLR"),
-    (["--lr_schedule", "step"], "lr_schedule='step' is not one of"),
+    (["--lr_schedule", "step"], "argument --lr_schedule/--lr-schedule: invalid choice: 'step'"),
+    (["--config", "{tmp}/choice.yaml"], "head='wide' is not one of linear, mlp"),
     (["--autocast", "bf16", "--dtype", "bfloat16"], "--autocast bf16 trains fp32 weights; --dtype bfloat16"),
     (["--autocast", "bf16", "--ds_config", "{tmp}/bf16.json"],
      "--autocast bf16 keeps fp32 weights, but the DeepSpeed config enables bf16"),
@@ -276,6 +277,7 @@ def test_bad_arguments_fail_fast_with_one_named_line(setup, tmp_path, capsys, ex
     root, paths, model = setup
     (tmp_path / "bad.yaml").write_text("lr: 1\nwarmup_steps: a: b\n")
     (tmp_path / "unknown.yaml").write_text("lrr: 1\n")
+    (tmp_path / "choice.yaml").write_text("model: {head: wide}\n")  # a file's values: not argparse's
     (tmp_path / "bf16.json").write_text('{"bf16": {"enabled": true}}')
     (tmp_path / "m.gguf").write_bytes(b"")
     extra = [a.format(tmp=tmp_path) for a in extra]

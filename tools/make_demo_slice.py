@@ -10,7 +10,6 @@ numbers of esnli_valid.json, so the slice's rationales line up with any other ca
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -21,6 +20,7 @@ KEEP = ("idx", "premise", "hypothesis", "label")
 
 def main(argv=None) -> int:
     from dhrd.experiment.prepare import carve
+    from dhrd.jsonl import read_jsonl
     from dhrd.teacher.palm_cot import import_palm_cot, write_records
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -32,8 +32,8 @@ def main(argv=None) -> int:
     source = os.path.join(a.palm, "esnli", "esnli_valid.json")
     with tempfile.TemporaryDirectory() as tmp:
         carve("esnli", source, f"{tmp}/train.jsonl", f"{tmp}/dev.jsonl", dev_size=1500, seed=0, group_by="premise")
-        train = [json.loads(x) for x in open(f"{tmp}/train.jsonl")][:a.train]
-        dev = [json.loads(x) for x in open(f"{tmp}/dev.jsonl")][:a.dev]
+        train = [r for _, r in read_jsonl(f"{tmp}/train.jsonl")][:a.train]
+        dev = [r for _, r in read_jsonl(f"{tmp}/dev.jsonl")][:a.dev]
     rationales = {r["id"]: r for r in import_palm_cot("esnli", source, os.path.join(a.palm, "esnli", "llm"),
                                                        "valid").records}
     slim = lambda rows: [{k: r[k] for k in KEEP} for r in rows]  # noqa: E731

@@ -23,6 +23,8 @@ import statistics
 import subprocess
 import sys
 
+from dhrd.jsonl import read_jsonl
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -48,12 +50,13 @@ def predictions(kind: str, out: str) -> tuple[list[int], list[int]] | None:
         path = os.path.join(out, "eval_predictions.jsonl")
         if not os.path.exists(path):
             return None
-        rows = [json.loads(x) for x in open(path)]
+        rows = [r for _, r in read_jsonl(path)]
         return [r["label"] for r in rows], [r["pred"] for r in rows]
     path = os.path.join(out, "plain_results.json")
     if not os.path.exists(path):
         return None
-    res = json.load(open(path))
+    with open(path) as f:
+        res = json.load(f)
     return res["labels"], res["predictions"]
 
 

@@ -143,7 +143,7 @@ def _curve(rows, axis: str, out_path: str, xlabel: str, default=None, logx=False
 def _preset_alpha(row) -> float | None:
     from ..config import METHODS
 
-    return METHODS[row["method"]][0] if row["method"] in ("dhrd", "pooled") else None
+    return METHODS[row["method"]]["alpha"] if row["method"] in ("dhrd", "pooled") else None
 
 
 def _setting(run) -> str:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..config import split_gguf_model
 from ..data.padding import pad_ids
 from ..data.rationales import END_MARKER
 from ..model.backbones import NO_REMOTE_CODE, refuse_remote_code, resolve_model_path
@@ -64,9 +65,10 @@ class LocalTeacher:
         self.cfg = cfg
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        path, gguf = resolve_model_path(cfg.model), cfg.gguf_file
-        if gguf is None and path.endswith(".gguf"):
-            path, gguf = os.path.dirname(path) or ".", os.path.basename(path)
+        if cfg.model.endswith(".gguf") and not os.path.isfile(cfg.model):
+            raise FileNotFoundError(f"--model {cfg.model}: no such GGUF file (--model takes the .gguf file, or "
+                                    "its folder with --gguf_file)")
+        path, gguf = split_gguf_model(resolve_model_path(cfg.model), cfg.gguf_file)  # the same rule as training
         self.name = f"hf:{os.path.basename(os.path.normpath(gguf or path))}"
         self.device = _device(cfg.device)
         refuse_remote_code(path)

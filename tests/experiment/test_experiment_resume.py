@@ -143,7 +143,7 @@ def test_changed_args_compares_what_the_run_resolved(tmp_path, monkeypatch):
 
     sibling = next(r for r in grid.runs if r.name == "rte-dhrd-s1")  # not started: compared with seed 0
     assert changed_args(grid, root, sibling) == {}
-    monkeypatch.setitem(config.METHODS, "dhrd", (0.3, 1.0, "teacher"))  # a new preset, same grid file
+    monkeypatch.setitem(config.METHODS, "dhrd", {**config.METHODS["dhrd"], "alpha": 0.3})  # a new preset
     assert changed_args(grid, root, run) == {"alpha": (1.0, 0.3)}
     assert changed_args(grid, root, sibling) == {"alpha (seed 0 had it)": (1.0, 0.3)}
     monkeypatch.undo()

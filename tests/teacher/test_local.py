@@ -114,3 +114,15 @@ def test_cli_samples_with_the_paper_settings(tiny_model_dir, tmp_path, capsys, m
     assert kw["stop_strings"] == ["[END OF REASONING]"]
     args = build_parser().parse_args(["--task", "cb", "--input", "x", "--out", "y", "--model", "m"])
     assert args.max_new_tokens == 500
+
+
+def test_model_given_as_a_gguf_file_follows_the_training_rule(tmp_path):
+    """``--model DIR/x.gguf`` is the folder plus the file (as `dhrd train` reads it): a missing
+    file is named as a GGUF file, and a second, different --gguf_file is refused."""
+    from dhrd.teacher.local import LocalTeacher, LocalTeacherConfig
+
+    with pytest.raises(FileNotFoundError, match=r"nope\.gguf: no such GGUF file"):
+        LocalTeacher(LocalTeacherConfig(model=str(tmp_path / "nope.gguf")))
+    (tmp_path / "m.gguf").write_bytes(b"")
+    with pytest.raises(ValueError, match="is a GGUF file and --gguf_file other.gguf names another"):
+        LocalTeacher(LocalTeacherConfig(model=str(tmp_path / "m.gguf"), gguf_file="other.gguf"))
