@@ -28,10 +28,9 @@ import shutil
 import statistics
 from dataclasses import dataclass, field
 
-from ..fileio import atomic_copy, atomic_open, atomic_write, atomic_write_json, read_json_or_none
+from ..fileio import atomic_copy, atomic_open, atomic_write, atomic_write_json
 from .grid import Grid, GridError, Run
-from .records import RECORDS, make_record, read_records, write_records
-from .runner import DONE, run_dir
+from .records import DONE, RECORDS, collect_records, read_records, run_dir
 
 # axes that do not change a pooled run (alpha 0, no LM term): the pooled baseline of a
 # run is found with these left out
@@ -58,27 +57,6 @@ class RunResult:
 def task_score(task, preds, labels, groups) -> tuple[float, dict]:
     metrics = task.score(preds, labels, groups)
     return sum(metrics[m] for m in task.metrics) / len(task.metrics), metrics
-
-
-def collect_records(grid: Grid, root: str) -> dict[str, dict]:
-    """The root's records (records.jsonl) brought up to date with its finished run
-    directories and written back: what the aggregation reads, and what survives the
-    run directories (see records.py)."""
-    records = dict(read_records(root))
-    changed = False
-    for run in grid.runs:
-        out = run_dir(root, run)
-        if not os.path.exists(os.path.join(out, DONE)):
-            continue
-        finished = (read_json_or_none(os.path.join(out, DONE)) or {}).get("finished")
-        rec = records.get(run.name)
-        if finished is not None and rec is not None and rec.get("finished") == finished:
-            continue  # recorded from this directory already (a finished run is never rerun)
-        records[run.name] = make_record(out, run)
-        changed = True
-    if changed:
-        write_records(root, records, [r.name for r in grid.runs])
-    return records
 
 
 def load_results(grid: Grid, root: str) -> list[RunResult]:

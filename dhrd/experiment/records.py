@@ -12,15 +12,18 @@ digits, the loss curves at most 128 points): a few hundred runs stay a few MB.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 
 from ..errors import DataError
 from ..fileio import atomic_write_lines, read_json_or_none
 from ..jsonl import read_jsonl
-from .grid import GridError
+from .grid import Grid, GridError
 
 RECORDS = "records.jsonl"
+DONE = "DONE"  # a finished run directory holds it
 REQUIRED = ("run", "task", "method", "seed", "labels", "preds")
 # the scalars kept from a run's TensorBoard files (plots.loss_curves draws the first),
 # as at most CURVE_POINTS means over consecutive steps
@@ -31,6 +34,22 @@ CURVE_POINTS = 128
 class RecordsError(GridError, DataError):
     """A records file that cannot be read: names the file, line and field (a GridError,
     which ``dhrd experiment`` reports in one line)."""
+
+
+def run_dir(root: str, run) -> str:
+    return os.path.join(root, "runs", run.name)
+
+
+@contextlib.contextmanager
+def _records_lock(root: str):
+    """An exclusive flock on ``<root>/records.lock`` for one read-update-write."""
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, "records.lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def records_path(root: str) -> str:
@@ -86,7 +105,7 @@ def make_record(out: str, run) -> dict:
     """The record of a finished run from its output directory ``out`` (labels and
     predictions as lists: encoded only in the file)."""
     labels, preds, groups = read_predictions(os.path.join(out, "eval_predictions.jsonl"))
-    done = read_json_or_none(os.path.join(out, "DONE")) or {}
+    done = read_json_or_none(os.path.join(out, DONE)) or {}
     curves = {tag: thin(pts) for tag, pts in read_curves(os.path.join(out, "tensorboard")).items()}
     return {"run": run.name, "task": run.task, "method": run.method, "seed": run.seed,
             "finished": done.get("finished"), "labels": labels, "preds": preds, "groups": groups,
@@ -140,3 +159,31 @@ def write_records(root: str, records: dict[str, dict], order: list[str]) -> str:
              for n in names)
     atomic_write_lines(path, lines)
     return path
+
+
+def collect_records(grid: Grid, root: str) -> dict[str, dict]:
+    """The root's records (records.jsonl) brought up to date with its finished run
+    directories and written back: what the aggregation reads, and what survives the
+    run directories. Under a lock on the root: Slurm array tasks and harnesses on other
+    machines finish runs at the same time, and each would otherwise write back the file
+    it read, without the others' runs."""
+    with _records_lock(root):
+        return _collect(grid, root)
+
+
+def _collect(grid, root: str) -> dict[str, dict]:
+    records = dict(read_records(root))
+    changed = False
+    for run in grid.runs:
+        out = run_dir(root, run)
+        if not os.path.exists(os.path.join(out, DONE)):
+            continue
+        finished = (read_json_or_none(os.path.join(out, DONE)) or {}).get("finished")
+        rec = records.get(run.name)
+        if finished is not None and rec is not None and rec.get("finished") == finished:
+            continue  # recorded from this directory already (a finished run is never rerun)
+        records[run.name] = make_record(out, run)
+        changed = True
+    if changed:
+        write_records(root, records, [r.name for r in grid.runs])
+    return records

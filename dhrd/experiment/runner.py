@@ -34,15 +34,10 @@ from ..jsonl import parse_line
 from ..progress import duration, log_every, status_line
 from .grid import PATH_KEYS, Grid, GridError, Run
 from .prepare import prepare_task
-from .records import read_records
+from .records import DONE, collect_records, read_records, run_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-DONE = "DONE"
 CLAIM = ".dhrd-claim.lock"
-
-
-def run_dir(root: str, run: Run) -> str:
-    return os.path.join(root, "runs", run.name)
 
 
 def is_done(root: str, run: Run) -> bool:
@@ -365,6 +360,8 @@ def run_grid(grid: Grid, root: str, *, jobs: int = 1, threads: int | None = None
             proc._dhrd_log.close()
             ok = finish(root, run, proc.returncode)
             lock.release()
+            if ok:  # into <root>/records.jsonl at once: a lost machine keeps every finished run
+                collect_records(grid, root)
             outcomes.append(Outcome(run.name, "ok" if ok else "failed", time.time() - t0))
             log(f"{'done' if ok else 'FAILED'} {run.name} ({time.time() - t0:.0f}s)"
                 + ("" if ok else f": see {os.path.join(run_dir(root, run), 'train.log')}"))

@@ -144,3 +144,31 @@ def test_list_shows_how_far_a_started_run_got(grid, capsys):
     assert runner.progress(root, run) == "step 7/20"
     assert experiment_main(["list", grid.path, "--root", root]) == 0
     assert f"{run.name}  (step 7/20)" in capsys.readouterr().out
+
+
+def test_each_finished_run_is_recorded_at_once(grid):
+    """A harness writes a finished run into <root>/records.jsonl when it ends, not only at
+    aggregation: a machine lost mid-queue (run directories gone) keeps every finished run."""
+    import shutil
+    import threading
+
+    from dhrd.experiment.records import collect_records, read_records
+
+    grid, root, started = grid
+    runner.run_grid(grid, root, jobs=2, log=lambda m: None)
+    assert sorted(read_records(root)) == sorted(r.name for r in grid.runs)
+    shutil.rmtree(os.path.join(root, "runs"))
+    assert all(runner.is_done(root, r) for r in grid.runs)
+    # harnesses finishing together (array tasks): each update is under the root's lock
+    os.remove(os.path.join(root, "records.jsonl"))
+    for r in grid.runs:
+        os.makedirs(runner.run_dir(root, r))
+        with open(os.path.join(runner.run_dir(root, r), "eval_predictions.jsonl"), "w") as f:
+            f.write('{"id": "0", "label": 0, "pred": 0}\n')
+    threads = [threading.Thread(target=lambda r=r: (runner.finish(root, r, 0), collect_records(grid, root)))
+               for r in grid.runs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(read_records(root)) == sorted(r.name for r in grid.runs)
