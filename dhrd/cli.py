@@ -59,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown command {command!r}")
     if command == "train":
         return train(rest)
+    from .logs import setup as setup_logging
+
+    setup_logging()  # library messages (warnings, notices) on stderr as "[rank0] ..." (DHRD_LOG_LEVEL)
     try:
         module = importlib.import_module(DELEGATES[command][0])
     except ModuleNotFoundError as e:

@@ -67,8 +67,10 @@ def train_main(argv: list[str] | None = None) -> tuple[int, int]:
     """``main``'s work; returns the exit code and the world size the run had, which decides
     how a launched process ends (``dist.exit_process``)."""
     _quiet()
+    from dhrd.logs import setup as setup_logging
     from dhrd.progress import quiet_library_bars
 
+    setup_logging()  # the dhrd loggers' lines on stderr as "[rank0] ..." (DHRD_LOG_LEVEL)
     quiet_library_bars()  # a log (Slurm's, train.log) gets plain progress lines, not tqdm bars
     from dhrd.cli_errors import USER_ERRORS, report_user_error
     from dhrd.config import apply_method, explicit_fields, parse_args

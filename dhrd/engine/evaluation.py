@@ -4,6 +4,7 @@ comparisons."""
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -16,7 +17,9 @@ from ..data.sequences import SequenceBuilder, SequenceSpec
 from ..fileio import atomic_write_json, atomic_write_jsonl
 from .cot_eval import evaluate_cot
 from .dist import Dist
-from .monitor import Monitor, log
+from .monitor import Monitor
+
+log = logging.getLogger(__name__)
 
 
 def classifier_predictions(engine, eval_table: dict, pack_tokens: int, rows_per_batch: int, pad_id: int,
@@ -91,7 +94,7 @@ class Evaluator:
         self.preds: dict = {}
         self.answers = SequenceBuilder(tokenizer, *special, task.verbalizers, SequenceSpec()).answers
         if table is not None and dist.rank == 0 and settings.mode == "classifier" and not settings.head_trained:
-            log(0, "warning: --eval_mode classifier with beta 0: the classifier head is never trained")
+            log.warning("warning: --eval_mode classifier with beta 0: the classifier head is never trained")
 
     def should_evaluate(self, step: int) -> bool:
         return self.table is not None and periodic(step, self.s.every, self.s.total_steps)
@@ -110,7 +113,7 @@ class Evaluator:
         self.metrics, self.preds = metrics, preds
         self.monitor.scalars(step, {f"eval/{k}": v for k, v in metrics.items()}, kind="eval")
         self.history.append({"step": step, **metrics})
-        log(self.dist.rank, f"eval step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        log.info(f"eval step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         return metrics
 
     def _cot(self, step: int, head, preds: dict) -> dict:

@@ -1,21 +1,15 @@
 """Training telemetry: TensorBoard scalars/text/hparams, a metrics.jsonl log, the live
-progress (a tqdm bar on a terminal, a periodic plain line in a log: dhrd/progress.py)
-and rank-prefixed log lines. Only rank 0 writes files or shows progress, so N ranks do
-not produce N copies; every rank may log."""
+progress (a tqdm bar on a terminal, a periodic plain line in a log: dhrd/progress.py).
+Only rank 0 writes files or shows progress, so N ranks do not produce N copies. Messages
+go through ``logging`` (dhrd/logs.py puts the rank prefix on them)."""
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 
 from ..progress import Progress
-
-
-def log(rank: int, message: str) -> None:
-    """One line on stderr, prefixed with the rank (the launcher interleaves ranks)."""
-    print(f"[rank{rank}] {message}", file=sys.stderr, flush=True)
 
 
 class Monitor:

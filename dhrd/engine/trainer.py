@@ -6,6 +6,7 @@ bf16, checkpoint shards) is left to it."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import time
@@ -16,6 +17,7 @@ from ..alpha_schedule import alpha_at
 from ..config import resolved_config
 from ..data.order import CHOICE_COLUMNS, ROW_COLUMNS, collate, data_order
 from ..fileio import atomic_write_json, read_json_or_none, repair_jsonl_tail
+from ..logs import set_rank
 from ..loss import DualHeadLoss
 from ..model.builder import build_model, training_tokenizer
 from ..model.compile import compile_blocks
@@ -34,8 +36,10 @@ from .ds_config import (
 )
 from .evaluation import EvalSettings, Evaluator, periodic
 from .flops import StepFlops, peak_tflops
-from .monitor import Monitor, log
+from .monitor import Monitor
 from .step import NonFiniteGuard, optimizer_step, param_groups
+
+log = logging.getLogger(__name__)
 
 
 def load_split(task, path, what, tokenizer, special, data_args, *, with_reasoning, seed, cache_dir, dist,
@@ -99,11 +103,11 @@ class Checkpointer:
             os.path.split(os.path.normpath(how))
         if tag is None:
             if self.dist.rank == 0:
-                log(0, f"--resume auto: no complete checkpoint in {self.root}; starting fresh")
+                log.info(f"--resume auto: no complete checkpoint in {self.root}; starting fresh")
             return 0, {}
         state = checkpoint.load(self.engine, root, tag, rank=self.dist.rank)
-        log(self.dist.rank, f"resumed from {os.path.join(root, tag)} at step {state['step']} "
-                            f"(epoch {state.get('epoch')}, micro-batch {state.get('micro_index')})")
+        log.info(f"resumed from {os.path.join(root, tag)} at step {state['step']} "
+                 f"(epoch {state.get('epoch')}, micro-batch {state.get('micro_index')})")
         return int(state["step"]), state
 
 
@@ -120,6 +124,7 @@ class Trainer:
 
         self.model_args, self.data_args, self.loss_args, self.train_args = model_args, data_args, loss_args, train_args
         self.dist = init_distributed()
+        set_rank(self.dist.rank)  # the log prefix: the process group's rank from here on
         deepspeed.runtime.utils.set_random_seed(train_args.seed)
         self.task = get_task(data_args.task)
         self.out = train_args.output_dir
@@ -189,10 +194,10 @@ class Trainer:
         if d.eval_file:
             self.eval_table, _ = load_split(self.task, d.eval_file, "eval_file", with_reasoning=False, **common)
         if self.dist.rank == 0:
-            log(0, report.format())
+            log.info(report.format())
             report.write(os.path.join(self.out, "data_report.json"))
             if with_reasoning and d.rationale_mode != "none" and not d.rationale_file:
-                log(0, "warning: alpha > 0 but no --rationale_file: sequences are [x, <ANS>, y] (label-only)")
+                log.warning("warning: alpha > 0 but no --rationale_file: sequences are [x, <ANS>, y] (label-only)")
 
     def _plan_steps(self, backbone_config) -> None:
         """The data order and the DeepSpeed config that fits it (filled once, here)."""
@@ -223,12 +228,12 @@ class Trainer:
                                      **provenance.with_history(provenance.environment(), read_json_or_none(path))},
                               indent=2)
             auto = " (auto)" if self.base_cfg.get("zero_optimization", {}).get("stage") == "auto" else ""
-            log(0, f"world {dist.world}, device {dist.device}, ZeRO {zero_stage(self.ds_cfg)}{auto}, {self.M} "
-                   f"micro-batches/step ({self.gas} per rank), {self.total_steps} steps, {n_train} train examples; "
-                   f"batching {why}; attention {attention_path(self.model.config, dist.device)}")
+            log.info(f"world {dist.world}, device {dist.device}, ZeRO {zero_stage(self.ds_cfg)}{auto}, {self.M} "
+                     f"micro-batches/step ({self.gas} per rank), {self.total_steps} steps, {n_train} train examples; "
+                     f"batching {why}; attention {attention_path(self.model.config, dist.device)}")
             if autocast_enabled(self.ds_cfg):
                 slow = dist.device.type == "cpu" and not native_bf16_cpu()
-                log(0, "bf16 autocast (fp32 weights and optimizer)" + (
+                log.info("bf16 autocast (fp32 weights and optimizer)" + (
                     "; warning: this CPU has no native bf16 (AVX512-BF16/AMX): bf16 matmuls are emulated, "
                     "likely slower than fp32" if slow else ""))
 
@@ -246,11 +251,11 @@ class Trainer:
         if self.train_args.compile:
             n = compile_blocks(self.model.backbone)
             if dist.rank == 0:
-                log(0, f"--compile: {n} decoder blocks compiled in place (the first steps pay the compile)")
+                log.info(f"--compile: {n} decoder blocks compiled in place (the first steps pay the compile)")
         old_arch = sanitize_cuda_arch_list()
         if old_arch and dist.rank == 0:
-            log(0, f"TORCH_CUDA_ARCH_LIST={old_arch!r} -> {os.environ['TORCH_CUDA_ARCH_LIST']!r} for DeepSpeed's "
-                   "op builder")
+            log.info(f"TORCH_CUDA_ARCH_LIST={old_arch!r} -> {os.environ['TORCH_CUDA_ARCH_LIST']!r} for DeepSpeed's "
+                     "op builder")
         self.engine, _, _, _ = deepspeed.initialize(
             model=self.wrapper, model_parameters=param_groups(self.wrapper, self.train_args.weight_decay),
             config=ds_cfg)
@@ -315,8 +320,8 @@ class Trainer:
                              lm=values.get("train/loss_lm", float("nan")),
                              **{"ex/s": round(values["perf/samples_per_s"], 2)})
         if not finite:
-            log(self.dist.rank, f"step {done}: NaN/inf loss, step skipped (no update; {self.guard.in_row} in a "
-                                f"row, {self.guard.total} in all)")
+            log.warning(f"step {done}: NaN/inf loss, step skipped (no update; {self.guard.in_row} in a "
+                        f"row, {self.guard.total} in all)")
         if self.evaluator.should_evaluate(done):
             self.evaluator.evaluate(done)
         saved = self.checkpointer.should_save(done)
@@ -327,8 +332,8 @@ class Trainer:
             tag = checkpoint.tag_for(done) if saved else self.checkpointer.save(done, self.guard)
             if self.dist.rank == 0:
                 preemption.write_marker(self.out, done, signum, tag)
-            log(self.dist.rank, f"signal {signum}: checkpoint {tag} written at step {done}; exiting "
-                                f"with code {preemption.EXIT_PREEMPTED}")
+            log.warning(f"signal {signum}: checkpoint {tag} written at step {done}; exiting "
+                        f"with code {preemption.EXIT_PREEMPTED}")
             raise preemption.Preempted(done, signum)
 
     def train(self) -> dict:

@@ -8,9 +8,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from ..data.rationales import END_MARKER
+from ..logs import setup as setup_logging
 from ..progress import quiet_library_bars
 from . import Teacher, generate
 from .generate import GenerateConfig, run
@@ -36,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retry_failures", action="store_true", help="try again the ids that failed before")
     p.add_argument("--teacher_name", help="the 'teacher' field (default hf:<model> or openai:<model>)")
     p.add_argument("--no_progress", dest="progress", action="store_false")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true", help="INFO messages too (else WARNING, or DHRD_LOG_LEVEL)")
 
     g = p.add_argument_group("teacher (local HF model unless --base_url is given)")
     g.add_argument("--model", required=True, help="local: HF dir or a .gguf path; endpoint: the model name")
@@ -87,8 +89,7 @@ def build_teacher(args: argparse.Namespace) -> Teacher:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(logging.INFO if args.verbose else os.environ.get("DHRD_LOG_LEVEL") or logging.WARNING)
     cfg = GenerateConfig(task=args.task, input=args.input, out=args.out, mode=args.mode,
                          prompt_version=args.prompt_version, require_end_marker=args.require_end_marker,
                          failures=args.failures, shard=parse_shard(args.shard), ids_file=args.ids_file,
