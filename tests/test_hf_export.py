@@ -85,6 +85,8 @@ def test_pipeline_equals_dhrd_predict(tmp_path, arch, tied):
 def test_template_card_and_single_examples(tmp_path):
     """The stored template renders the training text; the card carries Hub metadata;
     each example alone (no padding at all) agrees with the batched run."""
+    from huggingface_hub import ModelCard
+
     from dhrd.data.tasks import get_task
     from dhrd.data.templates import CONFIG_KEY, render_input
     from dhrd.export.hf import export_hf
@@ -97,8 +99,15 @@ def test_template_card_and_single_examples(tmp_path):
     assert render_input(cfg[CONFIG_KEY], row) == get_task("rte").render(row)
     assert cfg["dhrd"]["task"] == "rte" and cfg["dhrd"]["max_input_len"] == 40
     card = (tmp_path / "hf" / "README.md").read_text()
-    assert card.startswith("---\nlibrary_name: transformers\npipeline_tag: text-classification\n")
-    assert "value: 0.75" in card and get_task("rte").render(
+    meta = ModelCard(card).data.to_dict()  # the metadata as the Hub reads it
+    assert card.startswith("---\n") and meta["library_name"] == "transformers"
+    assert meta["pipeline_tag"] == "text-classification" and meta["tags"] == ["dhrd", "reasoning-distillation", "rte"]
+    assert meta["base_model"] == str(tmp_path / "base")  # the training config's backbone
+    assert meta["model-index"] == [{"name": "rte-dhrd-classifier", "results": [{
+        "task": {"type": "text-classification"}, "dataset": {"name": "rte", "type": "rte"},
+        "metrics": [{"type": "accuracy", "value": 0.75}]}]}]
+    assert "## Use" in card and "## Training" in card and "## Limitations" in card
+    assert get_task("rte").render(
         {"premise": "A man is playing a guitar on stage.", "hypothesis": "A person is making music."}) in card
     alone = [pipeline_probs(tmp_path / "hf", [t], 1)[0] for t in TEXTS[:2]]
     batched = pipeline_probs(tmp_path / "hf", TEXTS[:2], 2)

@@ -206,6 +206,53 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(lean_server, lean_clf
     assert "Traceback" not in lean_server.output()
 
 
+def test_openapi_document_declares_the_classify_body(lean_server):
+    status, doc = call(lean_server.port, "GET", "/openapi.json")
+    assert status == 200
+    body = doc["paths"]["/v1/classify"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert set(body["properties"]) == {"texts", "rows"} and body["additionalProperties"] is False
+    assert body["properties"]["texts"]["maxItems"] == LEAN_LIMITS["max_items"]
+    assert body["properties"]["rows"]["items"] == {"$ref": "#/components/schemas/RteRow"}
+    row = doc["components"]["schemas"]["RteRow"]
+    assert row["required"] == ["premise", "hypothesis"] and row["properties"]["premise"]["type"] == "string"
+
+
+class RowsOf:
+    """A lean model of ``task`` that renders rows, for the schema checks alone."""
+
+    format, accepts_rows, labels = "lean", True, ["a", "b"]
+
+    def __init__(self, task: str):
+        from dhrd.data.tasks import get_task
+
+        self.task, self.render = task, get_task(task).render
+
+
+@pytest.mark.parametrize("task, row, status, message", [
+    ("wsc", {"text": "t", "target": {"span1_text": "a"}}, 422, "rows[0]: field 'target.span2_text': missing"),
+    ("wsc", {"text": "t", "target": "a"}, 422, "rows[0]: field 'target': expected an object, got a string"),
+    ("cqa", {"question": "q", "choices": ["a", 2]}, 422, "rows[0]: field 'choices[1]': expected a string, got an"),
+    ("cqa", {"question": "q", "choices": ["a"]}, 422, "rows[0]: field 'choices': expected 5 choices, got 1"),
+    ("copa", {"premise": "p", "choice1": "a", "choice2": "b", "question": "why"}, 422,
+     "rows[0]: field 'question': expected \"cause\" or \"effect\", got \"why\""),
+    ("boolq", {"passage": "p", "question": " "}, 422, "rows[0]: field 'question': empty (only whitespace)"),
+    ("boolq", {"passage": "p", "question": "q", "idx": 1, "label": True}, 200, "Passage: p"),
+])
+def test_row_fields_are_the_tasks(task, row, status, message):
+    """Row fields come from the task (Task.fields), nested ones named by their dotted path;
+    what the schema cannot say (only whitespace, copa's cause or effect) the template does."""
+    from dhrd.serve.http import ServeConfig
+    from dhrd.serve.request_body import RequestError, request_texts
+
+    body = json.dumps({"rows": [row]}).encode()
+    if status == 200:
+        assert request_texts(body, RowsOf(task), ServeConfig(model_dir="m"))[0].startswith(message)
+        return
+    with pytest.raises(RequestError) as e:
+        request_texts(body, RowsOf(task), ServeConfig(model_dir="m"))
+    assert (e.value.status, e.value.message[:len(message)]) == (status, message)
+
+
 # ---------------------------------------------------------------------------------------
 # Hugging Face directory.
 

@@ -103,6 +103,12 @@ class Task:
     # label order, and the input [question, option] the choice head scores for one option.
     options: Callable[[Row], list[str]] | None = field(default=None, repr=False)
     choice_template: Callable[[Row, str], str] | None = field(default=None, repr=False)
+    # The raw fields a row of the local format gives ``render``, name -> type (a dict: an
+    # object of such fields): dhrd serve's row schema, shown in its OpenAPI document. The
+    # template still checks them, as it checks every row read from a file, and checks the
+    # rest (only whitespace, copa's "cause" or "effect"); tests/data/test_tasks.py keeps the
+    # two in step.
+    fields: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     def render(self, row: Row) -> str:
         """The classifier input x for one row of the local format (MultiRC: one answer row,
@@ -237,6 +243,11 @@ def register(task: Task) -> Task:
     return task
 
 
+def texts(*names: str) -> dict[str, type]:
+    """``fields`` of a task whose row is flat text fields."""
+    return dict.fromkeys(names, str)
+
+
 BOOL = (False, True)
 YES_NO = ("no", "yes")  # verbalizers for labels ("false", "true")
 SUPERGLUE = "aps/super_glue"
@@ -248,7 +259,7 @@ def _boolq(r: Row) -> str:
 
 
 register(Task("boolq", ("false", "true"), YES_NO, "Answer a yes/no question about a passage.",
-              ("accuracy",), (SUPERGLUE, "boolq"), _boolq, BOOL))
+              ("accuracy",), (SUPERGLUE, "boolq"), _boolq, BOOL, fields=texts("passage", "question")))
 
 
 def _nli3(options: str) -> Callable[[Row], str]:
@@ -262,7 +273,7 @@ NLI_DESCRIPTION = "Decide whether the premise entails, contradicts, or is neutra
 CB_LABELS = ("entailment", "contradiction", "neutral")
 register(Task("cb", CB_LABELS, CB_LABELS, NLI_DESCRIPTION,
               ("macro_f1", "accuracy"), (SUPERGLUE, "cb"), _nli3("entailment, contradiction or neutral"),
-              CB_LABELS))
+              CB_LABELS, fields=texts("premise", "hypothesis")))
 
 
 def _copa(r: Row) -> str:
@@ -289,7 +300,8 @@ def _copa_choice(r: Row, option: str) -> str:
 register(Task("copa", ("choice1", "choice2"), ("1", "2"),
               "Pick the more plausible cause or effect of the premise.",
               ("accuracy",), (SUPERGLUE, "copa"), _copa, (0, 1),
-              options=_copa_options, choice_template=_copa_choice))
+              options=_copa_options, choice_template=_copa_choice,
+              fields=texts("premise", "choice1", "choice2", "question")))
 
 
 def _multirc(r: Row) -> str:
@@ -329,7 +341,7 @@ def _multirc_hub(r: Row) -> Row:
 register(Task("multirc", ("false", "true"), YES_NO,
               "Decide whether a candidate answer to a question about a passage is correct.",
               ("f1a", "em"), (SUPERGLUE, "multirc"), _multirc, (0, 1),
-              units=_multirc_units, from_hub=_multirc_hub))
+              units=_multirc_units, from_hub=_multirc_hub, fields=texts("passage", "question", "answer")))
 
 
 def _rte(r: Row) -> str:
@@ -339,7 +351,8 @@ def _rte(r: Row) -> str:
 
 register(Task("rte", ("entailment", "not_entailment"), ("yes", "no"),
               "Decide whether the premise entails the hypothesis.",
-              ("accuracy",), (SUPERGLUE, "rte"), _rte, ("entailment", "not_entailment")))
+              ("accuracy",), (SUPERGLUE, "rte"), _rte, ("entailment", "not_entailment"),
+              fields=texts("premise", "hypothesis")))
 
 
 def _wic(r: Row) -> str:
@@ -350,7 +363,7 @@ def _wic(r: Row) -> str:
 
 register(Task("wic", ("false", "true"), YES_NO,
               "Decide whether a word has the same meaning in two sentences.",
-              ("accuracy",), (SUPERGLUE, "wic"), _wic, BOOL))
+              ("accuracy",), (SUPERGLUE, "wic"), _wic, BOOL, fields=texts("sentence1", "sentence2", "word")))
 
 
 def _wsc(r: Row) -> str:
@@ -370,16 +383,18 @@ def _wsc_hub(r: Row) -> Row:
 
 register(Task("wsc", ("false", "true"), YES_NO,
               "Decide whether a pronoun refers to a given noun phrase.",
-              ("accuracy",), (SUPERGLUE, "wsc.fixed"), _wsc, BOOL, from_hub=_wsc_hub))
+              ("accuracy",), (SUPERGLUE, "wsc.fixed"), _wsc, BOOL, from_hub=_wsc_hub,
+              fields={"text": str, "target": texts("span1_text", "span2_text")}))
 
 
 NLI3 = ("entailment", "neutral", "contradiction")
 register(Task("esnli", NLI3, NLI3, NLI_DESCRIPTION,
               ("accuracy",), ("esnli", None), _nli3("entailment, neutral or contradiction"), (0, 1, 2),
-              id_key=None))
+              id_key=None, fields=texts("premise", "hypothesis")))
 register(Task("anli1", NLI3, NLI3, NLI_DESCRIPTION,
               ("accuracy",), ("facebook/anli", None), _nli3("entailment, neutral or contradiction"), (0, 1, 2),
-              id_key="uid", hub_split=lambda split: split if split.endswith("_r1") else f"{split}_r1"))
+              id_key="uid", hub_split=lambda split: split if split.endswith("_r1") else f"{split}_r1",
+              fields=texts("premise", "hypothesis")))
 
 LETTERS = ("a", "b", "c", "d", "e")
 
@@ -415,13 +430,14 @@ def _cqa_hub(r: Row) -> Row:
 register(Task("cqa", LETTERS, LETTERS, "Answer a commonsense question by picking one of five choices.",
               ("accuracy",), ("tau/commonsense_qa", None), _cqa, _cqa_choices,
               label_key="answer", id_key="id", from_hub=_cqa_hub,
-              options=_cqa_choices, choice_template=_cqa_choice))
+              options=_cqa_choices, choice_template=_cqa_choice, fields={"question": str, "choices": list[str]}))
 
 
 # A generated arithmetic task (python -m dhrd.demo --task sum4): its rationale writes the
 # sum out and compares it with 20, so it carries everything the label needs. No hub data.
 register(Task("sum4", ("no", "yes"), ("no", "yes"), "Decide whether a sum of four digits is more than 20.",
-              ("accuracy",), None, lambda r: f"{need_text(r, 'question')}\nAnswer yes or no.", ("no", "yes")))
+              ("accuracy",), None, lambda r: f"{need_text(r, 'question')}\nAnswer yes or no.", ("no", "yes"),
+              fields=texts("question")))
 
 
 FORMULATIONS = ("classify", "choice")

@@ -183,31 +183,24 @@ def _example_row(task_name: str, fields) -> dict:
 
 
 def model_card(trained: Trained, meta: dict, seq, tokenizer, template: str) -> str:
-    """README.md in Hub conventions: YAML metadata, what it is, how to call it, limits."""
+    """README.md in Hub conventions: YAML metadata (written by huggingface_hub, which quotes
+    and nests it as the Hub reads it), what it is, how to call it, limits."""
+    from huggingface_hub import EvalResult, ModelCardData
+
     task = trained.task
     ev = (meta.get("eval") or {}).get("metrics") or {}
     fields = template_for(task.name)[1]
     row = _example_row(task.name, fields)
     example = render_input(template, row)
-    front = {"library_name": "transformers", "pipeline_tag": "text-classification",
-             "tags": ["dhrd", "reasoning-distillation", task.name]}
-    if meta.get("backbone"):
-        front["base_model"] = meta["backbone"]
-    yaml_lines = ["---", f"library_name: {front['library_name']}", f"pipeline_tag: {front['pipeline_tag']}",
-                  "tags:"] + [f"- {t}" for t in front["tags"]]
-    if "base_model" in front:
-        yaml_lines.append(f"base_model: {json.dumps(front['base_model'])}")
-    if ev:
-        yaml_lines += ["model-index:", f"- name: {task.name}-dhrd-classifier", "  results:",
-                       "  - task: {type: text-classification}",
-                       f"    dataset: {{name: {task.name}, type: {task.name}}}",
-                       "    metrics:"] + [f"    - {{type: {k}, value: {v}}}" for k, v in ev.items()
-                                          if isinstance(v, (int, float))]
-    yaml_lines.append("---")
+    results = [EvalResult(task_type="text-classification", dataset_type=task.name, dataset_name=task.name,
+                          metric_type=k, metric_value=v) for k, v in ev.items() if isinstance(v, (int, float))]
+    data = ModelCardData(library_name="transformers", pipeline_tag="text-classification",
+                         tags=["dhrd", "reasoning-distillation", task.name], base_model=meta.get("backbone") or None,
+                         model_name=f"{task.name}-dhrd-classifier" if results else None, eval_results=results or None)
     labels = ", ".join(f"`{lab}`" for lab in task.labels)
     train = {k: meta.get(k) for k in ("method", "alpha", "beta", "rationale_mode", "step", "lora_merged")}
-    lines = yaml_lines + [
-        "", f"# {task.name} classifier trained with Dual-Head Reasoning Distillation", "",
+    lines = [
+        "---", data.to_yaml(), "---", "", f"# {task.name} classifier trained with Dual-Head Reasoning Distillation", "",
         f"A `{type(seq).__name__}` ({task.description}) with labels {labels}. It was trained with two heads: "
         "this pooled classification head, and the language-model head supervised by teacher rationales "
         "(training only, not part of this export). At inference it is a plain classifier: one forward pass, "

@@ -8,6 +8,7 @@ standard Hugging Face sequence-classification directory (``config.json`` naming 
 * ``GET /ready``: 200 once a warm-up batch has run, 503 while warming up or draining (readiness);
 * ``GET /metrics``: Prometheus text format (``dhrd.serve.metrics``);
 * ``GET /v1/model``: format, task, labels, which inputs it accepts and the limits;
+* ``GET /openapi.json``: the OpenAPI document, with the classify body's schema (its row fields);
 * ``POST /v1/classify``: ``{"texts": [...]}`` (formatted inputs) or ``{"rows": [{...}]}``
   (raw task fields, rendered as training rendered them) -> ``{"predictions": [{"label",
   "probs"}]}`` in input order. A multiple-choice lean model (formulation choice) takes
@@ -131,6 +132,7 @@ def create_app(model, cfg: ServeConfig, state: ServeState | None = None):
     from starlette.exceptions import HTTPException
 
     from .metrics import ServeMetrics
+    from .request_schema import body_model, rows_task
 
     state = state or ServeState()
     metrics = ServeMetrics(cfg.max_batch_size, cfg.max_queue_items)
@@ -149,7 +151,8 @@ def create_app(model, cfg: ServeConfig, state: ServeState | None = None):
                 task.cancel()
             batcher.close()
 
-    app = FastAPI(title="dhrd classifier", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="dhrd classifier", lifespan=lifespan, docs_url=None, redoc_url=None)
+    request_schema = _documented(app, body_model(rows_task(model), cfg.max_items))
     app.state.metrics, app.state.serve_state = metrics, state
 
     @app.exception_handler(HTTPException)  # 404, 405: the same {"error"} shape as ours
@@ -180,7 +183,8 @@ def create_app(model, cfg: ServeConfig, state: ServeState | None = None):
                 "formulation": "choice" if getattr(model, "choice", False) else "classify",
                 "model_dir": cfg.model_dir, **limits}
 
-    @app.post("/v1/classify")
+    @app.post("/v1/classify", openapi_extra={"requestBody": {"required": True, "content": {
+              "application/json": {"schema": request_schema}}}})
     async def classify(request: Request):
         status, reply, headers = await classify_once(request, model, cfg, request.app.state.batcher, metrics)
         if reply is None:
@@ -188,6 +192,24 @@ def create_app(model, cfg: ServeConfig, state: ServeState | None = None):
         return JSONResponse(reply, status_code=status, headers=headers)
 
     return app
+
+
+def _documented(app, request_model) -> dict:
+    """The OpenAPI schema of ``request_model``, its nested models added to the document's
+    components. The handler reads the raw body itself (within --max_body_bytes and
+    --body_timeout_s) and validates it, so FastAPI cannot take the schema from a parameter."""
+    from fastapi import FastAPI
+
+    schema = request_model.model_json_schema(ref_template="#/components/schemas/{model}")
+    nested = schema.pop("$defs", {})
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            FastAPI.openapi(app).setdefault("components", {}).setdefault("schemas", {}).update(nested)
+        return app.openapi_schema
+
+    app.openapi = openapi
+    return schema
 
 
 async def _warm_up(batcher: Batcher, state: ServeState, cfg: ServeConfig, model) -> None:

@@ -1,6 +1,7 @@
-"""The body of a ``POST /v1/classify``: read within size and time limits, parsed, and
-checked item by item, so that every bad request is a 4xx whose message names the item
-and field (``texts[3]``, ``rows[1]: field 'premise'``), never a 500 from a tokenizer."""
+"""The body of a ``POST /v1/classify``: read within size and time limits, parsed, checked
+against its schema (``dhrd.serve.request_schema``) and rendered, so that every bad request
+is a 4xx whose message names the item and field (``texts[3]``, ``rows[1]: field
+'premise'``), never a 500 from a tokenizer."""
 
 from __future__ import annotations
 
@@ -19,14 +20,6 @@ class RequestError(Exception):
 
 class ClientGone(Exception):
     """The client closed its connection: there is no one to answer."""
-
-
-_KINDS = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array",
-          dict: "an object", type(None): "null"}
-
-
-def kind(value) -> str:
-    return _KINDS.get(type(value), type(value).__name__)
 
 
 async def read_body(request, limit: int, timeout_s: float) -> bytes:
@@ -58,63 +51,43 @@ async def read_body(request, limit: int, timeout_s: float) -> bytes:
     return b"".join(chunks)
 
 
-def parse_items(body: bytes, max_items: int) -> tuple[str, list]:
-    """("texts" | "rows", the items) of a classify request. The body is parsed as the
-    data readers parse a JSONL line: not UTF-8, nesting too deep, duplicate keys, integers
-    too long and lone surrogates are each named, not raised from deep inside a parser."""
+def _refuse_kind(payload, model, cfg) -> None:
+    """A kind of input the model cannot take is named before its items are checked."""
+    if isinstance(payload, dict) and len(payload) == 1:
+        if "rows" in payload and not model.accepts_rows:
+            raise RequestError(400, f'this model ({cfg.model_dir}) has no input template '
+                                    '(dhrd_input_template in its config): only "texts" is accepted')
+        if "texts" in payload and not getattr(model, "accepts_texts", True):
+            raise RequestError(400, f'this is a multiple-choice model ({cfg.model_dir}): give "rows" of the '
+                                    "task's raw fields (each option is scored with its question), not \"texts\"")
+
+
+def request_texts(body: bytes, model, cfg) -> list[str]:
+    """The model inputs of a classify request: texts checked, rows rendered. The body is
+    parsed as the data readers parse a JSONL line (not UTF-8, nesting too deep, duplicate
+    keys, integers too long and lone surrogates are each named, which pydantic's JSON
+    parser would not all refuse), then checked against its schema."""
+    from .request_schema import refusal
+
     if not body.strip():
         raise RequestError(400, 'empty body: send {"texts": [...]} or {"rows": [...]}')
     try:
         payload = parse_line(body, None, None)
     except DataError as e:
         raise RequestError(400, f"body: {e.reason}") from None
-    if not isinstance(payload, dict):
-        raise RequestError(400, f'the body must be a JSON object {{"texts": [...]}} or {{"rows": [...]}}, '
-                                f"got {kind(payload)}")
-    unknown = sorted(set(payload) - {"texts", "rows"})
-    if unknown:
-        raise RequestError(400, f"unknown key(s) {', '.join(map(repr, unknown))}: give \"texts\" or \"rows\"")
-    if len(payload) != 1:
-        raise RequestError(400, 'give exactly one of "texts" (formatted inputs) or "rows" (raw task fields)')
-    key, items = next(iter(payload.items()))
-    if not isinstance(items, list):
-        raise RequestError(400, f'"{key}" must be an array, got {kind(items)}')
-    if not items:
-        raise RequestError(400, f'"{key}" is empty')
-    if len(items) > max_items:
-        raise RequestError(413, f'{len(items)} {key}; at most {max_items} per request (--max_items)')
-    return key, items
-
-
-def _row_text(model, item, where: str) -> str:
-    if not isinstance(item, dict):
-        raise RequestError(400, f"{where}: expected an object of task fields, got {kind(item)}")
-    try:
-        return model.render(item)
-    except (DataError, ValueError) as e:
-        raise RequestError(422, f"{where}: {e}") from None
-
-
-def request_texts(body: bytes, model, cfg) -> list[str]:
-    """The model inputs of a classify request: texts checked, rows rendered."""
-    key, items = parse_items(body, cfg.max_items)
-    if key == "rows" and not model.accepts_rows:
-        raise RequestError(400, f'this model ({cfg.model_dir}) has no input template '
-                                '(dhrd_input_template in its config): only "texts" is accepted')
-    if key == "texts" and not getattr(model, "accepts_texts", True):
-        raise RequestError(400, f'this is a multiple-choice model ({cfg.model_dir}): give "rows" of the task\'s '
-                                'raw fields (each option is scored with its question), not "texts"')
+    _refuse_kind(payload, model, cfg)
+    if problem := refusal(payload, model, cfg.max_items):
+        raise RequestError(*problem)
+    [(key, items)] = payload.items()
     texts = []
     for i, item in enumerate(items):
-        where = f"{key}[{i}]"
         if key == "rows":
-            item = _row_text(model, item, where)
-        elif not isinstance(item, str):
-            raise RequestError(400, f"{where}: expected a string, got {kind(item)}")
-        elif not item.strip():
-            raise RequestError(400, f"{where}: empty (only whitespace)")
+            try:
+                item = model.render(item)  # what the schema cannot say: e.g. a field only whitespace
+            except (DataError, ValueError) as e:
+                raise RequestError(422, f"{key}[{i}]: {e}") from None
         if cfg.max_text_chars is not None and len(item) > cfg.max_text_chars:
-            raise RequestError(413, f"{where}: {len(item)} characters; at most {cfg.max_text_chars} "
+            raise RequestError(413, f"{key}[{i}]: {len(item)} characters; at most {cfg.max_text_chars} "
                                     "(--max_text_chars)")
         texts.append(item)
     return texts

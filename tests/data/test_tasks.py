@@ -127,6 +127,19 @@ def test_read_every_task(tmp_path, name):
     assert (examples[0].group is not None) == (name == "multirc")
 
 
+
+@pytest.mark.parametrize("name", sorted(FIXTURES))
+def test_declared_fields_are_what_render_reads(tmp_path, name):
+    """Task.fields (dhrd serve's row schema) names every field render reads, and no other."""
+    task = get_task(name)
+    example = read_examples(name, write(tmp_path / f"{name}.jsonl", FIXTURES[name][0][:1]))[0]
+    row = {k: example.fields[k] for k in task.fields}
+    assert task.render(row) == example.text
+    for key in task.fields:
+        with pytest.raises(DataError) as e:
+            task.render({k: v for k, v in row.items() if k != key})
+        assert e.value.field == key
+
 def test_multirc_flattens_answers_grouped_by_question(tmp_path):
     rows = FIXTURES["multirc"][0]
     examples = get_task("multirc").read(write(tmp_path / "m.jsonl", rows))
