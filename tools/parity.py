@@ -31,7 +31,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def engine_cmd(a, method, seed, out):
     return [sys.executable, os.path.join(REPO, "dhrd", "train.py"), "--task", a.task, "--model", a.model,
             "--train_file", a.train_file, "--eval_file", a.eval_file, "--rationale_file", a.rationale_file,
-            "--method", method, "--head", "mlp",  # the plain loop's head
+            # the plain loop's recipe: the MLP head, alpha constant (dhrd_paper, whatever dhrd's default)
+            "--method", "dhrd_paper" if method == "dhrd" else method, "--head", "mlp",
             "--lr", str(a.lr), "--epochs", "1", "--global_batch_size", str(a.batch_size),
             "--max_seq_len", str(a.max_seq_len), "--warmup_steps", "5",
             "--seed", str(seed), "--output_dir", out, "--progress", "false", "--export_final", "false"]
