@@ -3,6 +3,7 @@
     name: cpu_small
     model: smollm2                   # any --model value
     common: {lr: 5.0e-5, epochs: 1}  # trainer arguments of every run
+    presets: {dhrd: {alpha: 1.0}}    # optional: what a --method preset meant for these runs
     seeds: [0, 1, 2]
     tasks:
       esnli: {train_file: data/esnli/train.jsonl, eval_file: data/esnli/dev.jsonl,
@@ -12,7 +13,10 @@
       - {methods: [label_only, shuffled], axes: {max_train_examples: [2000]}, tasks: [esnli]}
 
 A run is (task, method, seed, overrides); its name is derived from those, so the same run
-in two blocks is one run, and a grid file can grow without renaming finished runs. Paths
+in two blocks is one run, and a grid file can grow without renaming finished runs.
+``presets`` pins settings of a method's preset for this grid (they do not enter the names):
+when ``--method dhrd``'s default moves on with new evidence, a grid's finished dhrd runs
+still name the recipe they trained, and new seeds of them train that recipe too. Paths
 are relative to the grid file's folder and may use ``${VAR}`` environment variables
 (``${DHRD_DATA:-../shared/data}`` style defaults too).
 """
@@ -66,9 +70,10 @@ class Run:
         return self.name.rsplit("-s", 1)[0]
 
     def args(self, grid: "Grid", output_dir: str) -> dict[str, Any]:
-        """Every trainer argument of this run (common < the task's settings < block axes)."""
-        out = {**grid.common, "model": grid.model, **dict(self.task_args), **dict(self.files),
-               "task": self.task, "method": self.method,
+        """Every trainer argument of this run (common < the grid's pins of its method's preset <
+        the task's settings < block axes)."""
+        out = {**grid.common, **grid.presets.get(self.method, {}), "model": grid.model, **dict(self.task_args),
+               **dict(self.files), "task": self.task, "method": self.method,
                "seed": self.seed, **{k: v for k, v in self.overrides if k not in HARNESS_AXES},
                "output_dir": output_dir}
         return out
@@ -83,6 +88,7 @@ class Grid:
     tasks: dict[str, dict[str, Any]]
     runs: list[Run]
     slurm: dict[str, Any]
+    presets: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _part(key: str, value) -> str:
@@ -156,7 +162,7 @@ def _read_yaml(path: str) -> dict:
         raise GridError(f"{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
     if not isinstance(raw, dict):
         raise GridError(f"{path}: a grid file holds a mapping")
-    allowed = {"name", "model", "common", "seeds", "tasks", "blocks", "slurm", "description"}
+    allowed = {"name", "model", "common", "presets", "seeds", "tasks", "blocks", "slurm", "description"}
     extra = set(raw) - allowed
     if extra:
         raise GridError(f"{path}: unknown key(s) {', '.join(sorted(extra))}; expected {', '.join(sorted(allowed))}")
@@ -246,6 +252,19 @@ def _rationale_source(where: str, task: str, spec: dict, overrides: dict, files:
     return tuple(overrides.items()), files
 
 
+def _read_presets(path: str, raw) -> dict[str, dict[str, Any]]:
+    """``presets: {method: {field: value}}``: trainer arguments of one method's runs."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+        raise GridError(f"{path}: presets: a mapping of method to a mapping of trainer arguments")
+    for method, pins in raw.items():
+        if method not in METHODS:
+            raise GridError(f"{path}: presets: unknown method {method!r} (one of {', '.join(METHODS)})")
+        _check_args(f"{path}: presets.{method}", pins)
+    return {m: dict(v) for m, v in raw.items()}
+
+
 def load_grid(path: str) -> Grid:
     base = os.path.dirname(os.path.abspath(path))
     raw = _read_yaml(path)
@@ -258,6 +277,7 @@ def load_grid(path: str) -> Grid:
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
         raise GridError(f"{path}: seeds must be a non-empty list of integers")
     tasks = _read_tasks(path, raw["tasks"], base)
+    presets = _read_presets(path, raw.get("presets"))
     blocks = raw["blocks"]
     if not isinstance(blocks, list) or not blocks:
         raise GridError(f"{path}: blocks must be a non-empty list")
@@ -270,4 +290,4 @@ def load_grid(path: str) -> Grid:
     ordered = sorted(runs.values(), key=lambda r: r.seed)
     return Grid(name=str(raw.get("name") or os.path.splitext(os.path.basename(path))[0]),
                 model=_expand(str(raw["model"]), base, is_file=False), path=os.path.abspath(path), common=common,
-                tasks=tasks, runs=ordered, slurm=dict(raw.get("slurm") or {}))
+                tasks=tasks, runs=ordered, slurm=dict(raw.get("slurm") or {}), presets=presets)

@@ -70,6 +70,10 @@ def test_grid_expands_blocks_into_named_runs(tmp_path):
     ("name: x\nmodel: m\ntasks: {nope: {train_file: a, eval_file: b}}\nblocks: [{methods: [dhrd]}]\n",
      "unknown task 'nope'"),
     ("name: x\nmodel: m\ntasks: {esnli: {train_file: a}}\nblocks: [{methods: [dhrd]}]\n", "missing 'eval_file'"),
+    ("name: x\nmodel: m\ntasks: {esnli: {train_file: a, eval_file: b}}\npresets: {dhrdd: {alpha: 1}}\n"
+     "blocks: [{methods: [dhrd]}]\n", "presets: unknown method 'dhrdd'"),
+    ("name: x\nmodel: m\ntasks: {esnli: {train_file: a, eval_file: b}}\npresets: {dhrd: {alpah: 1}}\n"
+     "blocks: [{methods: [dhrd]}]\n", "presets.dhrd: 'alpah' is not a trainer argument"),
     ("name: x\nmodel: a: b\n", "grid.yaml:2: not valid YAML"),
 ])
 def test_bad_grid_files_name_the_problem(tmp_path, text, message):
@@ -344,7 +348,14 @@ def test_the_shipped_grids_load_and_dry_run(capsys):
     paper = load_grid(os.path.join(repo, "experiments", "gpu_paper.yaml"))
     tasks = {r.task for r in paper.runs}
     assert tasks == {"boolq", "cb", "copa", "multirc", "rte", "wic", "wsc"}
-    assert {r.method for r in paper.runs} == {"pooled", "dhrd", "label_only", "shuffled", "rationale_only"}
+    assert {r.method for r in paper.runs} == {"pooled", "dhrd_paper", "dhrd", "label_only", "shuffled",
+                                              "rationale_only"}
+    # the CPU grids' dhrd runs were trained at alpha 1, constant: pinned, whatever the preset says now
+    for name in ("cpu_small", "cpu_gold"):
+        grid = load_grid(os.path.join(repo, "experiments", f"{name}.yaml"))
+        plain = [r.args(grid, "/o") for r in grid.runs
+                 if r.method == "dhrd" and not {"alpha", "alpha_schedule"} & set(dict(r.overrides))]
+        assert plain and all((a["alpha"], a["alpha_schedule"]) == (1.0, "constant") for a in plain)
     run = paper.runs[0]
     args = run.args(paper, "/o")
     assert args["lora"] is True and args["lr"] == 2e-4 and args["ds_config"].endswith("ds_configs/zero2.json")

@@ -146,7 +146,13 @@ def test_changed_args_compares_what_the_run_resolved(tmp_path, monkeypatch):
     monkeypatch.setitem(config.METHODS, "dhrd", {**config.METHODS["dhrd"], "alpha": 0.3})  # a new preset
     assert changed_args(grid, root, run) == {"alpha": (1.0, 0.3)}
     assert changed_args(grid, root, sibling) == {"alpha (seed 0 had it)": (1.0, 0.3)}
+    # a grid that pins what its dhrd meant keeps its runs when the preset's default moves on
+    (tmp_path / "grid.yaml").write_text(text.replace("blocks:", "presets: {dhrd: {alpha: 1.0}}\nblocks:"))
+    pinned = load_grid(str(tmp_path / "grid.yaml"))
+    assert [r.name for r in pinned.runs] == [r.name for r in grid.runs]
+    assert changed_args(pinned, root, run) == {} and changed_args(pinned, root, sibling) == {}
     monkeypatch.undo()
+    (tmp_path / "grid.yaml").write_text(text)
 
     for common, expected in (("head: linear", {}), ("head: mlp", {"head": ("linear", "mlp")})):
         (tmp_path / "grid.yaml").write_text(text.replace("save_every: 2}", f"save_every: 2, {common}}}"))
