@@ -1,5 +1,6 @@
 """Worker for test_engine's NaN-skip test: ``deepspeed --num_gpus 2 _nonfinite_worker.py
-STAGE OUT_DIR``. A tiny Llama DualHeadLoss under ZeRO-STAGE (0: no ZeRO, fp32: the plain
+STAGES OUT_DIR`` (e.g. ``0,2,3``: each in turn, in one launch). A tiny Llama DualHeadLoss
+under ZeRO-STAGE (0: no ZeRO, fp32: the plain
 torch AdamW behind ``step.StepSkipper``), 2 micro-batches per rank
 per step, driven by ``dhrd.engine.optimizer_step`` (the train loop's step). A fault makes
 one rank's loss NaN in chosen micro-batches:
@@ -12,7 +13,7 @@ one rank's loss NaN in chosen micro-batches:
 
 Around every step each rank records the full fp32 parameters, its shard of the master
 weights and AdamW state, the lr and DeepSpeed's skipped-step count; OUT_DIR/rank{r}.json
-holds whether each step changed them.
+holds whether each step changed them (OUT_DIR/stage{s}-rank{r}.json).
 """
 
 from __future__ import annotations
@@ -77,19 +78,28 @@ def same(a: dict, b: dict) -> bool:
 
 
 def main() -> None:
-    stage, out_dir = (a for a in sys.argv[1:] if not a.startswith("--local_rank"))
+    """Every stage of STAGES (comma-separated) in turn, in one process group: one launch."""
+    stages, out_dir = (a for a in sys.argv[1:] if not a.startswith("--local_rank"))
+    from dhrd.engine.dist import init_distributed
+
+    dist = init_distributed()
+    for stage in stages.split(","):
+        result = run_stage(int(stage), dist)
+        with open(os.path.join(out_dir, f"stage{stage}-rank{dist.rank}.json"), "w") as f:
+            json.dump(result, f, indent=1)
+
+
+def run_stage(stage: int, dist) -> dict:
     import deepspeed
 
-    from dhrd.engine.dist import init_distributed
     from dhrd.engine.ds_config import fill_ds_config, load_ds_config, start_warmup_schedule
     from dhrd.engine.step import NonFiniteGuard, TrainingDiverged, optimizer_step, param_groups
     from dhrd.loss import DualHeadLoss
     from dhrd.model.dual_head import DualHeadModel
     from tests.helpers import tiny_backbone
 
-    dist = init_distributed()
     cfg = load_ds_config(None)
-    cfg["zero_optimization"] = {"stage": int(stage), "stage3_param_persistence_threshold": 0}
+    cfg["zero_optimization"] = {"stage": stage, "stage3_param_persistence_threshold": 0}
     cfg = fill_ds_config(cfg, micro_rows=1, gas=2, world=dist.world, lr=1e-2, weight_decay=0.1, warmup_steps=1,
                          total_steps=8, max_grad_norm=1.0, device=dist.device, hidden_size=32)
     torch.manual_seed(0)
@@ -116,9 +126,9 @@ def main() -> None:
         except TrainingDiverged as e:
             stopped = str(e)
             break
-    with open(os.path.join(out_dir, f"rank{dist.rank}.json"), "w") as f:
-        json.dump({"rank": dist.rank, "world": dist.world, "steps": steps, "stopped": stopped,
-                   "guard_total": guard.total}, f, indent=1)
+    engine.destroy()
+    return {"rank": dist.rank, "world": dist.world, "stage": stage, "steps": steps, "stopped": stopped,
+            "guard_total": guard.total}
 
 
 if __name__ == "__main__":
