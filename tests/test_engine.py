@@ -312,20 +312,21 @@ def test_method_presets_and_explicit_override():
     assert d.rationale_mode == "none"
 
 
-@pytest.mark.parametrize("argv,head,alpha", [
-    ([], "linear", 1.0),                                    # no preset: --head's default
-    (["--method", "dhrd"], "linear", 1.0),                  # the recipe measured best here
-    (["--method", "dhrd_paper"], "mlp", 1.0),               # the paper's as published
-    (["--method", "dhrd_paper", "--head", "linear"], "linear", 1.0),  # explicit wins
-    (["--method", "pooled"], "linear", 0.0),
+@pytest.mark.parametrize("argv,head,alpha,schedule", [
+    ([], "linear", 1.0, "constant"),                                    # no preset: the flags' defaults
+    (["--method", "dhrd"], "linear", 0.3, "constant"),                  # the recipe measured best here
+    (["--method", "dhrd_paper"], "mlp", 1.0, "constant"),               # the paper's as published
+    (["--method", "dhrd_paper", "--head", "linear"], "linear", 1.0, "constant"),  # explicit wins
+    (["--method", "dhrd", "--alpha", "1", "--alpha_schedule", "ramp"], "linear", 1.0, "ramp"),
+    (["--method", "pooled"], "linear", 0.0, "constant"),
 ])
-def test_dhrd_default_and_the_paper_preset_resolve_to_what_they_say(argv, head, alpha):
+def test_dhrd_default_and_the_paper_preset_resolve_to_what_they_say(argv, head, alpha, schedule):
     from dhrd.config import apply_method, explicit_fields, parse_args
 
     m, d, loss, t, _ = parse_args(argv)
     apply_method(loss, d, explicit_fields(argv), m)
-    assert (m.head, loss.alpha, loss.beta, d.rationale_mode, d.label_consistency) == (
-        head, alpha, 1.0, "teacher", "keep")
+    assert (m.head, loss.alpha, loss.beta, loss.alpha_schedule, d.rationale_mode, d.label_consistency) == (
+        head, alpha, 1.0, schedule, "teacher", "keep")
 
 
 def test_stream_positions_do_not_depend_on_world_size():

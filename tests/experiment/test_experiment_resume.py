@@ -143,11 +143,12 @@ def test_changed_args_compares_what_the_run_resolved(tmp_path, monkeypatch):
 
     sibling = next(r for r in grid.runs if r.name == "rte-dhrd-s1")  # not started: compared with seed 0
     assert changed_args(grid, root, sibling) == {}
-    monkeypatch.setitem(config.METHODS, "dhrd", {**config.METHODS["dhrd"], "alpha": 0.3})  # a new preset
-    assert changed_args(grid, root, run) == {"alpha": (1.0, 0.3)}
-    assert changed_args(grid, root, sibling) == {"alpha (seed 0 had it)": (1.0, 0.3)}
+    was = config.METHODS["dhrd"]["alpha"]
+    monkeypatch.setitem(config.METHODS, "dhrd", {**config.METHODS["dhrd"], "alpha": 0.5})  # a new preset
+    assert changed_args(grid, root, run) == {"alpha": (was, 0.5)}
+    assert changed_args(grid, root, sibling) == {"alpha (seed 0 had it)": (was, 0.5)}
     # a grid that pins what its dhrd meant keeps its runs when the preset's default moves on
-    (tmp_path / "grid.yaml").write_text(text.replace("blocks:", "presets: {dhrd: {alpha: 1.0}}\nblocks:"))
+    (tmp_path / "grid.yaml").write_text(text.replace("blocks:", f"presets: {{dhrd: {{alpha: {was}}}}}\nblocks:"))
     pinned = load_grid(str(tmp_path / "grid.yaml"))
     assert [r.name for r in pinned.runs] == [r.name for r in grid.runs]
     assert changed_args(pinned, root, run) == {} and changed_args(pinned, root, sibling) == {}
