@@ -37,7 +37,7 @@ def test_engine_follows_the_schedule(tmp_path):
     paths, model = write_task(tmp_path / "data"), write_model(tmp_path / "model")
     out = tmp_path / "run"
     proc = run_train(model, paths, out, "--max_steps", 6, "--micro_batches_per_step", 2, "--method", "dhrd",
-                     "--alpha_schedule", "step", "--alpha_switch_fraction", 0.5, "--alpha_floor", 0.1)
+                     "--alpha", 1, "--alpha_schedule", "step", "--alpha_switch_fraction", 0.5, "--alpha_floor", 0.1)
     assert proc.returncode == 0, proc.stderr[-3000:]
     alphas = losses(out, "train/alpha")
     assert [alphas[s] for s in range(1, 7)] == pytest.approx([1.0, 1.0, 1.0, 0.1, 0.1, 0.1])

@@ -10,6 +10,7 @@ import os
 
 import pytest
 
+from dhrd.config import METHODS
 from tests.distributed.train_helpers import (  # noqa: E402
     REPO,
     _free_port,
@@ -54,7 +55,7 @@ def test_loss_decreases_through_the_same_engine(setup, dhrd_run, method):
         proc = run_train(model, paths, out, *LEARN, "--method", method)
         assert proc.returncode == 0, proc.stderr[-4000:]
     cfg = json.load(open(out / "config.json"))
-    assert cfg["loss"]["alpha"] == (1.0 if method == "dhrd" else 0.0)
+    assert cfg["loss"]["alpha"] == METHODS[method]["alpha"]  # the preset, as resolved
     _check_provenance(cfg["environment"])
     total, lm = losses(out), losses(out, "train/loss_lm")
     assert _mean(total, range(26, 31)) < _mean(total, range(1, 6)) - 0.15
