@@ -37,7 +37,8 @@ _JSON_TYPES = {bool: "a boolean", int: "an integer", float: "a number", str: "a 
                list: "an array", dict: "an object", type(None): "null"}
 
 
-def _kind(value: Any) -> str:
+def json_kind(value: Any) -> str:
+    """What a parsed JSON value is, in an error message's words ("an array", "null")."""
     return _JSON_TYPES.get(type(value), type(value).__name__)
 
 
@@ -50,7 +51,7 @@ def check(value: Any, types: type | tuple[type, ...], name: str) -> Any:
     types = types if isinstance(types, tuple) else (types,)
     if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
         expected = " or ".join(_JSON_TYPES[t] for t in types)
-        raise DataError(f"expected {expected}, got {_kind(value)}", field=name)
+        raise DataError(f"expected {expected}, got {json_kind(value)}", field=name)
     return value
 
 
@@ -135,7 +136,7 @@ class Task:
             if type(v) is type(value) and v == value:  # strict: JSON true is not the label 1
                 return i
         expected = ", ".join(json.dumps(v) for v in values)
-        kind = "" if any(type(v) is type(value) for v in values) else f" ({_kind(value)})"
+        kind = "" if any(type(v) is type(value) for v in values) else f" ({json_kind(value)})"
         raise DataError(f"unknown label {json.dumps(value)}{kind}; expected one of {expected}",
                         field=self.label_key)
 
@@ -174,7 +175,7 @@ class Task:
         for position, (lineno, row) in enumerate(rows):
             try:
                 if not isinstance(row, dict):
-                    raise DataError(f"expected a JSON object, got {_kind(row)}")
+                    raise DataError(f"expected a JSON object, got {json_kind(row)}")
                 if adapt is not None:
                     row = adapt(row)
                 for ex_id, group, fields, at in self._units(row, position):

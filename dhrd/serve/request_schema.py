@@ -11,17 +11,11 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 from pydantic_core import PydanticCustomError
 
-from ..data.tasks import get_task
+from ..data.tasks import get_task, json_kind
 
 KINDS = ("texts", "rows")
-_JSON_TYPES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array",
-               dict: "an object", type(None): "null"}
 # pydantic's type errors -> what was expected
 _EXPECTED = {"string_type": "a string", "dict_type": "an object", "model_type": "an object", "list_type": "an array"}
-
-
-def kind(value) -> str:
-    return _JSON_TYPES.get(type(value), type(value).__name__)
 
 
 def _nonblank(text: str) -> str:
@@ -98,13 +92,13 @@ def _message(e: ValidationError, max_items: int) -> tuple[int, str]:
     if typ == "one_kind":
         return 400, errors[0]["msg"]
     if not loc:
-        return 400, f'the body must be a JSON object {{"texts": [...]}} or {{"rows": [...]}}, got {kind(got)}'
+        return 400, f'the body must be a JSON object {{"texts": [...]}} or {{"rows": [...]}}, got {json_kind(got)}'
     key = loc[0]
     if len(loc) == 1:
         if typ == "too_long":
             return 413, f"{len(got)} {key}; at most {max_items} per request (--max_items)"
-        return 400, f'"{key}" is empty' if typ == "too_short" else f'"{key}" must be an array, got {kind(got)}'
+        return 400, f'"{key}" is empty' if typ == "too_short" else f'"{key}" must be an array, got {json_kind(got)}'
     what = "an object of task fields" if key == "rows" and len(loc) == 2 else _EXPECTED.get(typ)
-    reason = "missing" if typ == "missing" else f"expected {what}, got {kind(got)}" if what else errors[0]["msg"]
+    reason = "missing" if typ == "missing" else f"expected {what}, got {json_kind(got)}" if what else errors[0]["msg"]
     field = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc[2:]).lstrip(".")
     return 422 if field else 400, f"{key}[{loc[1]}]: " + (f"field '{field}': " if field else "") + reason
